@@ -1,0 +1,66 @@
+"""Burn labels on the tile grid: class masks per shard and detection boxes per tile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from navml.cli._common import exits, load_params
+from navml.cli.grid import classes_from, grid_from
+from navml.cli.options import ExtractDir, Params, StoreDir, TilesCsv
+
+
+@exits
+def command(
+    labels: Path = ExtractDir,
+    tiles: Path = TilesCsv,
+    store: Path = StoreDir,
+    params: Path = Params,
+) -> None:
+    from navml.config import detection_names, segmentation_classes
+    from navml.errors import InputError
+    from navml.rasterize import tile_boxes, write_masks
+    from navml.store import Store
+    from navml.tiles_index import read_index, tiles_from_index
+    from navml.vectors import read_features
+
+    p = load_params(params)
+    grid = grid_from(p)
+    classes = classes_from(p)
+    tile_list = tiles_from_index(read_index(tiles))
+    st = Store(store, grid)
+
+    def label_features(name: str) -> list[dict]:
+        path = labels / f"{name}.geojson"
+        if not path.exists():
+            raise InputError(f"{path}: labels of class '{name}' not found; run the extract stage first")
+        return [f for f in read_features(path) if f["properties"].get("label", True)]
+
+    seg = segmentation_classes(classes)
+    layers = [[f["geometry"] for f in label_features(c.name)] for c in seg]
+    counts = write_masks(st, tile_list, layers)
+
+    ids = {pair: i for i, pair in enumerate(detection_names(classes))}
+    det: dict[int, list] = {i: [] for i in ids.values()}
+    for c in classes:
+        if c.task != "detection":
+            continue
+        for f in label_features(c.name):
+            name = str(f["properties"].get("kind") or c.name if len(c.names) > 1 else c.names[0])
+            if (c.name, name) not in ids:
+                raise InputError(f"{labels / (c.name + '.geojson')}: label kind '{name}' is not in classes.{c.name}.names {list(c.names)}")
+            det[ids[(c.name, name)]].append((f["geometry"], c.name, name))
+    boxes = tile_boxes(tile_list, grid, det)
+    tmp = store / ".boxes.csv.part"
+    boxes.to_csv(tmp, index=False, lineterminator="\n")
+    tmp.replace(store / "boxes.csv")
+    legend = {
+        "mask_values": {str(i + 1): c.name for i, c in enumerate(seg)},
+        "box_class_ids": {str(i): f"{cls}:{name}" for (cls, name), i in ids.items()},
+        "pixels": {seg[int(k[7:]) - 1].name: v for k, v in counts.items() if k.startswith("pixels_")},
+        "boxes": int(len(boxes)),
+    }
+    (store / "labels.json").write_text(json.dumps(legend, indent=2, sort_keys=True) + "\n")
+    typer.echo(f"rasterize: {counts['shards']} mask shards, {len(boxes)} boxes; labelled pixels {legend['pixels']}")

@@ -1,0 +1,145 @@
+"""Validated parameters: the class registry and key checks for params sections.
+
+The library never reads ``params.yaml``; the stages load it and hand sections
+(plain dicts) to these functions, which turn typos into a one-line
+:class:`~navml.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from navml.errors import ConfigError
+
+TASKS = ("segmentation", "detection")
+
+
+def check_keys(section: Mapping[str, Any] | None, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> dict:
+    """Return ``section`` as a dict after checking it has no unknown and no missing keys."""
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"params: '{where}' must be a mapping, got {type(section).__name__}")
+    allowed = set(allowed)
+    for key in section:
+        if key not in allowed:
+            raise ConfigError(
+                f"params: unknown key '{where}.{key}' (allowed: {', '.join(sorted(allowed))}); fix the spelling or remove it"
+            )
+    for key in required:
+        if key not in section:
+            raise ConfigError(f"params: missing key '{where}.{key}'")
+    return dict(section)
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Vectorization settings of a segmentation class; sizes in ground metres."""
+
+    threshold: float = 0.5
+    open_m: float = 1.0
+    close_m: float = 2.0
+    simplify_m: float = 1.0
+    min_area_m2: float = 100.0
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One entry of the class registry (``classes:`` in params.yaml)."""
+
+    name: str
+    task: str
+    #: OSM tag filter: key -> accepted values ("*" accepts any value).
+    tags: dict[str, list[str]] = field(default_factory=dict)
+    #: OSM tags that exclude a feature from the labels (not visible from above).
+    exclude: dict[str, list[str]] = field(default_factory=dict)
+    #: Tags written on new features in the JOSM file; defaults to the first value of each filter tag.
+    osm_tags: dict[str, str] = field(default_factory=dict)
+    #: Display colour (R, G, B) in exports.
+    color: tuple[int, int, int] = (255, 0, 0)
+    #: Optional vector file (GeoJSON/GeoPackage) with labels instead of OSM.
+    labels: str | None = None
+    #: Attribute of ``labels`` that holds the sub-class name (detection).
+    label_field: str | None = None
+    #: Sub-class names of a detection class, in class-id order.
+    names: tuple[str, ...] = ()
+    post: PostProcess = PostProcess()
+
+    def matches(self, tags: Mapping[str, str]) -> bool:
+        """Whether OSM ``tags`` pass this class's tag filter (exclusions not applied)."""
+        if not self.tags:
+            return False
+        return all(k in tags and ("*" in v or tags[k] in v) for k, v in self.tags.items())
+
+    def excluded(self, tags: Mapping[str, str]) -> bool:
+        """Whether OSM ``tags`` mark a feature as not visible (e.g. ``parking=underground``)."""
+        return any(k in tags and ("*" in v or tags[k] in v) for k, v in self.exclude.items())
+
+
+_CLASS_KEYS = {"task", "tags", "exclude", "osm_tags", "color", "labels", "label_field", "names", "post"}
+
+
+def _tag_filter(value: Any, where: str) -> dict[str, list[str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"params: '{where}' must map OSM keys to a value or a list of values")
+    out = {}
+    for k, v in value.items():
+        vals = v if isinstance(v, list) else [v]
+        out[str(k)] = [str(x) for x in vals]
+    return out
+
+
+def parse_classes(section: Mapping[str, Any]) -> list[ClassSpec]:
+    """The class registry from the ``classes`` params section, in declared order."""
+    if not isinstance(section, Mapping) or not section:
+        raise ConfigError("params: 'classes' must declare at least one class")
+    specs = []
+    for name, entry in section.items():
+        where = f"classes.{name}"
+        entry = check_keys(entry, _CLASS_KEYS, where, required=("task",))
+        if entry["task"] not in TASKS:
+            raise ConfigError(f"params: '{where}.task' is '{entry['task']}'; use one of {', '.join(TASKS)}")
+        tags = _tag_filter(entry.get("tags"), f"{where}.tags")
+        if not tags and not entry.get("labels"):
+            raise ConfigError(f"params: '{where}' needs 'tags' (an OSM tag filter) or 'labels' (a vector file)")
+        post = PostProcess(**check_keys(entry.get("post"), PostProcess.__dataclass_fields__, f"{where}.post"))
+        if not 0.0 <= post.threshold <= 1.0:
+            raise ConfigError(f"params: '{where}.post.threshold' is {post.threshold}; it must lie in 0..1")
+        osm_tags = {str(k): str(v) for k, v in (entry.get("osm_tags") or {}).items()}
+        if not osm_tags:
+            osm_tags = {k: v[0] for k, v in tags.items() if v and v[0] != "*"}
+        color = tuple(int(c) for c in entry.get("color", (255, 0, 0)))
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ConfigError(f"params: '{where}.color' must be three integers 0..255")
+        names = tuple(str(n) for n in entry.get("names") or ())
+        if entry["task"] == "detection" and not names:
+            names = (name,)
+        specs.append(
+            ClassSpec(
+                name=str(name),
+                task=entry["task"],
+                tags=tags,
+                exclude=_tag_filter(entry.get("exclude"), f"{where}.exclude"),
+                osm_tags=osm_tags,
+                color=color,  # type: ignore[arg-type]
+                labels=entry.get("labels") or None,
+                label_field=entry.get("label_field"),
+                names=names,
+                post=post,
+            )
+        )
+    return specs
+
+
+def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
+    """Segmentation classes in mask-index order: index ``i + 1`` in masks (0 is background)."""
+    return [c for c in classes if c.task == "segmentation"]
+
+
+def detection_names(classes: list[ClassSpec]) -> list[tuple[str, str]]:
+    """``(class, sub-class name)`` of every detection label, in box class-id order."""
+    return [(c.name, n) for c in classes if c.task == "detection" for n in c.names]

@@ -1,0 +1,1 @@
+"""Keras models of navml and the files they are saved in."""
