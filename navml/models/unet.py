@@ -1,0 +1,132 @@
+"""A fully convolutional U-Net for per-pixel segmentation (Keras 3).
+
+Contracting path of ``depth`` levels (two 3x3 convolutions + batch
+normalization + ReLU, then 2x2 max-pooling), a bottleneck, and a symmetric
+expanding path where each level upsamples by nearest neighbour and follows
+with a 3x3 convolution (no transposed convolutions: no checkerboard
+artifacts), concatenates the skip connection and applies two more 3x3
+convolutions. Filters double at each level from ``base_filters``.
+
+Input: float32 ``(batch, rows, cols, bands)`` with raw 0..255 values (a
+``Rescaling`` layer inside divides by 255); rows and cols may be any multiple
+of :func:`model_stride` (``2 ** depth`` pixels). Output: per-pixel softmax
+``(batch, rows, cols, n_classes + 1)``, channel 0 background. Weights start
+from scratch (no download).
+"""
+
+from __future__ import annotations
+
+from navml.errors import ConfigError
+
+#: Encoder variants: ``plain`` (two conv-BN-ReLU) or ``residual`` (the same
+#: with an identity / 1x1-projection shortcut around them).
+ENCODERS = ("plain", "residual")
+#: 3x3 convolutions per block.
+CONVS_PER_BLOCK = 2
+
+
+def model_stride(depth: int) -> int:
+    """Input rows and cols must be a multiple of this (pixels): ``2 ** depth``."""
+    return 2**depth
+
+
+def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
+    """Theoretical receptive field (pixels, one side) of :func:`build_unet`'s output.
+
+    Computed layer by layer: a ``k``-wide convolution at cumulative stride ``j``
+    widens the field by ``(k - 1) * j``, a 2x2 pooling by ``j`` (then ``j``
+    doubles); nearest upsampling halves ``j`` without widening. The residual
+    encoder has the same field (its shortcut is 1x1). Depth 4 gives 230 px.
+    """
+    r, j = 1, 1
+    for _ in range(depth):  # encoder blocks, each followed by a 2x2 max-pool
+        r += convs_per_block * (kernel - 1) * j
+        r += j
+        j *= 2
+    r += convs_per_block * (kernel - 1) * j  # bottleneck
+    for _ in range(depth):  # decoder: upsample, conv, concat, block
+        j //= 2
+        r += (kernel - 1) * j
+        r += convs_per_block * (kernel - 1) * j
+    return r
+
+
+def _check(bands: int, n_classes: int, depth: int, base_filters: int, encoder: str) -> None:
+    if not 1 <= depth <= 7:
+        raise ConfigError(f"params: 'train.depth' is {depth}; use 1..7 (stride 2**depth pixels)")
+    if base_filters < 1:
+        raise ConfigError(f"params: 'train.base_filters' is {base_filters}; use a positive integer such as 16")
+    if encoder not in ENCODERS:
+        raise ConfigError(f"params: 'train.encoder' is '{encoder}'; use one of {', '.join(ENCODERS)}")
+    if bands < 1:
+        raise ConfigError(f"params: 'train.bands' is {bands}; use the band count of the imagery (3 for RGB)")
+    if n_classes < 1:
+        raise ConfigError("classes: no segmentation class in the registry; add one with task: segmentation")
+
+
+def build_unet(
+    bands: int = 3,
+    n_classes: int = 1,
+    depth: int = 4,
+    base_filters: int = 16,
+    encoder: str = "plain",
+    *,
+    kernel: int = 3,
+    dropout: float = 0.0,
+    name: str = "unet",
+):
+    """A U-Net ``keras.Model``: ``(b, rows, cols, bands)`` 0..255 -> ``(b, rows, cols, n_classes + 1)`` softmax.
+
+    ``n_classes`` counts the segmentation classes without background;
+    ``depth`` is the number of 2x pooling steps; level ``i`` has
+    ``base_filters * 2 ** i`` filters; ``dropout`` (0..1) applies before the
+    bottleneck. Layers are named ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``,
+    ``logits`` and ``probs``.
+    """
+    import keras
+    from keras import layers
+
+    _check(bands, n_classes, depth, base_filters, encoder)
+
+    def conv_bn_relu(x, filters: int, prefix: str):
+        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        return layers.Activation("relu", name=f"{prefix}_relu")(x)
+
+    def block(x, filters: int, prefix: str, residual: bool):
+        if not residual:
+            for k in range(CONVS_PER_BLOCK):
+                x = conv_bn_relu(x, filters, f"{prefix}_{k}")
+            return x
+        shortcut = x
+        if x.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{prefix}_proj")(x)
+            shortcut = layers.BatchNormalization(name=f"{prefix}_proj_bn")(shortcut)
+        for k in range(CONVS_PER_BLOCK - 1):
+            x = conv_bn_relu(x, filters, f"{prefix}_{k}")
+        k = CONVS_PER_BLOCK - 1
+        x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_{k}_conv")(x)
+        x = layers.BatchNormalization(name=f"{prefix}_{k}_bn")(x)
+        x = layers.Add(name=f"{prefix}_add")([x, shortcut])
+        return layers.Activation("relu", name=f"{prefix}_relu")(x)
+
+    residual = encoder == "residual"
+    inputs = keras.Input(shape=(None, None, bands), dtype="float32", name="image")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    skips = []
+    for i in range(depth):
+        x = block(x, base_filters * 2**i, f"enc{i}", residual)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{i}_pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    x = block(x, base_filters * 2**depth, "bottleneck", residual)
+    for i in reversed(range(depth)):
+        filters = base_filters * 2**i
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{i}_up")(x)
+        x = conv_bn_relu(x, filters, f"dec{i}_upconv")
+        x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
+        x = block(x, filters, f"dec{i}", False)
+    x = layers.Conv2D(n_classes + 1, 1, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,229 @@
+"""Stream an OSM file (.osm.pbf, .osm, .osm.bz2) into per-class area layers and turn-lane roads.
+
+pyosmium reads the file twice (relations first, then everything) and
+assembles areas from closed ways and multipolygon relations in C++. Node
+coordinates live in pyosmium's node-location index (``index``: ``flex_mem``
+in memory, ``sparse_file_array`` on disk for big files), never in Python; C++
+filters drop every object whose keys no class asks for, so Python only sees
+candidate ways, relations and areas. Memory in Python grows with the features
+kept, not with the file.
+
+A way or multipolygon relation that matches a class's tag filter but yields no
+valid polygon (unclosed way, relation with a missing member or an open ring,
+invalid geometry) is skipped and counted as ``skipped_broken``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import osmium
+import shapely
+from tqdm import tqdm
+
+from navml.config import ClassSpec
+from navml.errors import ConfigError, InputError
+from navml.labels import Layer, tidy, usable
+
+#: A road goes to roads.geojson when it has ``highway`` and one of these keys.
+TURN_KEYS = ("turn:lanes", "turn:lanes:forward", "turn:lanes:backward")
+#: Properties of a road feature (null when the way lacks the tag), besides ``osm_id``/``osm_type``.
+ROAD_KEYS = ("highway", "lanes", "lanes:forward", "lanes:backward", "oneway", *TURN_KEYS)
+#: Relation types libosmium assembles into areas.
+AREA_RELATION_TYPES = ("multipolygon", "boundary")
+#: Output order of OSM types (features are sorted by type rank, then id).
+TYPE_RANK = {"way": 0, "relation": 1}
+TYPE_NAME = {v: k for k, v in TYPE_RANK.items()}
+
+
+@dataclass
+class OsmLayers:
+    """What :func:`read_osm` found: one area layer per OSM class, the turn-lane roads, bytes read."""
+
+    classes: dict[str, Layer]
+    roads: Layer
+    bytes: int
+
+
+def check_index(index: str) -> str:
+    """``index`` if pyosmium knows this node-location index type (``flex_mem``, ``sparse_file_array[,path]`` ...)."""
+    kinds = osmium.index.map_types()
+    if index.split(",", 1)[0] not in kinds:
+        raise ConfigError(f"node-location index '{index}' (extract.index) is unknown; use one of {', '.join(sorted(kinds))}")
+    return index
+
+
+def check_osm_file(path: Path) -> int:
+    """Size in bytes of an OSM file that exists and is not empty (content is checked while reading)."""
+    if not path.exists():
+        raise InputError(f"{path}: OSM file not found; check the path or download the extract (e.g. from download.geofabrik.de)")
+    if not path.is_file():
+        raise InputError(f"{path}: is not a file; pass an .osm.pbf, .osm or .osm.bz2 file")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: OSM file is empty; re-download it")
+    return size
+
+
+def osm_classes(classes: Sequence[ClassSpec]) -> list[ClassSpec]:
+    """Classes whose labels come from OSM: an OSM tag filter and no own labels file (the file wins)."""
+    return [c for c in classes if c.tags and not c.labels]
+
+
+def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str = "flex_mem", progress: bool | None = None) -> OsmLayers:
+    """Areas of every OSM class and the ``highway`` ways with turn lanes, from OSM file ``path`` (WGS84).
+
+    Area properties: ``osm_id``, ``osm_type`` (``way``/``relation``), ``tags``
+    (all tags) and ``label`` (false when the class ``excluded`` the tags).
+    Road properties: ``osm_id``, ``osm_type`` and :data:`ROAD_KEYS`.
+    ``progress``: ``None`` shows a bar only on a terminal, ``False`` never.
+    """
+    path = Path(path)
+    size = check_osm_file(path)
+    check_index(index)
+    specs = osm_classes(classes)
+    keys = sorted({k for c in specs for k in c.tags})
+    layers = {c.name: Layer(c.name, "osm") for c in specs}
+    roads = Layer("roads", "osm")
+    candidates: dict[str, set[tuple[int, int]]] = {c.name: set() for c in specs}
+    assembled: dict[str, set[tuple[int, int]]] = {c.name: set() for c in specs}
+    wkb = osmium.geom.WKBFactory()
+
+    proc = osmium.FileProcessor(str(path)).with_locations(index)
+    if keys:  # first pass: only relations with a class key become area candidates
+        proc.with_areas(osmium.filter.KeyFilter(*keys))
+    proc.with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
+    proc.with_filter(osmium.filter.KeyFilter(*keys, *TURN_KEYS))
+
+    bar = _ReadProgress(path, size, passes=2 if keys else 1, disable=False if progress is None else not progress)
+    try:
+        for obj in _read(proc, path):
+            bar.poll(sum(len(v.features) for v in layers.values()) + len(roads.features))
+            kind = obj.type_str()
+            tags = obj.tags
+            if kind == "a":
+                matched = [c for c in specs if c.matches(tags)]
+                if not matched:
+                    continue
+                key = (0 if obj.from_way() else 1, obj.orig_id())
+                geom = _area_geometry(obj, wkb)
+                props_tags = {t.k: t.v for t in tags}
+                for spec in matched:
+                    assembled[spec.name].add(key)
+                    if geom is None:
+                        layers[spec.name].skipped_broken += 1
+                        continue
+                    props = {"osm_id": key[1], "osm_type": TYPE_NAME[key[0]], "tags": props_tags, "label": not spec.excluded(tags)}
+                    layers[spec.name].add(key, geom, props)
+            elif kind == "w":
+                for spec in specs:
+                    if spec.matches(tags):
+                        candidates[spec.name].add((0, obj.id))
+                if "highway" in tags and any(k in tags for k in TURN_KEYS):
+                    _add_road(roads, obj, wkb)
+            elif kind == "r" and tags.get("type") in AREA_RELATION_TYPES:
+                for spec in specs:
+                    if spec.matches(tags):
+                        candidates[spec.name].add((1, obj.id))
+    finally:
+        bar.close()
+    for name, layer in layers.items():
+        # matched ways/relations that never became an area: unclosed, incomplete or unassemblable
+        layer.skipped_broken += len(candidates[name] - assembled[name])
+    return OsmLayers(classes=layers, roads=roads, bytes=size)
+
+
+def _read(proc: osmium.FileProcessor, path: Path) -> Iterator[Any]:
+    """The processor's objects; a read or parse error becomes an :class:`InputError` naming the file."""
+    it = iter(proc)
+    while True:
+        try:
+            obj = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(
+                f"{path}: cannot read OSM data ({reason}); the file is truncated or not an OSM file: re-download it or check the path"
+            ) from exc
+        yield obj
+
+
+def _area_geometry(area: Any, wkb: osmium.geom.WKBFactory) -> shapely.Geometry | None:
+    """The (multi)polygon of an assembled area, or None when libosmium could not build a valid one."""
+    try:
+        geom = shapely.from_wkb(wkb.create_multipolygon(area))
+    except (RuntimeError, osmium.InvalidLocationError, shapely.errors.GEOSException):
+        return None
+    return tidy(geom) if usable(geom) else None
+
+
+def _add_road(roads: Layer, way: Any, wkb: osmium.geom.WKBFactory) -> None:
+    try:
+        geom = shapely.from_wkb(wkb.create_linestring(way))
+    except (RuntimeError, osmium.InvalidLocationError, shapely.errors.GEOSException):
+        roads.skipped_broken += 1
+        return
+    if not usable(geom):
+        roads.skipped_broken += 1
+        return
+    tags = way.tags
+    props: dict[str, Any] = {"osm_id": way.id, "osm_type": "way"}
+    props.update({k: tags.get(k) for k in ROAD_KEYS})
+    roads.add((0, way.id), geom, props)
+
+
+class _ReadProgress:
+    """A tqdm bar over the bytes pyosmium has read (all passes); features found as postfix.
+
+    pyosmium exposes no read offset, so the position of its file descriptor is
+    read from /proc (Linux); elsewhere the bar only moves at the end. It can
+    only move when pyosmium hands an object to Python.
+    """
+
+    def __init__(self, path: Path, size: int, passes: int, disable: bool | None) -> None:
+        self.size = size
+        self.passes = passes
+        self.target = os.path.realpath(path)
+        self.bar = tqdm(total=size * passes, unit="B", unit_scale=True, desc=f"extract {path.name}", disable=disable)
+        self.next = 0.0
+
+    def poll(self, found: int) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + 0.25
+        pos = _fd_position(self.target)
+        if pos is not None:  # objects only reach Python in the last pass
+            self.bar.n = min(self.size * (self.passes - 1) + pos, self.bar.total)
+        self.bar.set_postfix(features=found, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.n = self.bar.total
+        self.bar.close()
+
+
+def _fd_position(target: str) -> int | None:
+    """Largest file offset of this process's open descriptors on ``target`` (Linux /proc), else None."""
+    best = None
+    try:
+        for entry in os.scandir("/proc/self/fd"):
+            try:
+                if os.readlink(entry.path) != target:
+                    continue
+                with open(f"/proc/self/fdinfo/{entry.name}") as fh:
+                    for line in fh:
+                        if line.startswith("pos:"):
+                            best = max(best or 0, int(line.split()[1]))
+                            break
+            except OSError:
+                continue
+    except OSError:
+        return None
+    return best
