@@ -1,8 +1,10 @@
 """Area of interest -> tile index: tiles, shards, label flags and a spatial split.
 
 The split assigns whole *blocks* (parent tiles at ``split_zoom``) to train, val
-or test. Blocks joined by a label feature that crosses their border are
-assigned together, so no labelled object is on both sides of a split.
+or test. A labelled object that crosses a block border belongs to the split of
+the block holding most of it; the tiles it touches in a block of another split
+become ``buffer`` tiles, used by no split (they are still predicted), so no
+labelled object is on both sides of a split.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
 from navml.grid import Grid, Tile, shard_of, tile_key, tile_polygon
-from navml.tiles_index import SPLITS
+from navml.tiles_index import BUFFER, SPLITS
 from navml.vectors import read_features
 
 
@@ -57,68 +59,37 @@ def cover_tiles(aoi: BaseGeometry, zoom: int) -> list[Tile]:
     return sorted(keep, key=lambda t: (t.y, t.x))
 
 
-def _union_find(n: int):
-    parent = list(range(n))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-    return find, union
-
-
 def _seeded_order(keys: Sequence[str], seed: int) -> list[str]:
     return sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
 
 
-def assign_splits(
-    block_tiles: Mapping[str, int], links: Sequence[Sequence[str]], fractions: Mapping[str, float], seed: int
-) -> dict[str, str]:
-    """Assign blocks to splits, keeping linked blocks together.
+def assign_splits(block_tiles: Mapping[str, int], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Assign blocks to splits.
 
-    ``block_tiles`` maps a block key to its tile count, ``links`` lists groups of
-    blocks that must share a split, ``fractions`` maps split -> share of tiles.
-    Groups are taken in a seeded order and each goes to the split furthest below
-    its target (in tiles); every split with a positive share gets at least one
-    group when there are enough groups.
+    ``block_tiles`` maps a block key to its tile count, ``fractions`` maps split
+    -> share of tiles. Blocks are taken in a seeded order and each goes to the
+    split furthest below its target (in tiles); every split with a positive
+    share gets at least one block when there are enough blocks.
     """
-    keys = sorted(block_tiles)
-    pos = {k: i for i, k in enumerate(keys)}
-    find, union = _union_find(len(keys))
-    for group in links:
-        members = [pos[b] for b in group if b in pos]
-        for m in members[1:]:
-            union(members[0], m)
-    groups: dict[int, list[str]] = {}
-    for k in keys:
-        groups.setdefault(find(pos[k]), []).append(k)
-    named = {min(g): g for g in groups.values()}
-    order = _seeded_order(list(named), seed)
+    order = _seeded_order(sorted(block_tiles), seed)
     total = sum(block_tiles.values())
     wanted = [s for s in SPLITS if fractions.get(s, 0) > 0]
     filled = {s: 0 for s in SPLITS}
     assigned: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for g in order:
+    for block in order:
         split = max(wanted, key=lambda s: fractions[s] * total - filled[s])
-        assigned[split].append(g)
-        filled[split] += sum(block_tiles[b] for b in named[g])
-    # A split with a positive share but no group takes the smallest group of the
-    # split that has the most groups, as long as that one keeps at least one.
+        assigned[split].append(block)
+        filled[split] += block_tiles[block]
+    # A split with a positive share but no block takes the smallest block of the
+    # split that has the most blocks, as long as that one keeps at least one.
     for s in sorted(wanted, key=lambda s: fractions[s]):
         if not assigned[s]:
             donor = max(wanted, key=lambda d: len(assigned[d]))
             if len(assigned[donor]) > 1:
-                g = min(assigned[donor], key=lambda g: (sum(block_tiles[b] for b in named[g]), g))
-                assigned[donor].remove(g)
-                assigned[s].append(g)
-    return {b: s for s in SPLITS for g in assigned[s] for b in named[g]}
+                block = min(assigned[donor], key=lambda b: (block_tiles[b], b))
+                assigned[donor].remove(block)
+                assigned[s].append(block)
+    return {b: s for s in SPLITS for b in assigned[s]}
 
 
 def build_index(
@@ -134,7 +105,8 @@ def build_index(
     """The tile index of an AOI.
 
     ``labels`` maps a class name to its label geometries (WGS84). Returns one row
-    per tile: ``z, x, y, shard, block, split, pos_<class>``.
+    per tile: ``z, x, y, shard, block, split, pos_<class>``; ``split`` is one of
+    train, val, test or ``buffer``.
     """
     if not grid.shard_zoom <= split_zoom <= grid.zoom:
         raise ConfigError(f"cover.split_zoom {split_zoom} must lie between grid.shard_zoom {grid.shard_zoom} and grid.zoom {grid.zoom}")
@@ -156,22 +128,27 @@ def build_index(
         "shard": [tile_key(shard_of(t, grid)) for t in tiles],
         "block": block_of,
     }
-    links: list[list[str]] = []
-    flags = {}
-    for spec in classes:
-        pos = [0] * len(tiles)
-        for geom in labels.get(spec.name, []):
-            hit = [int(i) for i in tree.query(geom, predicate="intersects") if geom.intersection(boxes[int(i)]).area > 0]
-            for i in hit:
-                pos[i] = 1
-            touched = sorted({block_of[i] for i in hit})
-            if len(touched) > 1:
-                links.append(touched)
-        flags[f"pos_{spec.name}"] = pos
     block_tiles: dict[str, int] = {}
     for b in block_of:
         block_tiles[b] = block_tiles.get(b, 0) + 1
-    split_of = assign_splits(block_tiles, links, fractions, seed)
-    rows["split"] = [split_of[b] for b in block_of]
+    split_of = assign_splits(block_tiles, fractions, seed)
+    split = [split_of[b] for b in block_of]
+    flags = {}
+    foreign: set[int] = set()
+    for spec in classes:
+        pos = [0] * len(tiles)
+        for geom in labels.get(spec.name, []):
+            parts = {int(i): geom.intersection(boxes[int(i)]).area for i in tree.query(geom, predicate="intersects")}
+            hit = [i for i, a in parts.items() if a > 0]
+            for i in hit:
+                pos[i] = 1
+            if len({split[i] for i in hit}) > 1:
+                share: dict[str, float] = {}
+                for i in hit:
+                    share[split[i]] = share.get(split[i], 0.0) + parts[i]
+                home = max(sorted(share), key=lambda s: share[s])
+                foreign.update(i for i in hit if split[i] != home)
+        flags[f"pos_{spec.name}"] = pos
+    rows["split"] = [BUFFER if i in foreign else s for i, s in enumerate(split)]
     rows.update(flags)
     return pd.DataFrame(rows)

@@ -9,10 +9,12 @@ GeoPackage, anything GDAL reads) instead of OpenStreetMap.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -56,17 +58,32 @@ class Layer:
         return {"source": self.source, "kept": self.kept, "excluded": self.excluded, "skipped_broken": self.skipped_broken}
 
 
-def usable(geometry: BaseGeometry | None) -> bool:
-    """Whether a geometry can be written as a label: present, non-empty and valid (OGC)."""
-    return geometry is not None and not geometry.is_empty and bool(shapely.is_valid(geometry))
+def usable(geometries: Any) -> np.ndarray:
+    """Per geometry: can it be written as a label (present, non-empty and valid in the OGC sense)?"""
+    g = np.asarray(geometries, dtype=object)
+    return ~shapely.is_missing(g) & ~shapely.is_empty(g) & shapely.is_valid(g)
 
 
-def tidy(geometry: BaseGeometry) -> BaseGeometry:
-    """RFC 7946 shape: exterior rings counter-clockwise, holes clockwise; a one-part MultiPolygon becomes a Polygon."""
-    geometry = shapely.orient_polygons(geometry, exterior_cw=False)
-    if geometry.geom_type == "MultiPolygon" and len(geometry.geoms) == 1:
-        return geometry.geoms[0]
-    return geometry
+def tidy(geometries: Any) -> np.ndarray:
+    """RFC 7946 shapes: exterior rings counter-clockwise, holes clockwise; one-part MultiPolygons become Polygons."""
+    g = shapely.orient_polygons(np.asarray(geometries, dtype=object), exterior_cw=False)
+    single = (shapely.get_type_id(g) == 6) & (shapely.get_num_geometries(g) == 1)
+    g[single] = shapely.get_geometry(g[single], 0)
+    return g
+
+
+def add_checked(layer: Layer, keys: Sequence[tuple[int, int]], geometries: Any, properties: Sequence[dict[str, Any]]) -> None:
+    """Add the usable geometries to ``layer`` (tidied), count the others as ``skipped_broken``."""
+    g = np.asarray(geometries, dtype=object)
+    if not len(g):
+        return
+    ok = usable(g)
+    g[ok] = tidy(g[ok])
+    for key, geom, props, good in zip(keys, g, properties, ok, strict=True):
+        if good:
+            layer.add(key, geom, props)
+        else:
+            layer.skipped_broken += 1
 
 
 def read_labels(spec: ClassSpec, path: str | os.PathLike | None = None) -> Layer:
@@ -106,20 +123,14 @@ def read_labels(spec: ClassSpec, path: str | os.PathLike | None = None) -> Layer
 
     layer = Layer(spec.name, str(path))
     names = list(spec.names) if spec.task == "detection" and len(spec.names) > 1 else None
-    kinds = df[field_name].tolist() if field_name else [None] * len(df)
-    for i, (geom, kind) in enumerate(zip(df.geometry.tolist(), kinds, strict=True)):
-        if not usable(geom):
-            layer.skipped_broken += 1
-            continue
-        props: dict[str, Any] = {"osm_id": None, "osm_type": None, "tags": {}, "label": True}
-        if field_name:
+    geoms = np.asarray(df.geometry.values, dtype=object)
+    props = [{"osm_id": None, "osm_type": None, "tags": {}, "label": True} for _ in range(len(df))]
+    if field_name:
+        for i, kind in enumerate(df[field_name].tolist()):
             if kind is None or kind != kind:  # None or NaN
                 raise InputError(f"{path}: feature {i} has no '{field_name}' value; give every label a {field_name}")
-            kind = str(kind)
-            if names is not None and kind not in names:
-                raise InputError(
-                    f"{path}: feature {i} has {field_name} '{kind}', not one of classes.{spec.name}.names {names}"
-                )
-            props["kind"] = kind
-        layer.add((0, i), tidy(geom), props)
+            if names is not None and str(kind) not in names:
+                raise InputError(f"{path}: feature {i} has {field_name} '{kind}', not one of classes.{spec.name}.names {names}")
+            props[i]["kind"] = str(kind)
+    add_checked(layer, [(0, i) for i in range(len(df))], geoms, props)
     return layer

@@ -69,7 +69,8 @@ def labels_from_probs(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndar
 
 def histograms(prob: np.ndarray, truth: np.ndarray, bins: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Counts of positive and of negative pixels per probability bin (``bins`` equal bins on 0..1)."""
-    idx = np.clip((np.asarray(prob, dtype="float64").ravel() * bins).astype("int64"), 0, bins - 1)
+    # the small offset keeps p = k / bins in bin k despite float rounding (0.58 * 100 = 57.999...)
+    idx = np.clip(np.floor(np.asarray(prob, dtype="float64").ravel() * bins + 1e-6).astype("int64"), 0, bins - 1)
     truth = np.asarray(truth, dtype=bool).ravel()
     pos = np.bincount(idx[truth], minlength=bins)
     neg = np.bincount(idx[~truth], minlength=bins)

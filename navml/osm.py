@@ -16,19 +16,21 @@ invalid geometry) is skipped and counted as ``skipped_broken``.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import osmium
 import shapely
 from tqdm import tqdm
 
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
-from navml.labels import Layer, tidy, usable
+from navml.labels import Layer, add_checked
 
 #: A road goes to roads.geojson when it has ``highway`` and one of these keys.
 TURN_KEYS = ("turn:lanes", "turn:lanes:forward", "turn:lanes:backward")
@@ -39,6 +41,8 @@ AREA_RELATION_TYPES = ("multipolygon", "boundary")
 #: Output order of OSM types (features are sorted by type rank, then id).
 TYPE_RANK = {"way": 0, "relation": 1}
 TYPE_NAME = {v: k for k, v in TYPE_RANK.items()}
+#: Geometries are parsed and checked (vectorized) in batches of this many features.
+BATCH = 10_000
 
 
 @dataclass
@@ -90,8 +94,9 @@ def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str =
     keys = sorted({k for c in specs for k in c.tags})
     layers = {c.name: Layer(c.name, "osm") for c in specs}
     roads = Layer("roads", "osm")
-    candidates: dict[str, set[tuple[int, int]]] = {c.name: set() for c in specs}
-    assembled: dict[str, set[tuple[int, int]]] = {c.name: set() for c in specs}
+    # ids of matched ways [0] and multipolygon relations [1], and of those that became an area
+    candidates: dict[str, tuple[set[int], set[int]]] = {c.name: (set(), set()) for c in specs}
+    assembled: dict[str, tuple[set[int], set[int]]] = {c.name: (set(), set()) for c in specs}
     wkb = osmium.geom.WKBFactory()
 
     proc = osmium.FileProcessor(str(path)).with_locations(index)
@@ -100,10 +105,15 @@ def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str =
     proc.with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
     proc.with_filter(osmium.filter.KeyFilter(*keys, *TURN_KEYS))
 
-    bar = _ReadProgress(path, size, passes=2 if keys else 1, disable=False if progress is None else not progress)
+    # (key, hex WKB, properties) per layer; parsed and checked in batches (vectorized shapely)
+    raw: dict[str, list[tuple[tuple[int, int], str, dict[str, Any]]]] = {c.name: [] for c in specs}
+    raw_roads: list[tuple[tuple[int, int], str, dict[str, Any]]] = []
+    found = 0
+    bar = _ReadProgress(path, size, passes=2 if keys else 1, disable=None if progress is None else not progress)
     try:
         for obj in _read(proc, path):
-            bar.poll(sum(len(v.features) for v in layers.values()) + len(roads.features))
+            if bar.due():
+                bar.show(found)
             kind = obj.type_str()
             tags = obj.tags
             if kind == "a":
@@ -111,31 +121,57 @@ def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str =
                 if not matched:
                     continue
                 key = (0 if obj.from_way() else 1, obj.orig_id())
-                geom = _area_geometry(obj, wkb)
-                props_tags = {t.k: t.v for t in tags}
+                try:
+                    geom = wkb.create_multipolygon(obj)
+                except (RuntimeError, osmium.InvalidLocationError):  # e.g. an open ring: "invalid area"
+                    geom = None
+                props_tags = {sys.intern(t.k): sys.intern(t.v) for t in tags}  # tag strings repeat a lot
                 for spec in matched:
-                    assembled[spec.name].add(key)
+                    assembled[spec.name][key[0]].add(key[1])
                     if geom is None:
                         layers[spec.name].skipped_broken += 1
                         continue
                     props = {"osm_id": key[1], "osm_type": TYPE_NAME[key[0]], "tags": props_tags, "label": not spec.excluded(tags)}
-                    layers[spec.name].add(key, geom, props)
+                    raw[spec.name].append((key, geom, props))
+                    found += 1
+                    if len(raw[spec.name]) >= BATCH:
+                        _add_wkb(layers[spec.name], raw[spec.name])
             elif kind == "w":
                 for spec in specs:
                     if spec.matches(tags):
-                        candidates[spec.name].add((0, obj.id))
+                        candidates[spec.name][0].add(obj.id)
                 if "highway" in tags and any(k in tags for k in TURN_KEYS):
-                    _add_road(roads, obj, wkb)
+                    try:
+                        line = wkb.create_linestring(obj)
+                    except (RuntimeError, osmium.InvalidLocationError):  # missing nodes, fewer than 2 points
+                        roads.skipped_broken += 1
+                        continue
+                    props = {"osm_id": obj.id, "osm_type": "way", **{k: tags.get(k) for k in ROAD_KEYS}}
+                    raw_roads.append(((0, obj.id), line, props))
+                    found += 1
+                    if len(raw_roads) >= BATCH:
+                        _add_wkb(roads, raw_roads)
             elif kind == "r" and tags.get("type") in AREA_RELATION_TYPES:
                 for spec in specs:
                     if spec.matches(tags):
-                        candidates[spec.name].add((1, obj.id))
+                        candidates[spec.name][1].add(obj.id)
     finally:
-        bar.close()
+        bar.close(done=sys.exc_info()[0] is None)
     for name, layer in layers.items():
+        _add_wkb(layer, raw[name])
         # matched ways/relations that never became an area: unclosed, incomplete or unassemblable
-        layer.skipped_broken += len(candidates[name] - assembled[name])
+        layer.skipped_broken += sum(len(c - a) for c, a in zip(candidates[name], assembled[name], strict=True))
+    _add_wkb(roads, raw_roads)
     return OsmLayers(classes=layers, roads=roads, bytes=size)
+
+
+def _add_wkb(layer: Layer, items: list[tuple[tuple[int, int], str, dict[str, Any]]]) -> None:
+    """Parse the WKB of ``items`` in bulk, add the valid geometries to ``layer`` and empty ``items``."""
+    if not items:
+        return
+    keys, wkbs, props = zip(*items, strict=True)
+    items.clear()
+    add_checked(layer, keys, shapely.from_wkb(np.asarray(wkbs, dtype=object), on_invalid="ignore"), props)
 
 
 def _read(proc: osmium.FileProcessor, path: Path) -> Iterator[Any]:
@@ -154,30 +190,6 @@ def _read(proc: osmium.FileProcessor, path: Path) -> Iterator[Any]:
         yield obj
 
 
-def _area_geometry(area: Any, wkb: osmium.geom.WKBFactory) -> shapely.Geometry | None:
-    """The (multi)polygon of an assembled area, or None when libosmium could not build a valid one."""
-    try:
-        geom = shapely.from_wkb(wkb.create_multipolygon(area))
-    except (RuntimeError, osmium.InvalidLocationError, shapely.errors.GEOSException):
-        return None
-    return tidy(geom) if usable(geom) else None
-
-
-def _add_road(roads: Layer, way: Any, wkb: osmium.geom.WKBFactory) -> None:
-    try:
-        geom = shapely.from_wkb(wkb.create_linestring(way))
-    except (RuntimeError, osmium.InvalidLocationError, shapely.errors.GEOSException):
-        roads.skipped_broken += 1
-        return
-    if not usable(geom):
-        roads.skipped_broken += 1
-        return
-    tags = way.tags
-    props: dict[str, Any] = {"osm_id": way.id, "osm_type": "way"}
-    props.update({k: tags.get(k) for k in ROAD_KEYS})
-    roads.add((0, way.id), geom, props)
-
-
 class _ReadProgress:
     """A tqdm bar over the bytes pyosmium has read (all passes); features found as postfix.
 
@@ -193,19 +205,25 @@ class _ReadProgress:
         self.bar = tqdm(total=size * passes, unit="B", unit_scale=True, desc=f"extract {path.name}", disable=disable)
         self.next = 0.0
 
-    def poll(self, found: int) -> None:
+    def due(self) -> bool:
+        """Whether a quarter second has passed since the last refresh."""
         now = time.monotonic()
         if now < self.next:
-            return
+            return False
         self.next = now + 0.25
+        return True
+
+    def show(self, found: int) -> None:
         pos = _fd_position(self.target)
         if pos is not None:  # objects only reach Python in the last pass
             self.bar.n = min(self.size * (self.passes - 1) + pos, self.bar.total)
-        self.bar.set_postfix(features=found, refresh=False)
+        self.bar.set_postfix(features=str(found), refresh=False)
         self.bar.refresh()
 
-    def close(self) -> None:
-        self.bar.n = self.bar.total
+    def close(self, done: bool) -> None:
+        if done:
+            self.bar.n = self.bar.total
+            self.bar.refresh()
         self.bar.close()
 
 

@@ -1,5 +1,9 @@
 """Labels on the tile grid: class masks per shard and detection boxes per tile.
 
+Where OSM mapping is not known to be complete, an unlabelled pixel may be an
+unmapped object; such pixels get :data:`IGNORE` (255) so that training and
+evaluation neither learn nor score them as background.
+
 Polygons are burned on the exact pixel grid of the tile zoom: a pixel belongs to
 a polygon when its centre lies inside, so a lot's pixel count times the squared
 ground resolution matches its true area (within 1% for lots of 400 m² and more).
@@ -22,6 +26,9 @@ from navml.grid import Grid, Tile, group_by_shard, shard_window, tile_polygon, t
 from navml.store import Store
 from navml.vectors import to_pixels
 
+#: Mask value of pixels whose class is unknown (outside complete mapping).
+IGNORE = 255
+
 BOX_COLUMNS = ["z", "x", "y", "class_id", "class", "name", "xmin", "ymin", "xmax", "ymax"]
 
 
@@ -30,11 +37,13 @@ def shard_mask(
     grid: Grid,
     layers: Sequence[Sequence[BaseGeometry]],
     tiles: Sequence[Tile] | None = None,
+    complete: Sequence[BaseGeometry] | None = None,
 ) -> np.ndarray:
     """uint8 mask (rows, cols) of a shard: ``i + 1`` where ``layers[i]`` covers a pixel centre.
 
     Later layers win where classes overlap. When ``tiles`` is given, pixels of
-    other tiles of the shard stay 0.
+    other tiles of the shard stay 0. When ``complete`` (WGS84 areas of complete
+    mapping) is given, background pixels outside it become :data:`IGNORE`.
     """
     win = shard_window(shard, grid)
     n = grid.shard_size
@@ -48,6 +57,12 @@ def shard_mask(
                 shapes.append((pg, i + 1))
         if shapes:
             burn(shapes, out=out, transform=Affine.identity(), all_touched=False)
+    if complete is not None:
+        known = np.zeros((n, n), dtype="uint8")
+        shapes = [(to_pixels(g, grid.zoom, grid.tile_size, origin=(win.col, win.row)), 1) for g in complete]
+        if shapes:
+            burn(shapes, out=known, transform=Affine.identity(), all_touched=False)
+        out[(known == 0) & (out == 0)] = IGNORE
     if tiles is not None:
         keep = np.zeros((n, n), dtype=bool)
         size = grid.tile_size
@@ -64,11 +79,13 @@ def write_masks(
     tiles: Sequence[Tile],
     layers: Sequence[Sequence[BaseGeometry]],
     *,
+    complete: Sequence[BaseGeometry] | None = None,
     progress: bool = True,
 ) -> dict[str, int]:
     """Burn the label layers into the ``masks`` layer of ``store``, one shard at a time.
 
-    Returns counts: shards written and labelled pixels per mask value.
+    ``complete``: areas (WGS84) where the labels are complete; ``None`` means
+    everywhere. Returns counts: shards written and pixels per mask value.
     """
     groups = group_by_shard(tiles, store.grid)
     tree_layers = [(shapely.STRtree(list(g)), list(g)) for g in layers]
@@ -76,7 +93,8 @@ def write_masks(
     for shard, shard_tiles in tqdm(groups.items(), desc="rasterize masks", unit="shard", disable=not progress):
         b = tile_polygon(shard)
         local = [[geoms[i] for i in tree.query(b, predicate="intersects")] if geoms else [] for tree, geoms in tree_layers]
-        mask = shard_mask(shard, store.grid, local, shard_tiles)
+        known = None if complete is None else [g for g in complete if g.intersects(b)]
+        mask = shard_mask(shard, store.grid, local, shard_tiles, known)
         store.write_shard("masks", shard, mask)
         values, n = np.unique(mask, return_counts=True)
         for v, k in zip(values.tolist(), n.tolist()):

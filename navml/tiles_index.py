@@ -15,6 +15,8 @@ from navml.errors import InputError
 from navml.grid import Tile
 
 SPLITS = ("train", "val", "test")
+#: Tiles next to an object of another split: predicted, but used by no split.
+BUFFER = "buffer"
 BASE_COLUMNS = ["z", "x", "y", "shard", "block", "split"]
 
 

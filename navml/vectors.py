@@ -47,25 +47,18 @@ def write_features(features: list[dict[str, Any]], path: str | os.PathLike, prec
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fc = {
-        "type": "FeatureCollection",
-        "features": [
-            {
-                "type": "Feature",
-                "properties": f.get("properties", {}),
-                "geometry": mapping(_round(f["geometry"], precision)),
-            }
-            for f in features
-        ],
-    }
+    geoms = shapely.transform([f["geometry"] for f in features], lambda c: np.round(c, precision))
+    enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(fc, sort_keys=True, separators=(",", ":")) + "\n")
+    with open(tmp, "w") as fh:
+        # streamed feature by feature: memory stays flat for large layers
+        fh.write('{"features":[')
+        for i, (f, g) in enumerate(zip(features, geoms)):
+            item = {"geometry": mapping(g), "properties": f.get("properties", {}), "type": "Feature"}
+            fh.write(("," if i else "") + enc.encode(item))
+        fh.write('],"type":"FeatureCollection"}\n')
     os.replace(tmp, path)
     return path
-
-
-def _round(geom: BaseGeometry, precision: int) -> BaseGeometry:
-    return shapely.transform(geom, lambda c: np.round(c, precision))
 
 
 def to_pixels(geom: BaseGeometry, zoom: int, tile_size: int = 256, origin: tuple[float, float] = (0.0, 0.0)) -> BaseGeometry:

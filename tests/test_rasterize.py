@@ -99,3 +99,19 @@ def test_boxes_are_clipped_to_tiles_in_tile_pixels(small_grid):
     assert (row.x, row.y, row.class_id, row["name"]) == (t.x, t.y, 3, "left")
     assert row.xmin == pytest.approx(242, abs=0.05) and row.xmax == pytest.approx(256, abs=0.01)
     assert 0 < row.ymin < row.ymax < 256
+
+
+def test_unknown_pixels_outside_complete_mapping(tmp_path, small_grid):
+    from navml.rasterize import IGNORE
+
+    shard = Tile(34308 // 4, 24981 // 4, 16)
+    tiles = list(tiles_of_shard(shard, small_grid))
+    w, s, e, n = tile_polygon(shard).bounds
+    west_half = box(w, s, (w + e) / 2, n)
+    c = tile_polygon(tiles[15]).centroid  # a lot in the east half, outside complete mapping
+    lot = lot_at(c.x, c.y, 40, 40)
+    mask = shard_mask(shard, small_grid, [[lot]], tiles, complete=[west_half])
+    assert (mask[:, :500] == 0).all()
+    assert (mask[:, 524:] != 0).all()
+    values = set(np.unique(mask[:, 524:]))
+    assert values == {1, IGNORE}  # labels stay labels; the rest is unknown

@@ -18,6 +18,12 @@ COMMANDS = {
     "imagery": "imagery",
     "rasterize": "rasterize",
     "export": "export",
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "vectorize": "vectorize",
+    "dedupe": "dedupe",
+    "score": "score",
 }
 
 app = typer.Typer(

@@ -19,14 +19,15 @@ def command(
     store: Path = StoreDir,
     params: Path = Params,
 ) -> None:
-    from navml.config import detection_names, segmentation_classes
+    from navml.config import check_keys, detection_names, segmentation_classes
     from navml.errors import InputError
-    from navml.rasterize import tile_boxes, write_masks
+    from navml.rasterize import IGNORE, tile_boxes, write_masks
     from navml.store import Store
     from navml.tiles_index import read_index, tiles_from_index
     from navml.vectors import read_features
 
     p = load_params(params)
+    r = check_keys(p.get("rasterize"), {"complete"}, "rasterize")
     grid = grid_from(p)
     classes = classes_from(p)
     tile_list = tiles_from_index(read_index(tiles))
@@ -40,7 +41,8 @@ def command(
 
     seg = segmentation_classes(classes)
     layers = [[f["geometry"] for f in label_features(c.name)] for c in seg]
-    counts = write_masks(st, tile_list, layers)
+    complete = [f["geometry"] for f in read_features(r["complete"])] if r.get("complete") else None
+    counts = write_masks(st, tile_list, layers, complete=complete)
 
     ids = {pair: i for i, pair in enumerate(detection_names(classes))}
     det: dict[int, list] = {i: [] for i in ids.values()}
@@ -57,9 +59,9 @@ def command(
     boxes.to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(store / "boxes.csv")
     legend = {
-        "mask_values": {str(i + 1): c.name for i, c in enumerate(seg)},
+        "mask_values": {**{str(i + 1): c.name for i, c in enumerate(seg)}, str(IGNORE): "ignore"},
         "box_class_ids": {str(i): f"{cls}:{name}" for (cls, name), i in ids.items()},
-        "pixels": {seg[int(k[7:]) - 1].name: v for k, v in counts.items() if k.startswith("pixels_")},
+        "pixels": {("ignore" if int(k[7:]) == IGNORE else seg[int(k[7:]) - 1].name): v for k, v in counts.items() if k.startswith("pixels_")},
         "boxes": int(len(boxes)),
     }
     (store / "labels.json").write_text(json.dumps(legend, indent=2, sort_keys=True) + "\n")

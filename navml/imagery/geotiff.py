@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ LAYER = "imagery"
 PAD = 4
 #: Resampling methods accepted by ``imagery.resampling``.
 RESAMPLING = ("bilinear", "cubic", "lanczos", "average", "nearest")
-#: GDAL block cache per run, MB: keeps memory bounded on huge sources.
-GDAL_CACHEMAX_MB = 256
+#: GDAL block cache, MB. Each source block is read about once, so a big cache
+#: only adds memory (GDAL's default is 5 % of RAM).
+GDAL_CACHEMAX_MB = 64
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
             if src.transform.is_identity:
                 raise InputError(f"{name}: GeoTIFF has no geotransform; georeference it (gdal_edit.py -a_ullr ...)")
             t = src.transform
-            corners = [t * (c, r) for c, r in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))]
+            corners = [t @ (c, r) for c, r in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))]
             xs, ys = zip(*corners)
             try:
                 west, south, east, north = transform_bounds(
@@ -159,7 +161,7 @@ def _source_window(src, win: Window, grid: Grid):
     if not ok.any():
         return None, 1
     inv = ~src.transform
-    pc, pr = inv * (sx[ok], sy[ok])
+    pc, pr = inv @ (sx[ok], sy[ok])
     cmin, cmax, rmin, rmax = float(pc.min()), float(pc.max()), float(pr.min()), float(pr.max())
     # Source pixels per destination pixel; read at most 2x finer than the output.
     factor = min((cmax - cmin) / win.width, (rmax - rmin) / win.height)
@@ -195,7 +197,7 @@ def warp_shard(src, shard: Tile, tiles: Sequence[Tile], grid: Grid, bands: int, 
         out_shape=(bands, oh, ow),
         resampling=Resampling.average if dec > 1 else Resampling.nearest,
     )
-    src_transform = src.window_transform(rwin) * Affine.scale(w / ow, h / oh)
+    src_transform = src.window_transform(rwin) @ Affine.scale(w / ow, h / oh)
     dst = np.zeros((bands, box.height, box.width), dtype="uint8")
     reproject(
         source=data,
@@ -266,7 +268,10 @@ def build_from_geotiff(
         return shard, empty
 
     empty = 0
-    with tqdm(total=len(tiles), unit="tile", desc="imagery (geotiff)", disable=None if progress else True) as bar:
+    # rasterio warns NotGeoreferencedWarning for the in-memory arrays it wraps
+    # inside reproject(); the georeferencing is passed explicitly, so hide it.
+    with warnings.catch_warnings(), tqdm(total=len(tiles), unit="tile", desc="imagery (geotiff)", disable=None if progress else True) as bar:
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(one, s) for s in groups]
             try:

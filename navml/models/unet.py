@@ -30,25 +30,58 @@ def model_stride(depth: int) -> int:
     return 2**depth
 
 
-def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
-    """Theoretical receptive field (pixels, one side) of :func:`build_unet`'s output.
+def receptive_span(depth: int, position: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> tuple[int, int]:
+    """First and last input pixel (inclusive, along one axis) that output pixel ``position`` depends on.
 
-    Computed layer by layer: a ``k``-wide convolution at cumulative stride ``j``
-    widens the field by ``(k - 1) * j``, a 2x2 pooling by ``j`` (then ``j``
-    doubles); nearest upsampling halves ``j`` without widening. The residual
-    encoder has the same field (its shortcut is 1x1). Depth 4 gives 230 px.
+    Exact interval arithmetic over :func:`build_unet`'s graph, backwards from
+    the output: a ``k``-wide "same" convolution widens an interval by
+    ``(k - 1) / 2`` each side, 2x2 max-pooling maps ``[a, b]`` to
+    ``[2a, 2b + 1]``, nearest upsampling maps ``[a, b]`` to
+    ``[a // 2, b // 2]``, a concatenation takes the hull of both branches.
+    The residual encoder has the same span (its shortcut is 1x1).
     """
-    r, j = 1, 1
-    for _ in range(depth):  # encoder blocks, each followed by a 2x2 max-pool
-        r += convs_per_block * (kernel - 1) * j
-        r += j
-        j *= 2
-    r += convs_per_block * (kernel - 1) * j  # bottleneck
-    for _ in range(depth):  # decoder: upsample, conv, concat, block
-        j //= 2
-        r += (kernel - 1) * j
-        r += convs_per_block * (kernel - 1) * j
-    return r
+    if kernel % 2 == 0:
+        raise ValueError("kernel must be odd")
+    c = convs_per_block * (kernel - 1) // 2  # one block, each side
+    h = (kernel - 1) // 2  # one convolution, each side
+
+    def enc(level: int, a: int, b: int) -> tuple[int, int]:
+        a, b = a - c, b + c  # the block's input
+        if level == 0:
+            return a, b
+        return enc(level - 1, 2 * a, 2 * b + 1)  # through the 2x2 pool
+
+    def dec(level: int, a: int, b: int) -> tuple[int, int]:
+        if level == depth:  # bottleneck: a block on the last pool output
+            return enc(level - 1, 2 * (a - c), 2 * (b + c) + 1)
+        a, b = a - c, b + c  # the block's input: the concatenation
+        skip = enc(level, a, b)
+        deep = dec(level + 1, (a - h) // 2, (b + h) // 2)  # conv after the upsampling, then the upsampling
+        return min(skip[0], deep[0]), max(skip[1], deep[1])
+
+    return dec(0, position, position)
+
+
+def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
+    """Theoretical receptive field (pixels along one side) of :func:`build_unet`'s output.
+
+    The widest :func:`receptive_span` over the ``2 ** depth`` pixel phases
+    (pooling and upsampling make the span depend on the position modulo the
+    stride). Depth 1 gives 20 px, 2 gives 50, 3 gives 114, 4 gives 242.
+    """
+    spans = [receptive_span(depth, p, kernel, convs_per_block) for p in range(model_stride(depth))]
+    return max(b - a + 1 for a, b in spans)
+
+
+def receptive_halo(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
+    """Farthest an output pixel looks to one side (pixels): the context a prediction
+    window needs around the pixels it keeps (122 px at depth 4, a bit more than
+    half of :func:`receptive_field` because the span is not centred)."""
+    reach = 0
+    for p in range(model_stride(depth)):
+        a, b = receptive_span(depth, p, kernel, convs_per_block)
+        reach = max(reach, p - a, b - p)
+    return reach
 
 
 def _check(bands: int, n_classes: int, depth: int, base_filters: int, encoder: str) -> None:
@@ -73,6 +106,7 @@ def build_unet(
     *,
     kernel: int = 3,
     dropout: float = 0.0,
+    bn_momentum: float = 0.9,
     name: str = "unet",
 ):
     """A U-Net ``keras.Model``: ``(b, rows, cols, bands)`` 0..255 -> ``(b, rows, cols, n_classes + 1)`` softmax.
@@ -80,7 +114,9 @@ def build_unet(
     ``n_classes`` counts the segmentation classes without background;
     ``depth`` is the number of 2x pooling steps; level ``i`` has
     ``base_filters * 2 ** i`` filters; ``dropout`` (0..1) applies before the
-    bottleneck. Layers are named ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``,
+    bottleneck; ``bn_momentum`` is the batch-normalization moving-average
+    momentum (0.9 rather than Keras' 0.99 so that the inference statistics
+    settle within the few hundred steps a small training set gives). Layers are named ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``,
     ``logits`` and ``probs``.
     """
     import keras
@@ -90,7 +126,7 @@ def build_unet(
 
     def conv_bn_relu(x, filters: int, prefix: str):
         x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_bn")(x)
         return layers.Activation("relu", name=f"{prefix}_relu")(x)
 
     def block(x, filters: int, prefix: str, residual: bool):
@@ -101,12 +137,12 @@ def build_unet(
         shortcut = x
         if x.shape[-1] != filters:
             shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{prefix}_proj")(x)
-            shortcut = layers.BatchNormalization(name=f"{prefix}_proj_bn")(shortcut)
+            shortcut = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_proj_bn")(shortcut)
         for k in range(CONVS_PER_BLOCK - 1):
             x = conv_bn_relu(x, filters, f"{prefix}_{k}")
         k = CONVS_PER_BLOCK - 1
         x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_{k}_conv")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_{k}_bn")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_{k}_bn")(x)
         x = layers.Add(name=f"{prefix}_add")([x, shortcut])
         return layers.Activation("relu", name=f"{prefix}_relu")(x)
 

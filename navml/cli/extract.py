@@ -1,0 +1,34 @@
+"""OSM file -> one WGS84 GeoJSON per class (areas or own labels), turn-lane roads and summary.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from navml.cli._common import exits, load_params
+from navml.cli.options import Params
+
+
+@exits
+def command(
+    pbf: Path = typer.Argument(None, help="OSM file (.osm.pbf, .osm, .osm.bz2); default: extract.pbf in params.", show_default=False),
+    params: Path = Params,
+    out: Path = typer.Option(Path("data/extract"), "--out", help="Folder for <class>.geojson, roads.geojson and summary.json."),
+    index: str = typer.Option(
+        None, "--index", help="pyosmium node-location index: flex_mem, or sparse_file_array for big files; default: extract.index."
+    ),
+) -> None:
+    from navml.cli.grid import classes_from
+    from navml.config import check_keys
+    from navml.extract import extract, format_summary
+
+    p = load_params(params)
+    e = check_keys(p.get("extract"), {"pbf", "index"}, "extract")
+    source = pbf or e.get("pbf")
+    if not source:
+        from navml.errors import ConfigError
+
+        raise ConfigError("params: no OSM file; pass one or set 'extract.pbf'")
+    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"))
+    typer.echo(format_summary(summary, out))

@@ -1,0 +1,547 @@
+"""The imagery stage: GeoTIFF in any CRS and XYZ/TMS tiles into the shard store.
+
+GeoTIFFs are built here with a known pattern (east/north gradients and a
+bright square at a known lon/lat); the XYZ tests run a real HTTP server on
+127.0.0.1 that draws tiles on the fly and injects faults tile by tile.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import mercantile
+import numpy as np
+import pytest
+import rasterio
+from pyproj import Transformer
+from rasterio.transform import from_origin
+from typer.testing import CliRunner
+
+from navml.errors import ConfigError, FetchError, InputError
+from navml.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, tile_window
+from navml.imagery import build_imagery
+from navml.imagery.xyz import TileUrl, _retry_after, decode_tile
+from navml.store import Store
+
+LON, LAT = -104.99, 39.74  # Denver, UTM zone 13N
+UTM = 32613
+TOKEN = "s3cr3t-t0ken-value"
+
+
+# --------------------------------------------------------------------------- GeoTIFF
+
+
+def shard_corner(grid: Grid) -> tuple[float, float]:
+    """Lon/lat of the NW corner of the shard holding (LON, LAT): tiles around it span 4 shards."""
+    ul = mercantile.ul(mercantile.tile(LON, LAT, grid.shard_zoom))
+    return ul.lng, ul.lat
+
+
+def make_geotiff(path: Path, crs: int | None, center: tuple[float, float], square: tuple[float, float],
+                 size_m: float = 360.0, gsd_m: float = 0.3, square_m: float = 12.0) -> dict:
+    """A 3-band GeoTIFF around ``center``: R grows east, G grows south (0..255 across),
+    B is 255 in a ``square_m`` square centred on ``square`` (lon, lat), else 0.
+    ``crs`` 32613 (UTM, metres) or 4326 (degrees); ``None`` writes no CRS."""
+    work_crs = crs or UTM
+    if work_crs == 4326:
+        kx = 111320.0 * np.cos(np.radians(center[1]))
+        ky = 110540.0
+        cx, cy = center
+        sx, sy = square
+    else:
+        kx = ky = 1.0
+        fwd = Transformer.from_crs(4326, work_crs, always_xy=True)
+        cx, cy = fwd.transform(*center)
+        sx, sy = fwd.transform(*square)
+    n = int(round(size_m / gsd_m))
+    dx, dy = gsd_m / kx, gsd_m / ky
+    transform = from_origin(cx - n * dx / 2, cy + n * dy / 2, dx, dy)
+    col = np.arange(n)
+    data = np.zeros((3, n, n), dtype="uint8")
+    data[0] = np.round(255 * (col + 0.5) / n).astype("uint8")[None, :]
+    data[1] = np.round(255 * (col + 0.5) / n).astype("uint8")[:, None]
+    sc, sr = ~transform @ (sx, sy)
+    hx, hy = square_m / 2 / gsd_m, square_m / 2 / gsd_m
+    data[2, int(round(sr - hy)) : int(round(sr + hy)), int(round(sc - hx)) : int(round(sc + hx))] = 255
+    # The square's true centre after rounding to source pixels:
+    c_mid = (int(round(sc - hx)) + int(round(sc + hx))) / 2
+    r_mid = (int(round(sr - hy)) + int(round(sr + hy))) / 2
+    mx, my = transform @ (c_mid, r_mid)
+    if work_crs != 4326:
+        mx, my = Transformer.from_crs(work_crs, 4326, always_xy=True).transform(mx, my)
+    profile = dict(driver="GTiff", width=n, height=n, count=3, dtype="uint8", transform=transform, tiled=True,
+                   blockxsize=256, blockysize=256)
+    if crs is not None:
+        profile["crs"] = f"EPSG:{crs}"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return {"square": (mx, my), "transform": transform, "crs": work_crs, "n": n, "square_m": square_m}
+
+
+def tiles_around(lon: float, lat: float, half_deg: float, zoom: int = 18) -> list[Tile]:
+    return [Tile(t.x, t.y, t.z) for t in mercantile.tiles(lon - half_deg, lat - half_deg, lon + half_deg, lat + half_deg, zoom)]
+
+
+def weighted_centroid(img: np.ndarray, win: Window) -> tuple[float, float]:
+    """Intensity-weighted centre of ``img`` in global pixel coordinates (pixel centres at +0.5)."""
+    w = img.astype("float64")
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    return (w * xx).sum() / w.sum() + win.col + 0.5, (w * yy).sum() / w.sum() + win.row + 0.5
+
+
+@pytest.mark.parametrize(
+    "crs, gsd_m",
+    [(UTM, 0.3), (4326, 0.3), (UTM, 0.1)],  # 0.1 m: source 4.6x finer than z18, read decimated
+    ids=["utm", "epsg4326", "utm-fine"],
+)
+def test_geotiff_pixels_land_where_expected(tmp_path, small_grid, crs, gsd_m):
+    lon0, lat0 = shard_corner(small_grid)
+    square = (lon0 + 0.00006, lat0 - 0.00004)  # straddles the shard corner (a few metres off)
+    info = make_geotiff(tmp_path / "src.tif", crs, (lon0, lat0), square, size_m=480.0, gsd_m=gsd_m)
+    tiles = tiles_around(lon0, lat0, 0.004)
+    home = tiles_around(*square, 0.0)[0]  # the tile holding the square's centre (SE of the shard corner)
+    # Leave out a tile that the source covers fully (117..234 m from the corner): it must stay 0.
+    skip = Tile(home.x + 1, home.y + 1, 18)
+    listed = [t for t in tiles if t != skip]
+    store = Store(tmp_path / "store", small_grid)
+
+    counts = build_imagery(store, listed, source="geotiff", geotiff=tmp_path / "src.tif", progress=False)
+
+    assert counts["tiles"] == len(listed)
+    assert counts["shards"] == 4 == len(store.shards("imagery"))
+    assert 0 < counts["tiles_in_footprint"] < len(listed)
+    assert counts["tiles_empty"] == len(listed) - counts["tiles_in_footprint"]
+    assert store.count("imagery") == 3
+    # 1. The bright square: its weighted centre where lonlat_to_pixel puts it (well within 1 px).
+    px, py = lonlat_to_pixel(*info["square"], small_grid.zoom)
+    win = Window(int(px) - 40, int(py) - 40, 80, 80)
+    blue = store.read_window("imagery", win)[2]
+    cx, cy = weighted_centroid(blue, win)
+    assert abs(cx - px) < 0.25 and abs(cy - py) < 0.25, (cx - px, cy - py)
+    # Its area in pixels matches 12 m x 12 m at the ground resolution (within 10 %).
+    res = 2 * 20037508.342789244 / (256 * 2**18) * np.cos(np.radians(info["square"][1]))
+    assert blue.sum() / 255 == pytest.approx((info["square_m"] / res) ** 2, rel=0.1)
+    # 2. The gradients: every pixel well inside the footprint has the value of its source position.
+    t_in = Tile(home.x - 1, home.y, 18)
+    img = store.read_tile("imagery", t_in).astype("float64")
+    w = tile_window(t_in)
+    rows, cols = np.mgrid[0:256:15, 0:256:15]
+    lon, lat = pixel_to_lonlat(w.col + cols + 0.5, w.row + rows + 0.5, 18)
+    if info["crs"] == 4326:
+        x, y = lon, lat
+    else:
+        x, y = Transformer.from_crs(4326, info["crs"], always_xy=True).transform(lon, lat)
+    sc, sr = ~info["transform"] @ (x, y)
+    n = info["n"]
+    assert np.abs(img[0][rows, cols] - 255 * sc / n).max() < 1.5
+    assert np.abs(img[1][rows, cols] - 255 * sr / n).max() < 1.5
+    # 3. The tile left out of the list stays 0 although the source covers it.
+    assert not store.read_tile("imagery", skip).any()
+    assert store.read_tile("imagery", Tile(skip.x, skip.y + 1, 18)).any()  # its neighbour is filled
+    # 4. Listed tiles outside the footprint are 0; the shards hold only what was listed.
+    far = min(listed, key=lambda t: (t.x, t.y))
+    assert not store.read_tile("imagery", far).any()
+
+
+def test_geotiff_is_deterministic(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
+    tiles = tiles_around(lon0, lat0, 0.001)
+    for name in ("a", "b"):
+        build_imagery(Store(tmp_path / name, small_grid), tiles, source="geotiff", geotiff=tmp_path / "src.tif",
+                      resampling="cubic", progress=False, workers=2)
+    files = sorted(p.name for p in (tmp_path / "a" / "imagery").glob("*.tif"))
+    assert len(files) == 4
+    for f in files:
+        assert (tmp_path / "a" / "imagery" / f).read_bytes() == (tmp_path / "b" / "imagery" / f).read_bytes()
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_geotiff_without_crs_is_refused_before_writing(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "nocrs.tif", None, (lon0, lat0), (lon0, lat0))
+    store = Store(tmp_path / "store", small_grid)
+    with pytest.raises(InputError, match=r"nocrs\.tif: GeoTIFF has no CRS; assign one with gdal_edit\.py -a_srs EPSG:XXXX"):
+        build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "nocrs.tif", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_geotiff_aoi_outside_footprint(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
+    away = tiles_around(lon0 + 0.05, lat0, 0.001)  # ~4 km east
+    with pytest.raises(InputError) as exc:
+        build_imagery(Store(tmp_path / "store", small_grid), away, source="geotiff", geotiff=tmp_path / "src.tif", progress=False)
+    msg = str(exc.value)
+    assert "src.tif" in msg and "does not overlap" in msg and "\n" not in msg
+    assert f"lon {lon0 - 0.003:.2f}"[:10] in msg  # the footprint bounds
+    assert f"{lon0 + 0.05 - 0.001:.3f}" in msg  # the tile list bounds
+    assert not (tmp_path / "store").exists()
+
+
+def test_geotiff_bad_inputs(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    tiles = tiles_around(lon0, lat0, 0.001)
+    store = Store(tmp_path / "store", small_grid)
+    with pytest.raises(InputError, match="missing.tif: GeoTIFF not found"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "missing.tif", progress=False)
+    (tmp_path / "junk.tif").write_bytes(b"this is not a tiff" * 10)
+    with pytest.raises(InputError, match="junk.tif: cannot read as GeoTIFF"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "junk.tif", progress=False)
+    with rasterio.open(tmp_path / "u16.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint16",
+                       crs="EPSG:32613", transform=from_origin(500000, 4400000, 1, 1)) as dst:
+        dst.write(np.ones((3, 8, 8), "uint16"))
+    with pytest.raises(InputError, match="u16.tif: pixels are uint16.*gdal_translate"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
+    make_geotiff(tmp_path / "rgb.tif", UTM, (lon0, lat0), (lon0, lat0))
+    with pytest.raises(InputError, match="has 3 band"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "rgb.tif", bands=4, progress=False)
+    with pytest.raises(ConfigError, match="imagery.resampling"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "rgb.tif", resampling="bicubic", progress=False)
+    with pytest.raises(InputError, match="zoom 17"):
+        build_imagery(store, [Tile(1, 1, 17)], source="geotiff", geotiff=tmp_path / "rgb.tif", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_geotiff_single_band_when_asked(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
+    store = Store(tmp_path / "store", small_grid)
+    build_imagery(store, tiles_around(lon0, lat0, 0.0005), source="geotiff", geotiff=tmp_path / "src.tif", bands=1, progress=False)
+    assert store.count("imagery") == 1
+
+
+def write_tiles_csv(path: Path, tiles: list[Tile], grid: Grid) -> None:
+    from navml.grid import shard_of, tile_key
+
+    rows = ["z,x,y,shard,block,split"] + [f"{t.z},{t.x},{t.y},{tile_key(shard_of(t, grid))},0,train" for t in tiles]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_cli_geotiff_and_error_exit(tmp_path, small_grid):
+    from navml.cli.imagery import command
+    import typer
+
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
+    make_geotiff(tmp_path / "nocrs.tif", None, (lon0, lat0), (lon0, lat0))
+    tiles = tiles_around(lon0, lat0, 0.0007)
+    write_tiles_csv(tmp_path / "tiles.csv", tiles, small_grid)
+    grid_yaml = "grid: {zoom: 18, tile_size: 256, shard_zoom: 16}\n"
+    (tmp_path / "params.yaml").write_text(grid_yaml + f"imagery: {{source: geotiff, geotiff: {tmp_path / 'src.tif'}, workers: 2}}\n")
+    app = typer.Typer()
+    app.command()(command)
+    runner = CliRunner()
+    args = ["--params", str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "tiles.csv"), "--store", str(tmp_path / "store")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert f"{len(tiles)} tiles in 4 shards" in res.output
+    assert len(list((tmp_path / "store" / "imagery").glob("*.tif"))) == 4
+    (tmp_path / "params.yaml").write_text(grid_yaml + f"imagery: {{source: geotiff, geotiff: {tmp_path / 'nocrs.tif'}}}\n")
+    res = runner.invoke(app, args[:4] + ["--store", str(tmp_path / "store2")])
+    assert res.exit_code == 1
+    assert "navml: error:" in res.output and "has no CRS" in res.output
+    assert not (tmp_path / "store2").exists()
+    (tmp_path / "params.yaml").write_text(grid_yaml + "imagery: {source: geotiff, geotif: x.tif}\n")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "unknown key 'imagery.geotif'" in res.output
+
+
+# --------------------------------------------------------------------------- XYZ
+
+
+def tile_rgb(z: int, x: int, y: int, size: int = 256) -> np.ndarray:
+    """The tile the test server draws, RGB (3, size, size): R, G encode x, y; B the pixel position."""
+    rr, cc = np.mgrid[0:size, 0:size]
+    out = np.empty((3, size, size), dtype="uint8")
+    out[0] = (x * 37 + cc) % 256
+    out[1] = (y * 53 + rr) % 256
+    out[2] = (rr * 3 + cc * 5 + z) % 256
+    return out
+
+
+class TileServer:
+    """A real HTTP tile server on 127.0.0.1 with per-tile fault injection.
+
+    ``faults[(z, x, y)]`` is a list of actions used one per request (then normal
+    service): ``"500"``, ``"429"`` (Retry-After: 0), ``"slow"`` (answers after
+    ``slow_s``), ``"garbage"`` (200 with bytes that are not an image),
+    ``"interrupt"`` (sends SIGINT to this process, like Ctrl-C, then serves).
+    ``missing`` tiles always get 404, ``broken`` tiles always 503. With
+    ``token`` set, a request without ``?access_token=<token>`` gets 403.
+    Paths: ``/{z}/{x}/{y}.png`` and ``/tms/{z}/{x}/{y}.png`` (y counted from the south).
+    """
+
+    def __init__(self, token: str | None = None, slow_s: float = 0.6):
+        self.hits: Counter = Counter()
+        self.faults: dict[tuple, list[str]] = {}
+        self.missing: set[tuple] = set()
+        self.broken: set[tuple] = set()
+        self.token = token
+        self.slow_s = slow_s
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                try:
+                    server.handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def send(self, h, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+        h.send_response(status)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+
+    def handle(self, h) -> None:
+        parts = urlsplit(h.path)
+        segs = parts.path.strip("/").split("/")
+        tms = segs[0] == "tms"
+        if tms:
+            segs = segs[1:]
+        z, x, y = int(segs[0]), int(segs[1]), int(segs[2].split(".")[0])
+        if tms:
+            y = (1 << z) - 1 - y
+        key = (z, x, y)
+        with self.lock:
+            self.hits[key] += 1
+            action = self.faults[key].pop(0) if self.faults.get(key) else None
+        if self.token is not None and parse_qs(parts.query).get("access_token") != [self.token]:
+            return self.send(h, 403, b"forbidden")
+        if key in self.missing:
+            return self.send(h, 404, b"no such tile")
+        if key in self.broken:
+            return self.send(h, 503, b"down")
+        if action == "500":
+            return self.send(h, 500, b"oops")
+        if action == "429":
+            return self.send(h, 429, b"slow down", {"Retry-After": "0"})
+        if action == "garbage":
+            return self.send(h, 200, b"\x89PNG garbage, not an image", {"Content-Type": "image/png"})
+        if action == "slow":
+            threading.Event().wait(self.slow_s)
+        if action == "interrupt":
+            os.kill(os.getpid(), signal.SIGINT)
+        ok, png = cv2.imencode(".png", tile_rgb(z, x, y).transpose(1, 2, 0)[:, :, ::-1])
+        self.send(h, 200, png.tobytes(), {"Content-Type": "image/png"})
+
+
+@pytest.fixture
+def server():
+    srv = TileServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    srv.thread.join(timeout=5)
+
+
+FAST = dict(timeout_s=0.25, backoff_s=0.01, progress=False)
+
+
+def xyz_tiles(small_grid: Grid, nx: int = 3, ny: int = 2) -> list[Tile]:
+    """``nx`` x ``ny`` z18 tiles straddling a shard border (x), sorted."""
+    x0 = mercantile.tile(LON, LAT, 18).x // 4 * 4 + 2  # tiles x0, x0+1 in one shard, x0+2 in the next
+    y0 = mercantile.tile(LON, LAT, 18).y // 4 * 4
+    return [Tile(x, y, 18) for y in range(y0, y0 + ny) for x in range(x0, x0 + nx)]
+
+
+def check_store(store: Store, tiles: list[Tile]) -> None:
+    for t in tiles:
+        np.testing.assert_array_equal(store.read_tile("imagery", t), tile_rgb(t.z, t.x, t.y))
+
+
+def test_xyz_retries_then_succeeds(tmp_path, small_grid, server, monkeypatch, caplog):
+    import logging
+
+    server.token = TOKEN
+    monkeypatch.setenv("NAVML_TEST_TOKEN", TOKEN)
+    tiles = xyz_tiles(small_grid)
+    a, b, c, d = ((t.z, t.x, t.y) for t in tiles[:4])
+    server.faults = {a: ["500", "500"], b: ["429"], c: ["slow"], d: ["garbage"]}
+    store = Store(tmp_path / "store", small_grid)
+    url = server.base + "/{z}/{x}/{y}.png?access_token={token}"
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+
+    counts = build_imagery(store, tiles, source="xyz", url=url, token_env="NAVML_TEST_TOKEN", workers=3, retries=3,
+                           cache_dir=tmp_path / "cache", **FAST)
+
+    assert counts["fetched"] == 6 and counts["cached"] == 0
+    assert counts["retries"] == 5 and counts["requests"] == 11
+    assert server.hits[a] == 3 and server.hits[b] == 2 and server.hits[c] == 2 and server.hits[d] == 2
+    assert sum(server.hits.values()) == 11
+    assert counts["shards"] == 2 == len(store.shards("imagery"))
+    check_store(store, tiles)
+    # Tiles of the shards not in the list stay 0.
+    assert not store.read_tile("imagery", Tile(tiles[0].x - 1, tiles[0].y, 18)).any()
+    assert not store.read_tile("imagery", Tile(tiles[0].x, tiles[0].y + 2, 18)).any()
+    # The cache holds one PNG per tile, under the template's hash; no temp files anywhere.
+    cached = sorted((tmp_path / "cache").rglob("*.png"))
+    assert len(cached) == 6 and all(p.parent.parent.parent.name == TileUrl(url, TOKEN, "x").key for p in cached)
+    assert not list(tmp_path.rglob("*.part"))
+    # The token never shows in logs (urllib3 logs request lines at DEBUG) or in the shards.
+    assert "access_token=***" in caplog.text and TOKEN not in caplog.text
+    assert all(TOKEN.encode() not in p.read_bytes() for p in (tmp_path / "store").rglob("*.tif"))
+
+    # Same source -> byte-identical shards; a second run takes every tile from the cache.
+    store2 = Store(tmp_path / "store2", small_grid)
+    counts2 = build_imagery(store2, tiles, source="xyz", url=url, token_env="NAVML_TEST_TOKEN", cache_dir=tmp_path / "cache", **FAST)
+    assert counts2["cached"] == 6 and counts2["fetched"] == 0 and sum(server.hits.values()) == 11
+    for s in store.shards("imagery"):
+        assert store.path("imagery", s).read_bytes() == store2.path("imagery", s).read_bytes()
+
+
+def test_xyz_404_is_a_clear_error_not_retried(tmp_path, small_grid, server, monkeypatch):
+    server.token = TOKEN
+    monkeypatch.setenv("NAVML_TEST_TOKEN", TOKEN)
+    tiles = xyz_tiles(small_grid, 2, 1)
+    gone = tiles[1]
+    server.missing.add((gone.z, gone.x, gone.y))
+    url = server.base + "/{z}/{x}/{y}.png?access_token={token}"
+    with pytest.raises(FetchError) as exc:
+        build_imagery(Store(tmp_path / "store", small_grid), tiles, source="xyz", url=url, token_env="NAVML_TEST_TOKEN",
+                      retries=4, cache_dir=tmp_path / "cache", **FAST)
+    msg = str(exc.value)
+    assert f"{server.base}/18/{gone.x}/{gone.y}.png?access_token=***" in msg
+    assert "missing on the server (HTTP 404)" in msg and TOKEN not in msg
+    assert server.hits[(gone.z, gone.x, gone.y)] == 1
+
+
+def test_xyz_gives_up_after_retries(tmp_path, small_grid, server):
+    tiles = xyz_tiles(small_grid, 1, 1)
+    t = tiles[0]
+    server.broken.add((t.z, t.x, t.y))
+    with pytest.raises(FetchError, match=rf"/18/{t.x}/{t.y}\.png: gave up after 3 attempt\(s\), last: HTTP 503"):
+        build_imagery(Store(tmp_path / "store", small_grid), tiles, source="xyz", url=server.base + "/{z}/{x}/{y}.png",
+                      retries=2, cache_dir=tmp_path / "cache", **FAST)
+    assert server.hits[(t.z, t.x, t.y)] == 3
+    assert not (tmp_path / "store" / "imagery").exists()
+
+
+def test_xyz_token_errors(tmp_path, small_grid, server, monkeypatch):
+    server.token = TOKEN
+    tiles = xyz_tiles(small_grid, 1, 1)
+    store = Store(tmp_path / "store", small_grid)
+    monkeypatch.delenv("NAVML_TEST_TOKEN", raising=False)
+    url = server.base + "/{z}/{x}/{y}.png?access_token={token}"
+    # Variable not set: refused before any request.
+    with pytest.raises(ConfigError, match="environment variable NAVML_TEST_TOKEN is not set"):
+        build_imagery(store, tiles, source="xyz", url=url, token_env="NAVML_TEST_TOKEN", cache_dir=tmp_path / "cache", **FAST)
+    assert sum(server.hits.values()) == 0
+    # Wrong token: 403, not retried, token hidden.
+    monkeypatch.setenv("NAVML_TEST_TOKEN", "wrong-token-123")
+    with pytest.raises(FetchError, match=r"access_token=\*\*\*: HTTP 403 \(not authorised\); check the token in \$NAVML_TEST_TOKEN") as exc:
+        build_imagery(store, tiles, source="xyz", url=url, token_env="NAVML_TEST_TOKEN", cache_dir=tmp_path / "cache", **FAST)
+    assert "wrong-token-123" not in str(exc.value) and sum(server.hits.values()) == 1
+    # No token in the template at all.
+    with pytest.raises(FetchError, match="HTTP 403.*wants a token"):
+        build_imagery(store, tiles, source="xyz", url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
+    with pytest.raises(ConfigError, match=r"unknown placeholder\(s\) \{s\}"):
+        build_imagery(store, tiles, source="xyz", url="https://{s}.host/{z}/{x}/{y}.png", **FAST)
+    with pytest.raises(ConfigError, match="needs"):
+        build_imagery(store, tiles, source="xyz", url="https://host/{z}/{x}.png", **FAST)
+    assert not (tmp_path / "store").exists()
+
+
+def test_xyz_resume_after_failure_fetches_only_missing(tmp_path, small_grid, server):
+    tiles = xyz_tiles(small_grid, 3, 2)
+    last = tiles[-1]  # in the second shard
+    server.broken.add((last.z, last.x, last.y))
+    store = Store(tmp_path / "store", small_grid)
+    url = server.base + "/{z}/{x}/{y}.png"
+    kw = dict(source="xyz", url=url, retries=1, workers=2, cache_dir=tmp_path / "cache", **FAST)
+    with pytest.raises(FetchError):
+        build_imagery(store, tiles, **kw)
+    # The first shard is complete; the one with the failed tile was not written.
+    first, second = sorted({(t.x // 4, t.y // 4) for t in tiles})
+    assert [(s.x, s.y) for s in store.shards("imagery")] == [first]
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 5
+    assert not list(tmp_path.rglob("*.part"))
+    server.broken.clear()
+    server.hits.clear()
+    counts = build_imagery(store, tiles, **kw)
+    assert dict(server.hits) == {(last.z, last.x, last.y): 1}
+    assert counts["fetched"] == 1 and counts["cached"] == 5
+    check_store(store, tiles)
+
+
+def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server):
+    tiles = xyz_tiles(small_grid, 4, 2)
+    stop_at = tiles[2]
+    server.faults[(stop_at.z, stop_at.x, stop_at.y)] = ["interrupt"]
+    store = Store(tmp_path / "store", small_grid)
+    kw = dict(source="xyz", url=server.base + "/{z}/{x}/{y}.png", workers=1, cache_dir=tmp_path / "cache", **FAST)
+    with pytest.raises(KeyboardInterrupt):
+        build_imagery(store, tiles, **kw)
+    got = {tuple(int(v) for v in (p.parent.parent.name, p.parent.name, p.stem)) for p in (tmp_path / "cache").rglob("*.png")}
+    assert 0 < len(got) < len(tiles)
+    assert not list(tmp_path.rglob("*.part"))
+    for s in store.shards("imagery"):  # whatever was written is a whole, readable shard
+        assert store.read_shard("imagery", s).shape == (3, 1024, 1024)
+    server.hits.clear()
+    counts = build_imagery(store, tiles, **kw)
+    assert set(server.hits) == {(t.z, t.x, t.y) for t in tiles} - got
+    assert all(v == 1 for v in server.hits.values())
+    assert counts["cached"] == len(got) and counts["fetched"] == len(tiles) - len(got)
+    check_store(store, tiles)
+
+
+def test_xyz_corrupt_cache_is_refetched_and_tms(tmp_path, small_grid, server):
+    tiles = xyz_tiles(small_grid, 2, 2)
+    store = Store(tmp_path / "store", small_grid)
+    kw = dict(source="xyz", url=server.base + "/tms/{z}/{x}/{-y}.png", cache_dir=tmp_path / "cache", **FAST)
+    build_imagery(store, tiles, **kw)
+    check_store(store, tiles)  # TMS rows flipped back to XYZ
+    victim = tiles[1]
+    path = next((tmp_path / "cache").rglob(f"{victim.z}/{victim.x}/{victim.y}.png"))
+    path.write_bytes(path.read_bytes()[:100])  # truncated PNG
+    server.hits.clear()
+    counts = build_imagery(store, tiles, **kw)
+    assert dict(server.hits) == {(victim.z, victim.x, victim.y): 1}
+    assert counts["cache_corrupt"] == 1 and counts["cached"] == 3
+    check_store(store, tiles)
+    # {tms_y} is the same as {-y}
+    assert TileUrl("http://h/{z}/{x}/{tms_y}.png").url(Tile(1, 0, 2)) == "http://h/2/1/3.png"
+
+
+def test_decode_tile_variants():
+    rgb = tile_rgb(18, 5, 7)
+    bgr = rgb.transpose(1, 2, 0)[:, :, ::-1]
+    png = cv2.imencode(".png", bgr)[1].tobytes()
+    np.testing.assert_array_equal(decode_tile(png, 256), rgb)
+    bgra = np.dstack([bgr, np.where(np.arange(256)[None, :] < 128, 0, 255).repeat(256, 0).astype("uint8")])
+    out = decode_tile(cv2.imencode(".png", bgra)[1].tobytes(), 256)
+    assert not out[:, :, :128].any() and np.array_equal(out[:, :, 128:], rgb[:, :, 128:])
+    gray = decode_tile(cv2.imencode(".png", bgr[:, :, 0])[1].tobytes(), 256)
+    assert gray.shape == (3, 256, 256) and np.array_equal(gray[0], gray[2])
+    big = decode_tile(cv2.imencode(".png", np.full((512, 512, 3), 77, "uint8"))[1].tobytes(), 256)
+    assert big.shape == (3, 256, 256) and (big == 77).all()
+    jpg = decode_tile(cv2.imencode(".jpg", bgr)[1].tobytes(), 256)
+    assert jpg.shape == (3, 256, 256)
+    assert decode_tile(b"<html>rate limited</html>", 256) is None
+    assert decode_tile(b"", 256) is None
+    assert _retry_after("3") == 3.0 and _retry_after(None) is None
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0

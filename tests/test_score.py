@@ -1,0 +1,79 @@
+import json
+import math
+
+import mercantile
+import pandas as pd
+import pytest
+import shapely
+from shapely.geometry import box
+
+from navml.errors import InputError
+from navml.score import match_greedy, prf, score_outputs, vertex_count
+from navml.vectors import write_features
+
+LAT0 = 39.74
+
+
+def test_greedy_matching_follows_confidence():
+    truth = [box(0, 0, 10, 10), box(20, 0, 30, 10)]
+    preds = [box(1, 0, 11, 10), box(0, 0, 10, 10), box(20, 0, 30, 4), box(50, 50, 60, 60)]
+    # pred 0 (IoU 0.82) has the higher score, so it takes truth 0 before the exact pred 1
+    pairs = match_greedy(preds, [0.9, 0.8, 0.7, 0.6], truth, 0.5)
+    assert [(i, j) for i, j, _ in pairs] == [(0, 0)]
+    assert pairs[0][2] == pytest.approx(90 / 110)
+    pairs = match_greedy(preds, [0.5, 0.8, 0.7, 0.6], truth, 0.5)
+    assert [(i, j) for i, j, _ in pairs] == [(1, 0)]  # the exact one first; pred 0 finds truth 0 taken
+    assert prf(1, 4, 2) == {"precision": 0.25, "recall": 0.5, "f1": 0.3333, "tp": 1, "fp": 3, "fn": 1, "predicted": 4, "truth": 2}
+    assert prf(0, 0, 0)["f1"] == 1.0 and prf(0, 3, 0)["precision"] == 0.0 and prf(0, 0, 3)["precision"] == 0.0
+    assert vertex_count(shapely.Polygon(box(0, 0, 4, 4).exterior, [box(1, 1, 2, 2).exterior.coords])) == 8
+
+
+def lot(tile, fx, fy, w=0.3, h=0.2):
+    """A box at fractions of a tile's extent (WGS84)."""
+    b = mercantile.bounds(tile)
+    x0 = b.west + fx * (b.east - b.west)
+    y0 = b.south + fy * (b.north - b.south)
+    return box(x0, y0, x0 + w * (b.east - b.west), y0 + h * (b.north - b.south))
+
+
+def test_score_outputs_on_new_features_and_test_split(tmp_path):
+    t_train = mercantile.tile(-104.99, LAT0, 18)
+    t_test = mercantile.Tile(t_train.x + 1, t_train.y, 18)
+    pd.DataFrame(
+        [
+            {"z": 18, "x": t_train.x, "y": t_train.y, "shard": "15-0-0", "block": "b1", "split": "train"},
+            {"z": 18, "x": t_test.x, "y": t_test.y, "shard": "15-0-0", "block": "b2", "split": "test"},
+        ]
+    ).to_csv(tmp_path / "tiles.csv", index=False)
+    truth = [
+        {"geometry": lot(t_train, 0.1, 0.1), "properties": {"mapped": True}},
+        {"geometry": lot(t_train, 0.5, 0.5), "properties": {"mapped": False}},
+        {"geometry": lot(t_test, 0.1, 0.1), "properties": {"mapped": False}},
+        {"geometry": lot(t_test, 0.5, 0.5), "properties": {"mapped": True}},
+        {"geometry": lot(t_test, 0.5, 0.1), "properties": {"mapped": True}},
+    ]
+    preds = [
+        {"geometry": lot(t_train, 0.1, 0.1), "properties": {"class": "parking", "score": 0.9, "area_m2": 1}},
+        {"geometry": lot(t_train, 0.52, 0.5), "properties": {"class": "parking", "score": 0.8, "area_m2": 1}},
+        {"geometry": lot(t_test, 0.12, 0.1), "properties": {"class": "parking", "score": 0.7, "area_m2": 1}},
+        {"geometry": lot(t_test, 0.5, 0.5, 0.1, 0.1), "properties": {"class": "parking", "score": 0.6, "area_m2": 1}},  # too small: IoU 1/6
+    ]
+    new = [preds[1], preds[2], preds[3]]
+    write_features(truth, tmp_path / "lots.geojson")
+    write_features(preds, tmp_path / "predictions.geojson")
+    write_features(new, tmp_path / "new.geojson")
+    out = tmp_path / "metrics" / "features.json"
+    m = score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out)
+    assert json.loads(out.read_text()) == m
+    # new features: 3 proposed, 2 of them are the 2 unmapped lots
+    assert (m["new_features"]["tp"], m["new_features"]["predicted"], m["new_features"]["truth"]) == (2, 3, 2)
+    assert m["new_features"]["precision"] == pytest.approx(2 / 3, abs=1e-4) and m["new_features"]["recall"] == 1.0
+    # test split: 2 predictions and 3 truth lots in the test tile; 1 match
+    assert (m["test"]["tp"], m["test"]["predicted"], m["test"]["truth"]) == (1, 2, 3)
+    assert m["test"]["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3), abs=1e-4)
+    assert m["geometry"] == {"features": 4, "valid_share": 1.0, "median_vertices": 4.0}
+
+    with pytest.raises(InputError, match="run the dedupe stage"):
+        score_outputs(tmp_path / "predictions.geojson", tmp_path / "none.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out)
+    with pytest.raises(InputError, match="ground truth not found"):
+        score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "x.geojson", tmp_path / "tiles.csv", out)

@@ -1,0 +1,97 @@
+"""The U-Net: shapes, free input size, exact receptive field, save/load round trip."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from navml.errors import ConfigError
+from navml.models.io import ModelMeta, load_model, save_model
+from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo, receptive_span
+
+
+@pytest.mark.parametrize("encoder", ["plain", "residual"])
+def test_output_is_a_softmax_of_the_input_size(encoder):
+    model = build_unet(bands=4, n_classes=2, depth=2, base_filters=4, encoder=encoder)
+    rng = np.random.default_rng(0)
+    for rows, cols in [(64, 64), (32, 96), (128, 8 * 4)]:
+        x = rng.uniform(0, 255, size=(2, rows, cols, 4)).astype("float32")
+        y = model.predict_on_batch(x)
+        assert y.shape == (2, rows, cols, 3)
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+        assert (y >= 0).all()
+
+
+def test_decoder_uses_nearest_upsampling_not_transposed_convolutions():
+    model = build_unet(3, 1, depth=3, base_filters=4)
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert "Conv2DTranspose" not in kinds
+    ups = [layer for layer in model.layers if isinstance(layer, keras.layers.UpSampling2D)]
+    assert len(ups) == 3 and all(u.interpolation == "nearest" for u in ups)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 3 * 2 + 2 + 3 * 3
+    assert sum(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers) == 3
+    # filters double per level: 4, 8, 16 and 32 in the bottleneck
+    assert model.get_layer("bottleneck_0_conv").filters == 32
+    assert model.get_layer("dec0_1_conv").filters == 4
+
+
+def test_stride_and_receptive_field_values():
+    assert [model_stride(d) for d in (1, 2, 4)] == [2, 4, 16]
+    # hand count for depth 1: two 3x3 convs (5), pool (6, stride 2), two 3x3 convs
+    # at stride 2 (14), upsample + 3x3 conv + two 3x3 convs at stride 1: 14 + 6 = 20
+    assert receptive_field(1) == 20
+    assert receptive_span(1, 0) == (-10, 9)
+    assert receptive_field(4) == 236
+    assert receptive_halo(4) == 122
+    assert receptive_halo(4) >= receptive_field(4) // 2
+
+
+def _impulse_model(depth: int, encoder: str):
+    model = build_unet(1, 1, depth, 2, encoder)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):  # positive weights, no bias: every path carries the impulse
+            layer.set_weights([np.abs(rng.normal(size=w.shape)).astype("float32") + 0.01 if w.ndim == 4 else np.zeros_like(w) for w in layer.get_weights()])
+    return keras.Model(model.input, model.get_layer("logits").output)
+
+
+@pytest.mark.parametrize("depth,encoder", [(1, "plain"), (2, "plain"), (2, "residual"), (3, "plain")])
+def test_receptive_span_matches_the_network(depth, encoder):
+    """Put an impulse on every column of a zero image: the outputs it reaches give each output's span exactly."""
+    logits = _impulse_model(depth, encoder)
+    s = model_stride(depth)
+    width = (3 * receptive_field(depth) // s + 1) * s
+    rows, r = 2 * s, s
+    images = np.zeros((width, rows, width, 1), "float32")
+    images[np.arange(width), r, np.arange(width), 0] = 100.0
+    out = logits.predict(images, batch_size=32, verbose=0)
+    base = logits.predict_on_batch(np.zeros((1, rows, width, 1), "float32"))
+    reach = np.abs(out - base).sum(-1)[:, r, :] > 1e-6  # reach[input column, output column]
+    centre = width // 2
+    widths = []
+    for p in range(centre - s, centre + s):
+        cols = np.flatnonzero(reach[:, p])
+        assert (cols.min(), cols.max()) == receptive_span(depth, p), p
+        widths.append(cols.max() - cols.min() + 1)
+    assert max(widths) == receptive_field(depth)
+
+
+def test_bad_architecture_params_are_config_errors():
+    with pytest.raises(ConfigError, match="train.encoder"):
+        build_unet(encoder="dense")
+    with pytest.raises(ConfigError, match="train.depth"):
+        build_unet(depth=0)
+    with pytest.raises(ConfigError, match="train.base_filters"):
+        build_unet(base_filters=0)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build_unet(3, 1, depth=2, base_filters=4, encoder="residual")
+    meta = ModelMeta("segmentation", ["parking"], 18, 64, 3, model_stride(2), receptive_field(2))
+    save_model(model, meta, tmp_path / "m")
+    loaded, meta2 = load_model(tmp_path / "m")
+    x = np.random.default_rng(1).uniform(0, 255, size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+    assert meta2 == meta
