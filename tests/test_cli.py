@@ -1,0 +1,62 @@
+"""The CLI turns bad input into one line and a non-zero exit, and keeps earlier outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def navml(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "navml", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def write_params(tmp_path: Path, **changes) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key, value in changes.items():
+        section, _, name = key.partition("__")
+        params[section][name] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_help_lists_every_stage(tmp_path):
+    out = navml("--help", cwd=tmp_path).stdout
+    for name in ("synth", "extract", "cover", "imagery", "rasterize", "export"):
+        assert name in out
+
+
+def test_unknown_params_key_is_one_line_naming_it(tmp_path):
+    params = write_params(tmp_path, cover__splitt=0.3)
+    (tmp_path / "data/cover").mkdir(parents=True)
+    (tmp_path / "data/cover/tiles.csv").write_text("earlier output\n")
+    proc = navml("cover", "--params", str(params), "--aoi", "10,50,10.01,50.01", "--out", "data/cover", cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cover.splitt" in lines[0] and lines[0].startswith("navml: error:")
+    assert "Traceback" not in proc.stderr
+    assert (tmp_path / "data/cover/tiles.csv").read_text() == "earlier output\n"
+
+
+def test_unknown_class_key_and_task(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["classes"]["parking"]["treshold"] = 0.4
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = navml("rasterize", "--params", "params.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and "classes.parking.treshold" in proc.stderr
+    params["classes"]["parking"].pop("treshold")
+    params["classes"]["parking"]["task"] = "instance"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = navml("rasterize", "--params", "params.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and "segmentation, detection" in proc.stderr.splitlines()[0]
+
+
+def test_missing_tile_index_says_which_stage_to_run(tmp_path):
+    proc = navml("rasterize", "--params", str(ROOT / "params.yaml"), "--tiles", "nope.csv", "--labels", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "nope.csv" in proc.stderr and "cover" in proc.stderr
