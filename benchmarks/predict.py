@@ -15,9 +15,13 @@ medians):
 * ``bare``: the AOI tiles already in memory as one float32 array, timed
   ``model.predict(tiles, batch_size)`` after one warm-up batch; no halo, no
   I/O: the model's own speed on tiles.
-* ``predict``: the whole :func:`navml.predict.predict_store` call (model
-  loading, reading imagery, halo, centre-crop, uint8 conversion, writing
-  the shards).
+* ``bare-folded``: the same with the inference copy predict runs
+  (:func:`navml.predict.fold_batchnorm`: batch norms folded into the
+  convolutions), to separate that speed-up from the halo and I/O cost.
+* ``predict``: the whole :func:`navml.predict.predict_store` call with the
+  model loaded beforehand (as for bare): planning, reading imagery with its
+  halo, compiling the model function, centre-crop, uint8 conversion, writing
+  the shards.
 
 Prints tiles/s (wall) and tiles per CPU-second of each, the ratios of the
 medians, and peak RSS.
@@ -86,6 +90,10 @@ def run_bare(a) -> dict:
     tiles = tiles_from_index(read_index(a.tiles))
     x = np.stack([np.moveaxis(store.read_tile("imagery", t), 0, -1) for t in tiles]).astype("float32")
     model, _ = load_model(a.model)
+    if a.mode == "bare-folded":
+        from navml.predict import fold_batchnorm
+
+        model = fold_batchnorm(model)
     model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
     t0, c0 = time.perf_counter(), _cpu()
     model.predict(x, batch_size=a.batch_size, verbose=0)
@@ -93,13 +101,15 @@ def run_bare(a) -> dict:
 
 
 def run_predict(a) -> dict:
+    from navml.models.io import load_model
     from navml.predict import predict_store
     from navml.tiles_index import read_index, tiles_from_index
 
     tiles = tiles_from_index(read_index(a.tiles))
+    loaded = load_model(a.model)  # bare excludes loading too
     with tempfile.TemporaryDirectory() as out:
         t0, c0 = time.perf_counter(), _cpu()
-        rep = predict_store(Store(a.store, GRID), tiles, a.model, Store(out, GRID), ["parking"], window=a.window, progress=False)
+        rep = predict_store(Store(a.store, GRID), tiles, loaded, Store(out, GRID), ["parking"], window=a.window, progress=False)
         dt, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"tiles": len(tiles), "seconds": dt, "cpu_seconds": cpu, "windows": rep.windows, "halo": rep.halo, "overhead": round(rep.overhead, 3)}
 
@@ -113,11 +123,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--mode", choices=["bare", "predict"], help=argparse.SUPPRESS)
+    ap.add_argument("--modes", nargs="+", default=["bare", "bare-folded", "predict"], help="what to measure")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.mode:
-        res = run_bare(a) if a.mode == "bare" else run_predict(a)
+        res = run_predict(a) if a.mode == "predict" else run_bare(a)
         res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
         print(json.dumps(res))
         return
@@ -135,24 +146,24 @@ def main() -> None:
             a.tiles = tmp / "tiles.csv"
             pd.DataFrame({"z": [t.z for t in tiles], "x": [t.x for t in tiles], "y": [t.y for t in tiles],
                           "shard": "", "block": "", "split": "test"}).to_csv(a.tiles, index=False)
-        results: dict[str, list[dict]] = {"bare": [], "predict": []}
+        results: dict[str, list[dict]] = {m: [] for m in a.modes}
         for r in range(a.repeats):
-            for mode in ("bare", "predict"):
+            for mode in a.modes:
                 cmd = [sys.executable, __file__, "--mode", mode, "--model", str(a.model), "--store", str(a.store),
                        "--tiles", str(a.tiles), "--window", str(a.window), "--batch-size", str(a.batch_size)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
                 res = json.loads(out)
                 results[mode].append(res)
-                print(f"run {r + 1} {mode:8s} {res['tiles'] / res['seconds']:6.1f} tiles/s  {res['seconds']:6.1f} s  "
+                print(f"run {r + 1} {mode:11s} {res['tiles'] / res['seconds']:6.1f} tiles/s  {res['seconds']:6.1f} s  "
                       f"{res['tiles'] / res['cpu_seconds']:6.2f} tiles/cpu-s  "
                       f"peak RSS {res['peak_rss_mb']} MB  {', '.join(f'{k} {v}' for k, v in res.items() if k in ('windows', 'halo', 'overhead'))}"
                       f"  load {os.getloadavg()[0]:.1f}", flush=True)
-        med = {m: statistics.median(x["tiles"] / x["seconds"] for x in v) for m, v in results.items()}
-        best = {m: max(x["tiles"] / x["seconds"] for x in v) for m, v in results.items()}
-        cpu = {m: statistics.median(x["tiles"] / x["cpu_seconds"] for x in v) for m, v in results.items()}
-        print(f"median tiles/s: bare {med['bare']:.1f}, predict {med['predict']:.1f} -> predict at {med['predict'] / med['bare']:.0%} of bare "
-              f"(best {best['predict'] / best['bare']:.0%}; per CPU-second {cpu['predict'] / cpu['bare']:.0%}); window {a.window} px, {os.cpu_count()} cpus; "
-              f"peak RSS predict {max(x['peak_rss_mb'] for x in results['predict'])} MB, bare {max(x['peak_rss_mb'] for x in results['bare'])} MB")
+        for kind, per in (("wall", "seconds"), ("cpu", "cpu_seconds")):
+            med = {m: statistics.median(x["tiles"] / x[per] for x in v) for m, v in results.items()}
+            line = ", ".join(f"{m} {v:.2f}" for m, v in med.items())
+            ratios = ", ".join(f"predict/{m} {med['predict'] / med[m]:.0%}" for m in med if m != "predict" and "predict" in med)
+            print(f"median tiles per {'second' if kind == 'wall' else 'CPU-second'}: {line}; {ratios}")
+        print(f"window {a.window} px, {os.cpu_count()} cpus; peak RSS " + ", ".join(f"{m} {max(x['peak_rss_mb'] for x in v)} MB" for m, v in results.items()))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
                                [--batch-size 8] [--steps 12] [--sizes 256 512]
 
 Builds the model exactly as ``navml.train`` does (same loss, optimizer and
-IoU metric, op determinism on) and times ``train_on_batch`` on random
+IoU metric, op determinism on, one op at a time unless ``--inter-op 0``) and times ``train_on_batch`` on random
 256-px tiles after two warm-up steps, then ``predict_on_batch`` at each size
 in ``--sizes``. Throughput is in tiles of that size per second; the
 tf.data/store reading is not included (it is < 3 ms per tile). Prints one
@@ -34,28 +34,30 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=256, help="training tile size, px")
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="inference tile sizes, px")
     ap.add_argument("--loss", default="crossentropy+dice")
+    ap.add_argument("--inter-op", type=int, default=1, help="TensorFlow inter-op threads: 1 as in training (deterministic), 0 = TF default")
     a = ap.parse_args()
 
     import keras
     import tensorflow as tf
 
-    from navml.losses import SegmentationLoss
+    from navml.losses import MaskedIoU, SegmentationLoss
     from navml.models.unet import build_unet, receptive_field
-    from navml.train import set_determinism
 
-    set_determinism(0)
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
+    tf.config.threading.set_inter_op_parallelism_threads(a.inter_op)
     k = a.classes + 1
     model = build_unet(3, a.classes, a.depth, a.base_filters, a.encoder)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=SegmentationLoss(a.loss, class_weights=[1.0] * k),
-        metrics=[keras.metrics.IoU(k, list(range(1, k)), name="iou", sparse_y_true=False, sparse_y_pred=False)],
+        metrics=[MaskedIoU(k, list(range(1, k)), name="iou")],
         jit_compile=False,
     )
     print(
         f"model: depth {a.depth}, base {a.base_filters}, {a.encoder}; {model.count_params():,} parameters; "
-        f"receptive field {receptive_field(a.depth)} px; threads intra {tf.config.threading.get_intra_op_parallelism_threads()} "
-        f"(0 = all {os.cpu_count()} cores); load {os.getloadavg()[0]:.1f}"
+        f"receptive field {receptive_field(a.depth)} px; inter-op threads {a.inter_op} (0 = TF default), "
+        f"{os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}"
     )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, size=(a.batch_size, a.tile, a.tile, 3)).astype("float32")

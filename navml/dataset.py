@@ -8,7 +8,8 @@ generator, so the stream is the same on every run with the same seed.
 
 Samples: image float32 ``(rows, cols, bands)`` with raw 0..255 values, label
 one-hot float32 ``(rows, cols, n_classes + 1)`` (mask value 0 background,
-``i + 1`` the ``i``-th segmentation class).
+``i + 1`` the ``i``-th segmentation class; :data:`~navml.rasterize.IGNORE`
+(255, class unknown: outside complete mapping) becomes an all-zero row).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import pandas as pd
 from navml.config import check_keys
 from navml.errors import ConfigError, InputError, NavmlError
 from navml.grid import Tile, group_by_shard, shard_of, tile_key
+from navml.rasterize import IGNORE
 from navml.store import Store
 
 IMAGERY = "imagery"
 MASKS = "masks"
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -116,32 +117,55 @@ def positive_tiles(index: pd.DataFrame, classes: Sequence[str], where: str = "ti
     return {Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])}
 
 
+@dataclass(frozen=True)
+class TrainingTiles:
+    """The training split as positive tiles (always used) and negative tiles of
+    which ``negatives_per_epoch`` are drawn afresh for every epoch."""
+
+    positives: list[Tile]
+    negatives: list[Tile]
+    negatives_per_epoch: int
+
+    @property
+    def per_epoch(self) -> int:
+        """Tiles seen per epoch."""
+        return len(self.positives) + self.negatives_per_epoch
+
+    @property
+    def all(self) -> list[Tile]:
+        """Every tile that can be drawn, sorted."""
+        return sorted(self.positives + self.negatives, key=lambda t: (t.z, t.y, t.x))
+
+    def epoch(self, rng: np.random.Generator) -> list[Tile]:
+        """This epoch's tiles: all positives and a random draw of negatives (unshuffled)."""
+        if self.negatives_per_epoch >= len(self.negatives):
+            return self.positives + self.negatives
+        pick = np.sort(rng.choice(len(self.negatives), size=self.negatives_per_epoch, replace=False))
+        return self.positives + [self.negatives[i] for i in pick]
+
+
 def select_training_tiles(
     index: pd.DataFrame,
     classes: Sequence[str],
     negative_share: float | None,
-    seed: int = 0,
     split: str = "train",
     where: str = "tile index",
-) -> list[Tile]:
-    """Tiles of ``split`` with every positive tile and enough negative tiles
-    (no ``pos_<class>`` set) that they make ``negative_share`` (0..1) of the
-    result; ``None`` keeps every tile. Negatives are drawn with ``seed``.
+) -> TrainingTiles:
+    """Tiles of ``split``: every positive tile (a ``pos_<class>`` set for one of
+    ``classes``) plus, per epoch, enough negative tiles to make
+    ``negative_share`` (0..1) of the epoch, or all of them if there are fewer;
+    ``None`` uses every tile every epoch.
     """
     tiles = split_tiles(index, split, where)
     if negative_share is None:
-        return tiles
+        return TrainingTiles(tiles, [], 0)
     if not 0.0 <= negative_share < 1.0:
         raise ConfigError(f"params: 'train.negative_share' is {negative_share}; use 0..1 (below 1) or null to keep all tiles")
     pos = positive_tiles(index, classes, where)
     positives = [t for t in tiles if t in pos]
     negatives = [t for t in tiles if t not in pos]
     want = int(round(len(positives) * negative_share / (1.0 - negative_share)))
-    if want < len(negatives):
-        rng = np.random.default_rng([seed, 7])
-        keep = sorted(rng.choice(len(negatives), size=want, replace=False).tolist())
-        negatives = [negatives[i] for i in keep]
-    return sorted(positives + negatives, key=lambda t: (t.z, t.y, t.x))
+    return TrainingTiles(positives, negatives, min(want, len(negatives)))
 
 
 class TileReader:
@@ -182,15 +206,15 @@ class TileReader:
         return np.moveaxis(arr, 0, -1)
 
     def mask(self, tile: Tile) -> np.ndarray:
-        """Mask ``(rows, cols)`` uint8 with values ``0..n_classes``."""
+        """Mask ``(rows, cols)`` uint8 with values ``0..n_classes`` or :data:`IGNORE`."""
         arr = self._read(MASKS, tile)
         path = self.store.path(MASKS, shard_of(tile, self.store.grid))
         if arr.shape[0] != 1:
             raise InputError(f"{path}: masks must have 1 band, found {arr.shape[0]}; re-run rasterize")
-        top = int(arr.max())
-        if top > self.n_classes:
+        bad = arr[(arr > self.n_classes) & (arr != IGNORE)]
+        if bad.size:
             raise InputError(
-                f"{path}: mask value {top} at tile {tile_key(tile)} but the registry has {self.n_classes} segmentation "
+                f"{path}: mask value {int(bad.max())} at tile {tile_key(tile)} but the registry has {self.n_classes} segmentation "
                 f"class(es); re-run rasterize after changing classes"
             )
         return arr[0]
@@ -208,11 +232,10 @@ def check_store(store: Store, tiles: Sequence[Tile], bands: int, layers: Sequenc
                 stage = "rasterize" if layer == MASKS else layer
                 raise InputError(f"{store.path(layer, shard)}: missing shard of layer '{layer}'; run `dvc repro {stage}` (store {folder})")
     if IMAGERY in layers:
-        shard = next(iter(group_by_shard(tiles, store.grid)))
         try:
             found = store.count(IMAGERY)
-        except Exception as exc:
-            raise InputError(f"{store.path(IMAGERY, shard)}: cannot read imagery ({exc}); re-run the imagery stage") from exc
+        except Exception as exc:  # a damaged first shard
+            raise InputError(f"{store.root / IMAGERY}: cannot read imagery ({str(exc).splitlines()[0]}); re-run the imagery stage") from exc
         if found != bands:
             raise InputError(
                 f"{store.root / IMAGERY}: imagery has {found} bands, the model takes {bands}; "
@@ -221,34 +244,47 @@ def check_store(store: Store, tiles: Sequence[Tile], bands: int, layers: Sequenc
 
 
 def label_counts(reader: TileReader, tiles: Sequence[Tile], progress: bool = False, desc: str = "labels") -> np.ndarray:
-    """Pixel count per label ``0..n_classes`` over ``tiles`` (reads masks only)."""
+    """Pixel count per label ``0..n_classes`` over ``tiles`` (reads masks only; ignored pixels not counted)."""
     from tqdm import tqdm
 
-    counts = np.zeros(reader.n_classes + 1, dtype="int64")
+    k = reader.n_classes + 1
+    counts = np.zeros(k, dtype="int64")
     for tile in tqdm(tiles, desc=desc, unit="tile", disable=None if progress else True, leave=False):
-        counts += np.bincount(reader.mask(tile).ravel(), minlength=reader.n_classes + 1)
+        counts += np.bincount(reader.mask(tile).ravel(), minlength=256)[:k]
+    return counts
+
+
+def training_counts(reader: TileReader, tiles: TrainingTiles, progress: bool = False) -> np.ndarray:
+    """Expected pixel count per label in one epoch of ``tiles`` (float): positives
+    plus the negatives scaled by the share of them drawn per epoch."""
+    counts = label_counts(reader, tiles.positives, progress, "train labels").astype("float64")
+    if tiles.negatives and tiles.negatives_per_epoch:
+        neg = label_counts(reader, tiles.negatives, progress, "train negatives")
+        counts += neg * (tiles.negatives_per_epoch / len(tiles.negatives))
     return counts
 
 
 def sample_stream(
     reader: TileReader,
-    tiles: Sequence[Tile],
+    tiles: Sequence[Tile] | TrainingTiles,
     *,
     shuffle: bool,
     augment: Augment | None,
     seed: int,
 ):
     """A generator function yielding ``(image float32 HWC, mask uint8 HW)``; each call is one epoch,
-    shuffled and augmented with ``default_rng([seed, epoch])``."""
+    with its negatives drawn (:class:`TrainingTiles`), shuffled and augmented with
+    ``default_rng([seed, epoch])``."""
     epochs = itertools.count()
-    tiles = list(tiles)
+    fixed = None if isinstance(tiles, TrainingTiles) else list(tiles)
 
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rng = np.random.default_rng([seed, next(epochs)])
-        order = rng.permutation(len(tiles)) if shuffle else range(len(tiles))
+        tiles_now = fixed if fixed is not None else tiles.epoch(rng)
+        order = rng.permutation(len(tiles_now)) if shuffle else range(len(tiles_now))
         for i in order:
             try:
-                image, mask = reader.pair(tiles[i])
+                image, mask = reader.pair(tiles_now[i])
             except NavmlError as exc:
                 # end the stream quietly (raising here makes TensorFlow print a traceback);
                 # the caller sees the short epoch and re-raises ``reader.error``
@@ -263,7 +299,7 @@ def sample_stream(
 
 def make_dataset(
     reader: TileReader,
-    tiles: Sequence[Tile],
+    tiles: Sequence[Tile] | TrainingTiles,
     *,
     batch_size: int,
     shuffle: bool = False,
@@ -272,7 +308,11 @@ def make_dataset(
     cache: bool = False,
     drop_remainder: bool = False,
 ):
-    """``tf.data.Dataset`` of ``(image, one-hot label)`` batches over ``tiles`` (see module doc)."""
+    """``tf.data.Dataset`` of ``(image, one-hot label)`` batches over ``tiles`` (see module doc).
+
+    Pixels of :data:`IGNORE` get an all-zero label row, which the losses and
+    :class:`navml.losses.MaskedIoU` leave out.
+    """
     import tensorflow as tf
 
     size = reader.store.grid.tile_size
@@ -286,7 +326,7 @@ def make_dataset(
         ),
     )
     ds = ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k, dtype=tf.float32)))
-    n = len(tiles)
+    n = tiles.per_epoch if isinstance(tiles, TrainingTiles) else len(tiles)
     ds = ds.apply(tf.data.experimental.assert_cardinality(n))
     if cache:
         ds = ds.cache()

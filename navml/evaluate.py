@@ -11,7 +11,8 @@ Writes into ``out_dir``:
   (exact pixel counts) and ``seg_plots/overlays/<z-x-y>.png`` (imagery | truth
   | prediction).
 
-Thresholds are chosen per class on the validation split (the one maximizing
+Pixels of unknown class (mask 255, outside complete mapping) are left out
+of every count. Thresholds are chosen per class on the validation split (the one maximizing
 IoU or F1) unless fixed by the caller. A pixel gets the most probable
 foreground class when that probability reaches the class threshold, else
 background (see :func:`navml.metrics.labels_from_probs`).
@@ -32,6 +33,7 @@ from navml.dataset import IMAGERY, MASKS, TileReader, check_store, image_batches
 from navml.errors import InputError, ModelError
 from navml.grid import Tile, tile_key
 from navml.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs
+from navml.rasterize import IGNORE
 from navml.store import Store
 from navml.train import read_thresholds, write_json
 
@@ -61,14 +63,17 @@ def val_thresholds(model, reader: TileReader, tiles: Sequence[Tile], *, batch_si
     neg = np.zeros((n, bins), dtype="int64")
     for _, _, masks, probs in predict_tiles(model, reader, tiles, batch_size, progress, "val thresholds"):
         for c in range(n):
-            p, q = histograms(probs[..., c + 1], masks == c + 1, bins)
+            p, q = histograms(probs[..., c + 1], masks == c + 1, bins, masks != IGNORE)
             pos[c] += p
             neg[c] += q
     return [best_threshold(pos[c], neg[c], metric) for c in range(n)]
 
 
 def render_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5, gap: int = 4) -> np.ndarray:
-    """Three panels side by side, RGB uint8: imagery | truth over imagery | prediction over imagery."""
+    """Three panels side by side, RGB uint8: imagery | truth over imagery | prediction over imagery.
+
+    Classes are painted in ``colors`` (alpha ``alpha``); truth pixels of unknown
+    class (:data:`IGNORE`) are darkened."""
     rgb = np.asarray(image)
     if rgb.shape[-1] >= 3:
         rgb = rgb[..., :3]
@@ -79,8 +84,10 @@ def render_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, color
 
     def paint(labels: np.ndarray) -> np.ndarray:
         out = rgb.copy()
-        hit = labels > 0
+        hit = (labels > 0) & (labels < len(palette))
         out[hit] = (1 - alpha) * out[hit] + alpha * palette[labels[hit]]
+        unknown = labels == IGNORE
+        out[unknown] = 0.35 * out[unknown]  # class unknown: darkened
         return out
 
     h = rgb.shape[0]
@@ -197,11 +204,11 @@ def evaluate_segmentation(
         labels = labels_from_probs(probs, thresholds)
         cm += confusion_counts(masks, labels, n + 1)
         for c in range(n):
-            p, q = histograms(probs[..., c + 1], masks == c + 1, bins)
+            p, q = histograms(probs[..., c + 1], masks == c + 1, bins, masks != IGNORE)
             pos[c] += p
             neg[c] += q
         for tile, m, lab in zip(chunk, masks, labels):
-            interest.append((int((m > 0).sum() + (lab > 0).sum()), tile))
+            interest.append((int(((m > 0) & (m != IGNORE)).sum() + ((lab > 0) & (m != IGNORE)).sum()), tile))
     per_class = class_scores(cm)
     for i, name in enumerate(classes, start=1):
         if per_class[i]["tp"] + per_class[i]["fn"] == 0:

@@ -2,10 +2,12 @@
 
 All functions take ``y_true`` one-hot and ``y_pred`` softmax probabilities of
 shape ``(batch, rows, cols, K)`` with ``K = n_classes + 1`` (channel 0 is
-background) and return a scalar. Pixel losses (cross-entropy, focal) are a
-mean over all pixels of the batch; overlap losses (Dice, soft IoU) are
-computed over the whole batch (so tiles without a positive pixel are fine)
-and averaged over the foreground classes 1..K-1.
+background) and return a scalar. A pixel whose ``y_true`` row is all zero is
+*ignored* (class unknown, mask value 255): it adds nothing to any loss or to
+:class:`MaskedIoU`. Pixel losses (cross-entropy, focal) are a mean over the
+labelled pixels of the batch; overlap losses (Dice, soft IoU) are computed
+over the whole batch (so tiles without a positive pixel are fine) and
+averaged over the foreground classes 1..K-1.
 """
 
 from __future__ import annotations
@@ -41,25 +43,32 @@ def _weights(class_weights, k: int):
     return ops.convert_to_tensor(np.asarray(class_weights, dtype="float32"))
 
 
+def _labelled_mean(per_pixel, y_true):
+    valid = ops.sum(y_true, axis=-1)
+    return ops.sum(per_pixel * valid) / ops.maximum(ops.sum(valid), 1.0)
+
+
 def weighted_crossentropy(y_true, y_pred, class_weights: Sequence[float] | None = None):
-    """Mean over pixels of ``-sum_c w_c * y_c * log(p_c)`` (binary cross-entropy when K = 2)."""
+    """Mean over labelled pixels of ``-sum_c w_c * y_c * log(p_c)`` (binary cross-entropy when K = 2)."""
     y_true = ops.cast(y_true, "float32")
     p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
     w = _weights(class_weights, y_pred.shape[-1])
-    return ops.mean(-ops.sum(w * y_true * ops.log(p), axis=-1))
+    return _labelled_mean(-ops.sum(w * y_true * ops.log(p), axis=-1), y_true)
 
 
 def focal_loss(y_true, y_pred, gamma: float = 2.0, class_weights: Sequence[float] | None = None):
-    """Mean over pixels of ``-sum_c w_c * y_c * (1 - p_c) ** gamma * log(p_c)`` (Lin et al. 2017)."""
+    """Mean over labelled pixels of ``-sum_c w_c * y_c * (1 - p_c) ** gamma * log(p_c)`` (Lin et al. 2017)."""
     y_true = ops.cast(y_true, "float32")
     p = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
     w = _weights(class_weights, y_pred.shape[-1])
-    return ops.mean(-ops.sum(w * y_true * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1))
+    return _labelled_mean(-ops.sum(w * y_true * ops.power(1.0 - p, gamma) * ops.log(p), axis=-1), y_true)
 
 
 def _overlaps(y_true, y_pred):
-    y_true = ops.cast(y_true, "float32")[..., 1:]
-    y_pred = ops.cast(y_pred, "float32")[..., 1:]
+    y_true = ops.cast(y_true, "float32")
+    valid = ops.sum(y_true, axis=-1, keepdims=True)
+    y_pred = (ops.cast(y_pred, "float32") * valid)[..., 1:]
+    y_true = y_true[..., 1:]
     axes = tuple(range(len(y_true.shape) - 1))
     inter = ops.sum(y_true * y_pred, axis=axes)
     return inter, ops.sum(y_true, axis=axes), ops.sum(y_pred, axis=axes)
@@ -133,6 +142,25 @@ class SegmentationLoss(keras.losses.Loss):
             "gamma": self.gamma,
             "smooth": self.smooth,
         }
+
+
+@keras.saving.register_keras_serializable(package="navml")
+class MaskedIoU(keras.metrics.IoU):
+    """Mean IoU of the argmax prediction over ``target_class_ids``, from one-hot
+    labels; pixels whose label row is all zero (ignored) are not counted."""
+
+    def __init__(self, num_classes: int, target_class_ids: Sequence[int], name: str | None = None, dtype=None, **kwargs):
+        for key in ("sparse_y_true", "sparse_y_pred", "ignore_class", "axis"):
+            kwargs.pop(key, None)
+        super().__init__(num_classes, list(target_class_ids), name=name, dtype=dtype, sparse_y_true=True, sparse_y_pred=True, **kwargs)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        valid = ops.sum(ops.cast(y_true, "float32"), axis=-1)
+        if sample_weight is not None:
+            valid = valid * ops.cast(sample_weight, "float32")
+        # the confusion matrix counts integers: labelled pixels weigh 1, ignored ones 0
+        valid = ops.cast(ops.round(valid), self.dtype)
+        return super().update_state(ops.argmax(y_true, axis=-1), ops.argmax(y_pred, axis=-1), valid)
 
 
 def class_weights_from_counts(counts: Sequence[int], mode: str = "sqrt", names: Sequence[str] | None = None) -> list[float]:

@@ -19,10 +19,14 @@ THRESHOLD_METRICS = ("iou", "f1")
 
 
 def confusion_counts(truth: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
-    """``(n, n)`` int64 pixel counts, rows truth, columns prediction."""
+    """``(n, n)`` int64 pixel counts, rows truth, columns prediction.
+
+    Pixels whose truth is outside ``0..n-1`` (255 = ignore) are not counted.
+    """
     truth = np.asarray(truth).ravel().astype("int64")
     pred = np.asarray(pred).ravel().astype("int64")
-    return np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)
+    keep = (truth >= 0) & (truth < n)
+    return np.bincount(truth[keep] * n + pred[keep], minlength=n * n).reshape(n, n)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -67,11 +71,15 @@ def labels_from_probs(probs: np.ndarray, thresholds: Sequence[float]) -> np.ndar
     return np.where(p >= thr, best + 1, 0).astype("uint8")
 
 
-def histograms(prob: np.ndarray, truth: np.ndarray, bins: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of positive and of negative pixels per probability bin (``bins`` equal bins on 0..1)."""
+def histograms(prob: np.ndarray, truth: np.ndarray, bins: int = 100, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of positive and of negative pixels per probability bin (``bins`` equal bins on 0..1);
+    only pixels where ``valid`` is true when it is given."""
     # the small offset keeps p = k / bins in bin k despite float rounding (0.58 * 100 = 57.999...)
     idx = np.clip(np.floor(np.asarray(prob, dtype="float64").ravel() * bins + 1e-6).astype("int64"), 0, bins - 1)
     truth = np.asarray(truth, dtype=bool).ravel()
+    if valid is not None:
+        keep = np.asarray(valid, dtype=bool).ravel()
+        idx, truth = idx[keep], truth[keep]
     pos = np.bincount(idx[truth], minlength=bins)
     neg = np.bincount(idx[~truth], minlength=bins)
     return pos, neg

@@ -14,7 +14,8 @@ Two scores, both from real outputs:
   lots, both restricted to those intersecting the test-split tiles: polygon
   precision, recall and F1 on tiles the model never trained on.
 
-Plus geometry checks: share of valid output geometries and median vertex count.
+Plus geometry checks: share of valid output geometries, median vertex count
+of all predictions and of those matching a rectangular (4-corner) truth lot.
 """
 
 from __future__ import annotations
@@ -156,10 +157,17 @@ def score_outputs(
         metrics[split] = prf(0, 0, 0) | {"tiles": 0}
     geoms = [f["geometry"] for f in preds]
     verts = [vertex_count(g) for g in geoms]
+    # Vertex count of predictions matched (whole AOI) to truth lots that are rectangles.
+    rect = [i for i, f in enumerate(lots) if vertex_count(f["geometry"]) == 4]
+    pairs = match_greedy([to_mercator(g) for g in geoms], [float(f["properties"].get("score", 1.0)) for f in preds],
+                         [to_mercator(lots[i]["geometry"]) for i in rect], iou_threshold)
+    rect_verts = [verts[i] for i, _, _ in pairs]
     metrics["geometry"] = {
         "features": len(geoms),
         "valid_share": round(float(np.mean([g.is_valid for g in geoms])), 4) if geoms else 1.0,
         "median_vertices": float(np.median(verts)) if verts else 0.0,
+        "rectangular_lots_matched": len(rect_verts),
+        "median_vertices_rectangular": float(np.median(rect_verts)) if rect_verts else 0.0,
     }
     metrics["iou_threshold"] = iou_threshold
     path = Path(out)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from navml.dataset import Augment, TileReader, check_store, label_counts, make_dataset, select_training_tiles, split_tiles
+from navml.dataset import Augment, TileReader, check_store, label_counts, make_dataset, select_training_tiles, split_tiles, training_counts
 from navml.errors import ConfigError, InputError, ModelError
 from navml.store import Store
 
@@ -28,12 +28,23 @@ THRESHOLDS_FILE = "thresholds.json"
 
 
 def set_determinism(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow and ask TensorFlow for deterministic kernels."""
+    """Seed Python, NumPy and TensorFlow, ask for deterministic kernels and run one op at a time.
+
+    Op determinism alone is not enough on CPU: with several ops running at once
+    (inter-op parallelism) the weights differ in the 5th digit after a few
+    steps and training drifts apart. One op at a time, each on all cores
+    (intra-op threads), gives bit-identical weights at a small cost on 2 cores.
+    The thread setting only takes effect before TensorFlow runs its first op.
+    """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(int(seed))
     tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialized in this process: keep its setting
+        pass
 
 
 def _check_args(classes: Sequence[str], epochs: int, batch_size: int, learning_rate: float, patience: int) -> None:
@@ -88,7 +99,7 @@ def train_segmentation(
     *,
     bands: int = 3,
     depth: int = 4,
-    base_filters: int = 16,
+    base_filters: int = 8,
     encoder: str = "plain",
     dropout: float = 0.0,
     loss: str | Sequence[str] = "crossentropy+dice",
@@ -109,10 +120,11 @@ def train_segmentation(
     """Train a U-Net for the segmentation ``classes`` (registry order) and save it in ``out_dir``.
 
     ``index`` is the tile index (columns z, x, y, split, pos_<class>);
-    ``store`` holds layers ``imagery`` and ``masks``. ``loss`` names terms of
+    ``store`` holds layers ``imagery`` and ``masks`` (mask 255 = ignore). ``loss`` names terms of
     :mod:`navml.losses` joined by ``+``; class weights come from the training
     masks (``class_weighting``: none, inverse, sqrt). ``negative_share`` (0..1
-    or None = keep all) is the share of training tiles without a positive.
+    or None = keep all) is the share of each epoch's tiles without a positive,
+    drawn afresh per epoch from the train split's negative tiles.
     Early stopping watches ``val_iou`` with ``patience`` epochs; the learning
     rate follows a cosine decay from ``learning_rate`` over ``epochs``.
     ``live_dir`` receives dvclive per-epoch metrics (``plots/metrics/*.tsv``,
@@ -120,7 +132,7 @@ def train_segmentation(
     maximizes ``threshold_metric`` on the val split goes to
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
     """
-    from navml.losses import SegmentationLoss, class_weights_from_counts, parse_loss
+    from navml.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
     from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
 
     started = time.monotonic()
@@ -133,14 +145,14 @@ def train_segmentation(
     if size % model_stride(depth):
         raise ConfigError(f"params: 'train.depth' {depth} needs tiles of a multiple of {model_stride(depth)} px; grid.tile_size is {size}")
 
-    train_tiles = select_training_tiles(index, classes, negative_share, seed, "train", where)
+    train_tiles = select_training_tiles(index, classes, negative_share, "train", where)
     val_tiles = split_tiles(index, "val", where)
-    for split, tiles in (("train", train_tiles), ("val", val_tiles)):
+    for split, tiles in (("train", train_tiles.all), ("val", val_tiles)):
         if not tiles:
             raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
-    check_store(store, train_tiles + val_tiles, bands)
+    check_store(store, train_tiles.all + val_tiles, bands)
     reader = TileReader(store, n, bands)
-    train_counts = label_counts(reader, train_tiles, progress, "train labels")
+    train_counts = training_counts(reader, train_tiles, progress)
     _require_pixels(train_counts, classes, "train", store)
     val_counts = label_counts(reader, val_tiles, progress, "val labels")
     _require_pixels(val_counts, classes, "val", store)
@@ -151,17 +163,17 @@ def train_segmentation(
 
     set_determinism(seed)
     model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout)
-    steps = max(1, len(train_tiles) // batch_size)
+    steps = max(1, train_tiles.per_epoch // batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs, alpha=0.05)
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss=SegmentationLoss(terms, class_weights=weights, gamma=focal_gamma),
-        metrics=[keras.metrics.IoU(n + 1, list(range(1, n + 1)), name="iou", sparse_y_true=False, sparse_y_pred=False)],
+        metrics=[MaskedIoU(n + 1, list(range(1, n + 1)), name="iou")],
         jit_compile=False,
     )
     train_ds = make_dataset(
         reader, train_tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed,
-        drop_remainder=len(train_tiles) >= batch_size,
+        drop_remainder=train_tiles.per_epoch >= batch_size,
     )
     val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
 
@@ -204,10 +216,11 @@ def train_segmentation(
             "best_epoch": best_epoch + 1,
             "epochs_run": len(val_iou),
             "best_val_iou": float(val_iou[best_epoch]),
-            "train_tiles": len(train_tiles),
+            "train_tiles": train_tiles.per_epoch,
+            "train_positive_tiles": len(train_tiles.positives),
+            "train_negative_tiles": len(train_tiles.negatives),
             "val_tiles": len(val_tiles),
             "class_weights": weights,
-            "seconds": round(time.monotonic() - started, 1),
         }
         if live is not None:
             live.summary.update({"best_val_iou": summary["best_val_iou"], "best_epoch": summary["best_epoch"]})
@@ -236,7 +249,8 @@ def train_segmentation(
         )
         save_model(best, meta, out_dir)
         write_json(out_dir / THRESHOLDS_FILE, thresholds)
-        return {**summary, "thresholds": thresholds, "model_dir": str(out_dir)}
+        # wall time stays out of meta.json: same params and data give the same metadata
+        return {**summary, "thresholds": thresholds, "model_dir": str(out_dir), "seconds": round(time.monotonic() - started, 1)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

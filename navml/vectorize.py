@@ -382,6 +382,14 @@ def vectorize_store(
         raise InputError(f"{store.root / layer}: no shards to vectorize; run the stage that writes '{layer}' first")
     count = store.count(layer)
     _bands_for(kind, count, classes, str(store.root / layer))
+    if kind == "probs":
+        import rasterio
+
+        with rasterio.open(store.path(layer, shards[0])) as src:
+            written = src.tags().get("classes")
+        names = ",".join(c.name for c in classes)
+        if written is not None and written != names:
+            raise InputError(f"{store.path(layer, shards[0])}: probabilities of classes '{written}', the registry has '{names}'; re-run predict")
     n = grid.shard_size
     feats: list[dict[str, Any]] = []
     border: list[list[Piece]] = [[] for _ in classes]

@@ -168,3 +168,46 @@ def test_osm_xml_escapes_tags_and_skips_degenerate_rings():
     xml = osm_xml([f, flat], {"parking": {"name": 'Lot "A" & <B>'}})
     assert 'v="Lot &quot;A&quot; &amp; &lt;B&gt;"' in xml
     assert xml.count("<way ") == 1 and xml.count("<node ") == 4
+
+
+def run_navml(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "navml", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def cli_params(tmp_path, **sections):
+    import yaml
+
+    params = {
+        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "osm_tags": {"amenity": "parking", "parking": "surface"}}},
+        "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16},
+        **sections,
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_cli_dedupe_errors_are_one_line_and_keep_earlier_outputs(tmp_path, scene):
+    existing, preds = scene
+    cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 0.45, "source": "navml"})
+    write_features(preds, tmp_path / "data/output/predictions.geojson")
+    proc = run_navml("dedupe", cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("navml: error: data/extract/parking.geojson: OSM extract")
+    assert not (tmp_path / "data/output/new_features.osm").exists()
+
+    write_features(existing, tmp_path / "data/extract/parking.geojson")
+    proc = run_navml("dedupe", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "7 predicted, 5 already in OSM, 2 new" in proc.stdout
+    before = (tmp_path / "data/output/new_features.osm").read_text()
+
+    cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 2})
+    proc = run_navml("dedupe", cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "min_overlap" in proc.stderr
+    cli_params(tmp_path, dedupe={"match": "share", "min_ovrlap": 0.5})
+    proc = run_navml("dedupe", cwd=tmp_path)
+    assert proc.returncode == 1 and "dedupe.min_ovrlap" in proc.stderr
+    assert (tmp_path / "data/output/new_features.osm").read_text() == before

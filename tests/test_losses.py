@@ -10,6 +10,7 @@ import pytest
 
 from navml.errors import ConfigError, InputError
 from navml.losses import (
+    MaskedIoU,
     SegmentationLoss,
     class_weights_from_counts,
     focal_loss,
@@ -95,3 +96,27 @@ def test_class_weights_by_hand():
         class_weights_from_counts([100, 0], "sqrt", ["background", "parking"])
     with pytest.raises(ConfigError, match="class_weighting"):
         class_weights_from_counts([1, 1], "log")
+
+
+def test_ignored_pixels_add_nothing():
+    # a third pixel with an all-zero label row (mask 255) and a confident wrong prediction
+    y = np.concatenate([Y, np.zeros((1, 1, 1, 2), "float32")], axis=2)
+    p = np.concatenate([P, np.array([[[[0.01, 0.99]]]], "float32")], axis=2)
+    for fn in (weighted_crossentropy, focal_loss):
+        assert f(fn(y, p)) == pytest.approx(f(fn(Y, P)), rel=1e-6)
+    for fn in (soft_dice_loss, soft_iou_loss):
+        assert f(fn(y, p, smooth=0.0)) == pytest.approx(f(fn(Y, P, smooth=0.0)), rel=1e-6)
+
+
+def test_masked_iou_by_hand():
+    # truth: bg, lot, lot, ignored; prediction (argmax): lot, lot, bg, lot
+    y = np.array([[[1, 0], [0, 1], [0, 1], [0, 0]]], dtype="float32")
+    p = np.array([[[0.4, 0.6], [0.1, 0.9], [0.7, 0.3], [0.2, 0.8]]], dtype="float32")
+    m = MaskedIoU(2, [1])
+    m.update_state(y, p)
+    assert f(m.result()) == pytest.approx(1 / 3)  # tp 1, fp 1, fn 1; the ignored pixel is not counted
+    both = MaskedIoU(2, [0, 1])
+    both.update_state(y, p)
+    assert f(both.result()) == pytest.approx((0 / 2 + 1 / 3) / 2)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(m))
+    assert isinstance(again, MaskedIoU)

@@ -75,3 +75,12 @@ def test_best_threshold_finds_the_separating_value():
     assert iou == pytest.approx(1.0)
     thr_f1, f1 = best_threshold(pos, neg, "f1")
     assert f1 == pytest.approx(1.0)
+
+
+def test_ignored_truth_is_not_counted():
+    truth = np.array([0, 1, 255, 255, 1])
+    pred = np.array([0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(confusion_counts(truth, pred, 2), [[1, 0], [1, 1]])
+    prob = np.array([0.1, 0.9, 0.9, 0.1, 0.3])
+    pos, neg = histograms(prob, truth == 1, bins=10, valid=truth != 255)
+    assert pos.sum() == 2 and neg.sum() == 1 and pos[9] == 1 and pos[3] == 1 and neg[1] == 1

@@ -192,3 +192,25 @@ def test_fixed_size_model_is_widened_and_certain_pixels_stay_255(tmp_path, small
     predict_store(store, tiles, folder, dst, ["parking"], window=1024, progress=False)
     probs = dst.read_shard(PROBS, SHARD0)
     assert probs.shape == (1, 1024, 1024) and (probs == 255).all()
+
+
+def test_fold_batchnorm_is_exact_and_removes_every_batchnorm():
+    import keras
+
+    from navml.models.unet import build_unet
+    from navml.predict import fold_batchnorm
+
+    model = build_unet(3, 2, depth=2, base_filters=4, encoder="residual")
+    rng = np.random.default_rng(0)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert len(bns) >= 10
+    for layer in bns:
+        c = layer.gamma.shape[0]
+        layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.3, 3, c)])
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+    x = rng.integers(0, 256, (2, 96, 128, 3)).astype("float32")
+    a, b = np.asarray(model.predict_on_batch(x)), np.asarray(folded.predict_on_batch(x))
+    assert a.shape == b.shape == (2, 96, 128, 3)
+    assert np.abs(a - b).max() < 1e-4
+    assert np.abs(a - 1 / 3).max() > 0.05  # the BN statistics matter

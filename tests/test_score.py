@@ -71,7 +71,8 @@ def test_score_outputs_on_new_features_and_test_split(tmp_path):
     # test split: 2 predictions and 3 truth lots in the test tile; 1 match
     assert (m["test"]["tp"], m["test"]["predicted"], m["test"]["truth"]) == (1, 2, 3)
     assert m["test"]["f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3), abs=1e-4)
-    assert m["geometry"] == {"features": 4, "valid_share": 1.0, "median_vertices": 4.0}
+    assert m["geometry"] == {"features": 4, "valid_share": 1.0, "median_vertices": 4.0,
+                             "rectangular_lots_matched": 3, "median_vertices_rectangular": 4.0}
 
     with pytest.raises(InputError, match="run the dedupe stage"):
         score_outputs(tmp_path / "predictions.geojson", tmp_path / "none.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out)

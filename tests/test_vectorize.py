@@ -243,3 +243,46 @@ def test_probability_one_is_kept_and_threshold_one_selects_it(tmp_path, small_gr
     feats = vectorize_array(arr, Window(w.col, w.row, 1024, 1024), small_grid, [spec])
     assert len(feats) == 1 and feats[0]["properties"]["score"] == 1.0
     assert feats[0]["properties"]["area_m2"] == pytest.approx(100 * 100 * 0.597**2 * math.cos(math.radians(39.74)) ** 2, rel=0.02)
+
+
+def test_cli_threshold_outside_0_1_is_one_line_and_writes_nothing(tmp_path, small_grid, city_shards):
+    import subprocess
+    import sys
+
+    import yaml
+
+    store = Store(tmp_path / "data/predict", small_grid)
+    s = Tile(city_shards.col // 1024, city_shards.row // 1024, small_grid.shard_zoom)
+    arr = np.zeros((1, 1024, 1024), "uint8")
+    arr[0, 100:300, 100:250] = 230
+    store.write_shard("probs", s, arr)
+    params = {
+        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "post": {"threshold": 1.2}}},
+        "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def navml(*args):
+        return subprocess.run([sys.executable, "-m", "navml", "vectorize", *args], cwd=tmp_path, capture_output=True, text=True)
+
+    for proc in (navml(), navml("--threshold", "-0.1")):
+        assert proc.returncode == 1
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("navml: error:") and "0..1" in proc.stderr
+    assert not (tmp_path / "data/output").exists()
+    params["classes"]["parking"]["post"]["threshold"] = 0.9  # the option overrides it
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = navml("--threshold", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "parking 1 polygons" in proc.stdout
+    (feat,) = read_features(tmp_path / "data/output/predictions.geojson")
+    assert feat["properties"]["score"] == pytest.approx(230 / 255, abs=1e-3)
+
+
+def test_probs_of_other_classes_are_refused(tmp_path, small_grid, city_shards):
+    store = Store(tmp_path / "p", small_grid)
+    s = Tile(city_shards.col // 1024, city_shards.row // 1024, small_grid.shard_zoom)
+    store.write_shard("probs", s, np.zeros((1, 1024, 1024), "uint8"), tags={"classes": "building"})
+    with pytest.raises(InputError, match="classes 'building', the registry has 'parking'"):
+        vectorize_store(store, "probs", [PARKING], tmp_path / "o.geojson", progress=False)
+    with pytest.raises(InputError, match="1 band.*2 segmentation"):
+        vectorize_store(store, "probs", [PARKING, PARKING], tmp_path / "o.geojson", progress=False)

@@ -19,7 +19,7 @@ EVALUATE_KEYS = {"threshold", "batch_size", "overlays", "bins"}
 def command(
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
-    model: Path = typer.Option(Path("data/models/segmentation"), "--model", help="Model folder written by `navml train`."),
+    model: Path = typer.Option(Path("data/models/seg"), "--model", help="Model folder written by `navml train`."),
     out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for seg.json and seg_plots/."),
     params: Path = Params,
 ) -> None:

@@ -22,7 +22,7 @@ TRAIN_KEYS = {
 def command(
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
-    out: Path = typer.Option(Path("data/models/segmentation"), "--out", help="Model folder to write (model.keras, meta.json, thresholds.json)."),
+    out: Path = typer.Option(Path("data/models/seg"), "--out", help="Model folder to write (model.keras, meta.json, thresholds.json)."),
     live: Path = typer.Option(Path("data/metrics/train"), "--live", help="dvclive folder for per-epoch metrics and learning curves."),
     params: Path = Params,
 ) -> None:
@@ -44,7 +44,7 @@ def command(
         out,
         bands=int(t.get("bands", 3)),
         depth=int(t.get("depth", 4)),
-        base_filters=int(t.get("base_filters", 16)),
+        base_filters=int(t.get("base_filters", 8)),
         encoder=str(t.get("encoder", "plain")),
         dropout=float(t.get("dropout", 0.0)),
         loss=t.get("loss", "crossentropy+dice"),
