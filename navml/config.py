@@ -78,7 +78,7 @@ class ClassSpec:
         return any(k in tags and ("*" in v or tags[k] in v) for k, v in self.exclude.items())
 
 
-_CLASS_KEYS = {"task", "tags", "exclude", "osm_tags", "color", "labels", "label_field", "names", "post"}
+_CLASS_KEYS = {"task", "tags", "exclude", "osm_tags", "color", "labels", "label_field", "names"}
 
 
 def _tag_filter(value: Any, where: str) -> dict[str, list[str]]:
@@ -93,10 +93,29 @@ def _tag_filter(value: Any, where: str) -> dict[str, list[str]]:
     return out
 
 
-def parse_classes(section: Mapping[str, Any]) -> list[ClassSpec]:
-    """The class registry from the ``classes`` params section, in declared order."""
+def parse_post(entry: Mapping[str, Any] | None, where: str) -> PostProcess:
+    """Vectorization settings of one class from ``post.<class>`` (missing keys take the defaults)."""
+    post = PostProcess(**{k: float(v) for k, v in check_keys(entry, PostProcess.__dataclass_fields__, where).items()})
+    if not 0.0 <= post.threshold <= 1.0:
+        raise ConfigError(f"params: '{where}.threshold' is {post.threshold}; it must lie in 0..1")
+    for key in ("open_m", "close_m", "simplify_m", "min_area_m2"):
+        if getattr(post, key) < 0:
+            raise ConfigError(f"params: '{where}.{key}' is {getattr(post, key)}; it must be 0 or more")
+    return post
+
+
+def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = None) -> list[ClassSpec]:
+    """The class registry from the ``classes`` params section, in declared order.
+
+    ``post`` is the ``post`` params section: vectorization settings per
+    segmentation class. It is a section of its own so that tuning it reruns
+    only the stages after prediction, not the whole pipeline.
+    """
     if not isinstance(section, Mapping) or not section:
         raise ConfigError("params: 'classes' must declare at least one class")
+    post = post or {}
+    if not isinstance(post, Mapping):
+        raise ConfigError("params: 'post' must map segmentation class names to their settings")
     specs = []
     for name, entry in section.items():
         where = f"classes.{name}"
@@ -106,9 +125,6 @@ def parse_classes(section: Mapping[str, Any]) -> list[ClassSpec]:
         tags = _tag_filter(entry.get("tags"), f"{where}.tags")
         if not tags and not entry.get("labels"):
             raise ConfigError(f"params: '{where}' needs 'tags' (an OSM tag filter) or 'labels' (a vector file)")
-        post = PostProcess(**check_keys(entry.get("post"), PostProcess.__dataclass_fields__, f"{where}.post"))
-        if not 0.0 <= post.threshold <= 1.0:
-            raise ConfigError(f"params: '{where}.post.threshold' is {post.threshold}; it must lie in 0..1")
         osm_tags = {str(k): str(v) for k, v in (entry.get("osm_tags") or {}).items()}
         if not osm_tags:
             osm_tags = {k: v[0] for k, v in tags.items() if v and v[0] != "*"}
@@ -129,9 +145,13 @@ def parse_classes(section: Mapping[str, Any]) -> list[ClassSpec]:
                 labels=entry.get("labels") or None,
                 label_field=entry.get("label_field"),
                 names=names,
-                post=post,
+                post=parse_post(post.get(name), f"post.{name}"),
             )
         )
+    seg = [c.name for c in specs if c.task == "segmentation"]
+    for name in post:
+        if name not in seg:
+            raise ConfigError(f"params: 'post.{name}' names no segmentation class of 'classes' (those are: {', '.join(seg) or 'none'})")
     return specs
 
 

@@ -294,7 +294,7 @@ def _check_kind(kind: str) -> None:
 def _check_thresholds(classes: Sequence[ClassSpec]) -> None:
     for c in classes:
         if not 0.0 <= c.post.threshold <= 1.0:
-            raise ConfigError(f"params: 'classes.{c.name}.post.threshold' is {c.post.threshold}; it must lie in 0..1")
+            raise ConfigError(f"params: 'post.{c.name}.threshold' is {c.post.threshold}; it must lie in 0..1")
 
 
 def _bands_for(kind: str, count: int, classes: Sequence[ClassSpec], where: str) -> None:

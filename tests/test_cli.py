@@ -60,3 +60,16 @@ def test_missing_tile_index_says_which_stage_to_run(tmp_path):
     proc = navml("rasterize", "--params", str(ROOT / "params.yaml"), "--tiles", "nope.csv", "--labels", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 1
     assert "nope.csv" in proc.stderr and "cover" in proc.stderr
+
+
+def test_post_section_names_only_segmentation_classes(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["post"]["turn_markings"] = {"threshold": 0.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = navml("vectorize", "--params", "params.yaml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == ["navml: error: params: 'post.turn_markings' names no segmentation class of 'classes' (those are: parking)"]
+    params["post"] = {"parking": {"open_m": -1}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = navml("vectorize", "--params", "params.yaml", cwd=tmp_path)
+    assert proc.returncode == 1 and "'post.parking.open_m' is -1.0" in proc.stderr

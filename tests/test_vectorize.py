@@ -257,7 +257,8 @@ def test_cli_threshold_outside_0_1_is_one_line_and_writes_nothing(tmp_path, smal
     arr[0, 100:300, 100:250] = 230
     store.write_shard("probs", s, arr)
     params = {
-        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "post": {"threshold": 1.2}}},
+        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}}},
+        "post": {"parking": {"threshold": 1.2}},
         "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -269,7 +270,7 @@ def test_cli_threshold_outside_0_1_is_one_line_and_writes_nothing(tmp_path, smal
         assert proc.returncode == 1
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("navml: error:") and "0..1" in proc.stderr
     assert not (tmp_path / "data/output").exists()
-    params["classes"]["parking"]["post"]["threshold"] = 0.9  # the option overrides it
+    params["post"]["parking"]["threshold"] = 0.9  # the option overrides it
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = navml("--threshold", "0.5")
     assert proc.returncode == 0, proc.stderr

@@ -7,8 +7,13 @@ stages in ``stages/`` run the very same functions.
 from __future__ import annotations
 
 import importlib
+import os
 
-import typer
+# TensorFlow's C++ info lines (oneDNN, CPU features) are noise on a command line;
+# set before any command module can import TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer  # noqa: E402
 
 #: command name -> module under navml.cli
 COMMANDS = {

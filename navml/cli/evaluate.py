@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
@@ -23,7 +22,6 @@ def command(
     out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for seg.json and seg_plots/."),
     params: Path = Params,
 ) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info/warning lines
     from navml.config import check_keys, segmentation_classes
     from navml.errors import ConfigError
     from navml.evaluate import evaluate_segmentation

@@ -15,5 +15,5 @@ def grid_from(params: dict[str, Any]) -> Grid:
 
 
 def classes_from(params: dict[str, Any]) -> list[ClassSpec]:
-    """The class registry of the ``classes`` params section."""
-    return parse_classes(params.get("classes") or {})
+    """The class registry of the ``classes`` params section, with ``post`` settings per segmentation class."""
+    return parse_classes(params.get("classes") or {}, params.get("post"))

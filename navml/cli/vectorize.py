@@ -19,7 +19,7 @@ def command(
     store: Path = typer.Option(Path("data/predict"), "--store", help="Store root holding the layer (data/predict for probs, data/store for masks)."),
     layer: str = typer.Option(None, "--layer", help="Layer to vectorize; default vectorize.layer (probs)."),
     out: Path = typer.Option(Path("data/output/predictions.geojson"), "--out", help="GeoJSON to write (WGS84)."),
-    threshold: float = typer.Option(None, "--threshold", help="Probability threshold 0..1 for every class (default: classes.<name>.post.threshold)."),
+    threshold: float = typer.Option(None, "--threshold", help="Probability threshold 0..1 for every class (default: post.<class>.threshold)."),
     params: Path = Params,
 ) -> None:
     import dataclasses
