@@ -27,16 +27,11 @@ from shapely.geometry.base import BaseGeometry
 
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
-from navml.grid import lonlat_to_mercator
 from navml.josm import osm_xml
-from navml.vectors import read_features, write_features
+from navml.roads import road_surfaces
+from navml.vectors import read_features, to_mercator, write_features
 
 MATCHES = ("share", "iou")
-
-
-def to_mercator(geom: BaseGeometry) -> BaseGeometry:
-    """WGS84 geometry to EPSG:3857 metres."""
-    return shapely.transform(geom, lambda c: np.column_stack(lonlat_to_mercator(c[:, 0], c[:, 1])))
 
 
 def _polygonal(geom: BaseGeometry) -> BaseGeometry | None:
@@ -101,6 +96,7 @@ def dedupe(
     match: str = "share",
     min_overlap: float = 0.5,
     source: str = "navml",
+    max_road_share: float | None = None,
 ) -> dict[str, Any]:
     """Split ``predictions`` (GeoJSON from vectorize) into matched and new; write the outputs.
 
@@ -109,11 +105,17 @@ def dedupe(
     area_m2, score, overlap), ``new_features.osm`` (JOSM; the class's
     ``osm_tags`` plus ``source``) and ``summary.json`` into ``out_dir``. All
     inputs are read and checked before anything is written. Returns the summary.
+
+    ``max_road_share``: a prediction whose area lies on mapped road surfaces
+    (``<extract_dir>/roads.geojson``, :func:`navml.roads.road_surfaces`) for
+    this share or more is dropped too, counted as ``on_roads``; ``None`` keeps them.
     """
     if match not in MATCHES:
         raise ConfigError(f"dedupe.match is '{match}'; use one of {', '.join(MATCHES)}")
     if not 0.0 < float(min_overlap) <= 1.0:
         raise ConfigError(f"dedupe.min_overlap is {min_overlap}; it must lie in (0, 1]")
+    if max_road_share is not None and not 0.0 < float(max_road_share) <= 1.0:
+        raise ConfigError(f"dedupe.max_road_share is {max_road_share}; it must lie in (0, 1], or null to keep predictions on roads")
     seg = [c for c in classes if c.task == "segmentation"]
     if not seg:
         raise ConfigError("params: the registry has no segmentation class to dedupe")
@@ -132,26 +134,37 @@ def dedupe(
         if not path.exists():
             raise InputError(f"{path}: OSM extract of class '{c.name}' missing; run the extract stage first (dvc repro extract)")
         existing[c.name] = [f["geometry"] for f in read_features(path)]
+    surfaces: list[BaseGeometry] = []
+    if max_road_share is not None:
+        path = Path(extract_dir) / "roads.geojson"
+        if not path.exists():
+            raise InputError(f"{path}: OSM roads missing; run the extract stage first, or set dedupe.max_road_share: null")
+        surfaces = road_surfaces(read_features(path))
 
     new: list[dict[str, Any]] = []
     per_class: dict[str, dict[str, int]] = {}
     for c in seg:
         mine = [f for f in preds if f["properties"]["class"] == c.name]
-        ov = overlaps([f["geometry"] for f in mine], existing[c.name], match)
-        kept = 0
-        for f, o in zip(mine, ov):
+        geoms = [f["geometry"] for f in mine]
+        ov = overlaps(geoms, existing[c.name], match)
+        on_road = overlaps(geoms, surfaces, "share")
+        counts = {"existing_osm": len(existing[c.name]), "predicted": len(mine), "matched_existing": 0, "on_roads": 0, "new": 0}
+        for f, o, r in zip(mine, ov, on_road):
             if o >= min_overlap:
-                continue
-            kept += 1
-            new.append({"geometry": f["geometry"], "properties": {**f["properties"], "overlap": round(float(o), 4)}})
-        per_class[c.name] = {"existing_osm": len(existing[c.name]), "predicted": len(mine), "matched_existing": len(mine) - kept, "new": kept}
+                counts["matched_existing"] += 1
+            elif max_road_share is not None and r >= max_road_share:
+                counts["on_roads"] += 1
+            else:
+                counts["new"] += 1
+                props = {**f["properties"], "overlap": round(float(o), 4), "road_share": round(float(r), 4)}
+                new.append({"geometry": f["geometry"], "properties": props})
+        per_class[c.name] = counts
     summary = {
-        "predicted": sum(v["predicted"] for v in per_class.values()),
-        "matched_existing": sum(v["matched_existing"] for v in per_class.values()),
-        "new": sum(v["new"] for v in per_class.values()),
+        **{k: sum(v[k] for v in per_class.values()) for k in ("predicted", "matched_existing", "on_roads", "new")},
         "classes": per_class,
         "match": match,
         "min_overlap": float(min_overlap),
+        "max_road_share": None if max_road_share is None else float(max_road_share),
     }
     tags = {c.name: {**c.osm_tags, "source": source} if source else dict(c.osm_tags) for c in seg}
     xml = osm_xml(new, tags)

@@ -34,7 +34,8 @@ from typing import Any
 from navml.config import ClassSpec
 from navml.errors import ConfigError
 from navml.labels import Layer, read_labels
-from navml.osm import check_index, check_osm_file, read_osm
+from navml.osm import TURN_KEYS, check_index, check_osm_file, read_osm
+from navml.roads import LANE_WIDTH_M
 from navml.vectors import write_features
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,14 @@ def extract(
     out: str | os.PathLike,
     index: str = "flex_mem",
     progress: bool | None = None,
+    lane_width_m: float = LANE_WIDTH_M,
 ) -> dict[str, Any]:
     """Write ``<class>.geojson``, ``roads.geojson`` and ``summary.json`` into ``out``; return the summary.
 
     ``pbf``: any file pyosmium reads (.osm.pbf, .osm, .osm.bz2). ``index``:
     pyosmium node-location index (``flex_mem``; ``sparse_file_array`` for
-    country-sized files). Own labels files are read first so that a bad one
+    country-sized files). ``lane_width_m``: metres per lane for roads without
+    a ``width`` tag (roads.geojson ``width_m``). Own labels files are read first so that a bad one
     fails before the long OSM pass.
     """
     start = time.perf_counter()
@@ -75,13 +78,15 @@ def extract(
     check_index(index)
     check_osm_file(Path(pbf))
     own = {c.name: read_labels(c) for c in classes if c.labels}
-    osm = read_osm(pbf, classes, index=index, progress=progress)
+    if not 0.0 < float(lane_width_m) <= 10.0:
+        raise ConfigError(f"params: 'extract.lane_width_m' is {lane_width_m}; use metres, e.g. 3.5")
+    osm = read_osm(pbf, classes, index=index, progress=progress, lane_width_m=float(lane_width_m))
     layers = [own[c.name] if c.name in own else osm.classes[c.name] for c in classes]
     summary: dict[str, Any] = {
         "input": {"path": str(pbf), "bytes": osm.bytes},
         "index": index,
         "classes": {layer.name: layer.counts() for layer in layers},
-        "roads": osm.roads.counts(),
+        "roads": {**osm.roads.counts(), "with_turn_lanes": sum(1 for _, _, p in osm.roads.features if any(p.get(k) for k in TURN_KEYS))},
         "totals": {k: sum(getattr(layer, k) for layer in layers) for k in COUNTS},
     }
     summary["seconds"] = round(time.perf_counter() - start, 3)
@@ -114,5 +119,5 @@ def format_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
         src = "" if c["source"] == "osm" else " (own labels)"
         parts.append(f"{name} {c['kept']} kept, {c['excluded']} excluded, {c['skipped_broken']} broken{src}")
     r = summary["roads"]
-    parts.append(f"roads {r['kept']} with turn lanes, {r['skipped_broken']} broken")
+    parts.append(f"roads {r['kept']} ({r['with_turn_lanes']} with turn lanes), {r['skipped_broken']} broken")
     return f"extract: {'; '.join(parts)}; {summary['seconds']:.1f} s -> {out}"

@@ -31,11 +31,17 @@ from tqdm import tqdm
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
 from navml.labels import Layer, add_checked
+from navml.roads import LANE_WIDTH_M, road_width_m
 
-#: A road goes to roads.geojson when it has ``highway`` and one of these keys.
+#: Turn-lane tags: a ``highway`` way carrying one goes to roads.geojson whatever its type.
 TURN_KEYS = ("turn:lanes", "turn:lanes:forward", "turn:lanes:backward")
-#: Properties of a road feature (null when the way lacks the tag), besides ``osm_id``/``osm_type``.
-ROAD_KEYS = ("highway", "lanes", "lanes:forward", "lanes:backward", "oneway", *TURN_KEYS)
+#: ``highway`` values of carriageways (roads.geojson): the surfaces cars drive on.
+ROAD_TYPES = frozenset(
+    {"motorway", "trunk", "primary", "secondary", "tertiary", "unclassified", "residential", "service", "living_street", "road"}
+    | {f"{t}_link" for t in ("motorway", "trunk", "primary", "secondary", "tertiary")}
+)
+#: Properties of a road feature (null when the way lacks the tag), besides ``osm_id``/``osm_type``/``width_m``.
+ROAD_KEYS = ("highway", "lanes", "lanes:forward", "lanes:backward", "oneway", "width", *TURN_KEYS)
 #: Relation types libosmium assembles into areas.
 AREA_RELATION_TYPES = ("multipolygon", "boundary")
 #: Output order of OSM types (features are sorted by type rank, then id).
@@ -47,7 +53,7 @@ BATCH = 10_000
 
 @dataclass
 class OsmLayers:
-    """What :func:`read_osm` found: one area layer per OSM class, the turn-lane roads, bytes read."""
+    """What :func:`read_osm` found: one area layer per OSM class, the roads, bytes read."""
 
     classes: dict[str, Layer]
     roads: Layer
@@ -79,12 +85,19 @@ def osm_classes(classes: Sequence[ClassSpec]) -> list[ClassSpec]:
     return [c for c in classes if c.tags and not c.labels]
 
 
-def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str = "flex_mem", progress: bool | None = None) -> OsmLayers:
-    """Areas of every OSM class and the ``highway`` ways with turn lanes, from OSM file ``path`` (WGS84).
+def read_osm(
+    path: str | os.PathLike,
+    classes: Sequence[ClassSpec],
+    index: str = "flex_mem",
+    progress: bool | None = None,
+    lane_width_m: float = LANE_WIDTH_M,
+) -> OsmLayers:
+    """Areas of every OSM class and the roads (carriageways and ways with turn lanes), from OSM file ``path`` (WGS84).
 
     Area properties: ``osm_id``, ``osm_type`` (``way``/``relation``), ``tags``
     (all tags) and ``label`` (false when the class ``excluded`` the tags).
-    Road properties: ``osm_id``, ``osm_type`` and :data:`ROAD_KEYS`.
+    Road properties: ``osm_id``, ``osm_type``, :data:`ROAD_KEYS` and ``width_m``
+    (carriageway width in metres, :func:`navml.roads.road_width_m` with ``lane_width_m``).
     ``progress``: ``None`` shows a bar only on a terminal, ``False`` never.
     """
     path = Path(path)
@@ -103,7 +116,7 @@ def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str =
     if keys:  # first pass: only relations with a class key become area candidates
         proc.with_areas(osmium.filter.KeyFilter(*keys))
     proc.with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
-    proc.with_filter(osmium.filter.KeyFilter(*keys, *TURN_KEYS))
+    proc.with_filter(osmium.filter.KeyFilter(*keys, "highway", *TURN_KEYS))
 
     # (key, hex WKB, properties) per layer; parsed and checked in batches (vectorized shapely)
     raw: dict[str, list[tuple[tuple[int, int], str, dict[str, Any]]]] = {c.name: [] for c in specs}
@@ -140,13 +153,14 @@ def read_osm(path: str | os.PathLike, classes: Sequence[ClassSpec], index: str =
                 for spec in specs:
                     if spec.matches(tags):
                         candidates[spec.name][0].add(obj.id)
-                if "highway" in tags and any(k in tags for k in TURN_KEYS):
+                if "highway" in tags and (tags["highway"] in ROAD_TYPES or any(k in tags for k in TURN_KEYS)):
                     try:
                         line = wkb.create_linestring(obj)
                     except (RuntimeError, osmium.InvalidLocationError):  # missing nodes, fewer than 2 points
                         roads.skipped_broken += 1
                         continue
                     props = {"osm_id": obj.id, "osm_type": "way", **{k: tags.get(k) for k in ROAD_KEYS}}
+                    props["width_m"] = road_width_m(props, lane_width_m)
                     raw_roads.append(((0, obj.id), line, props))
                     found += 1
                     if len(raw_roads) >= BATCH:

@@ -38,12 +38,15 @@ def shard_mask(
     layers: Sequence[Sequence[BaseGeometry]],
     tiles: Sequence[Tile] | None = None,
     complete: Sequence[BaseGeometry] | None = None,
+    background: Sequence[BaseGeometry] = (),
 ) -> np.ndarray:
     """uint8 mask (rows, cols) of a shard: ``i + 1`` where ``layers[i]`` covers a pixel centre.
 
     Later layers win where classes overlap. When ``tiles`` is given, pixels of
     other tiles of the shard stay 0. When ``complete`` (WGS84 areas of complete
-    mapping) is given, background pixels outside it become :data:`IGNORE`.
+    mapping) is given, background pixels outside it become :data:`IGNORE`,
+    except under ``background`` (WGS84 areas known to hold no class, e.g. road
+    surfaces), which stay 0.
     """
     win = shard_window(shard, grid)
     n = grid.shard_size
@@ -60,6 +63,9 @@ def shard_mask(
     if complete is not None:
         known = np.zeros((n, n), dtype="uint8")
         shapes = [(to_pixels(g, grid.zoom, grid.tile_size, origin=(win.col, win.row)), 1) for g in complete]
+        if shapes:
+            burn(shapes, out=known, transform=Affine.identity(), all_touched=False)
+        shapes = [(to_pixels(g, grid.zoom, grid.tile_size, origin=(win.col, win.row)), 1) for g in background]
         if shapes:
             burn(shapes, out=known, transform=Affine.identity(), all_touched=False)
         out[(known == 0) & (out == 0)] = IGNORE
@@ -80,21 +86,25 @@ def write_masks(
     layers: Sequence[Sequence[BaseGeometry]],
     *,
     complete: Sequence[BaseGeometry] | None = None,
+    background: Sequence[BaseGeometry] = (),
     progress: bool = True,
 ) -> dict[str, int]:
     """Burn the label layers into the ``masks`` layer of ``store``, one shard at a time.
 
     ``complete``: areas (WGS84) where the labels are complete; ``None`` means
-    everywhere. Returns counts: shards written and pixels per mask value.
+    everywhere. ``background``: areas (WGS84) known to hold no class anywhere
+    (mapped road surfaces). Returns counts: shards written and pixels per mask value.
     """
     groups = group_by_shard(tiles, store.grid)
     tree_layers = [(shapely.STRtree(list(g)), list(g)) for g in layers]
+    bg_tree, bg = shapely.STRtree(list(background)), list(background)
     counts = {"shards": 0}
     for shard, shard_tiles in tqdm(groups.items(), desc="rasterize masks", unit="shard", disable=not progress):
         b = tile_polygon(shard)
         local = [[geoms[i] for i in tree.query(b, predicate="intersects")] if geoms else [] for tree, geoms in tree_layers]
         known = None if complete is None else [g for g in complete if g.intersects(b)]
-        mask = shard_mask(shard, store.grid, local, shard_tiles, known)
+        local_bg = [bg[i] for i in bg_tree.query(b, predicate="intersects")] if bg else []
+        mask = shard_mask(shard, store.grid, local, shard_tiles, known, local_bg)
         store.write_shard("masks", shard, mask)
         values, n = np.unique(mask, return_counts=True)
         for v, k in zip(values.tolist(), n.tolist()):

@@ -30,7 +30,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from navml.dedupe import to_mercator
+from navml.vectors import to_mercator
 from navml.errors import InputError
 from navml.grid import tile_polygon
 from navml.tiles_index import read_index, tiles_from_index

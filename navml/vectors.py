@@ -13,7 +13,7 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from navml.errors import InputError
-from navml.grid import lonlat_to_pixel, pixel_to_lonlat
+from navml.grid import lonlat_to_mercator, lonlat_to_pixel, mercator_to_lonlat, pixel_to_lonlat
 
 
 def read_features(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -79,3 +79,13 @@ def to_lonlat(geom: BaseGeometry, zoom: int, tile_size: int = 256, origin: tuple
         return np.column_stack([lon, lat])
 
     return shapely.transform(geom, fn)
+
+
+def to_mercator(geom: BaseGeometry) -> BaseGeometry:
+    """WGS84 geometry to Web Mercator (EPSG:3857) metres."""
+    return shapely.transform(geom, lambda c: np.column_stack(lonlat_to_mercator(c[:, 0], c[:, 1])))
+
+
+def from_mercator(geom: BaseGeometry) -> BaseGeometry:
+    """Web Mercator (EPSG:3857) geometry to WGS84 degrees."""
+    return shapely.transform(geom, lambda c: np.column_stack(mercator_to_lonlat(c[:, 0], c[:, 1])))

@@ -6,7 +6,7 @@ import osmium
 import pytest
 import shapely
 from shapely import affinity
-from shapely.geometry import Point, Polygon, box
+from shapely.geometry import LineString, Point, Polygon, box
 
 from navml.config import ClassSpec, PostProcess
 from navml.dedupe import dedupe, overlaps
@@ -201,7 +201,7 @@ def test_cli_dedupe_errors_are_one_line_and_keep_earlier_outputs(tmp_path, scene
     write_features(existing, tmp_path / "data/extract/parking.geojson")
     proc = run_navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "7 predicted, 5 already in OSM, 2 new" in proc.stdout
+    assert "7 predicted, 5 already in OSM, 0 on mapped roads, 2 new" in proc.stdout
     before = (tmp_path / "data/output/new_features.osm").read_text()
 
     cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 2})
@@ -211,3 +211,32 @@ def test_cli_dedupe_errors_are_one_line_and_keep_earlier_outputs(tmp_path, scene
     proc = run_navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 1 and "dedupe.min_ovrlap" in proc.stderr
     assert (tmp_path / "data/output/new_features.osm").read_text() == before
+
+
+def test_predictions_on_mapped_roads_are_dropped(tmp_path, scene):
+    existing, preds = scene
+    write_features(existing, tmp_path / "extract" / "parking.geojson")
+    write_features(preds, tmp_path / "out" / "predictions.geojson")
+    # a 14 m wide road along y = 115 crosses the new lot box(0, 100, 40, 130): 14 x 40 of 30 x 40 -> share 0.47
+    road = {"geometry": m(LineString([(-50, 115), (100, 115)])), "properties": {"osm_id": 9, "osm_type": "way", "width_m": 14.0}}
+    write_features([road], tmp_path / "extract" / "roads.geojson")
+    out = tmp_path / "out"
+    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [PARKING], out, min_overlap=0.45, max_road_share=0.4)
+    assert (summary["matched_existing"], summary["on_roads"], summary["new"]) == (5, 1, 1)
+    (kept,) = read_features(out / "new_features.geojson")
+    assert kept["properties"]["score"] == 0.75 and kept["properties"]["road_share"] == 0.0
+    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [PARKING], out, min_overlap=0.45, max_road_share=0.5)
+    assert (summary["on_roads"], summary["new"]) == (0, 2)
+    road_share = {f["properties"]["score"]: f["properties"]["road_share"] for f in read_features(out / "new_features.geojson")}
+    assert road_share[0.8] == pytest.approx(14 / 30, abs=0.01)
+
+
+def test_road_filter_needs_the_roads_file(tmp_path, scene):
+    existing, preds = scene
+    write_features(existing, tmp_path / "extract" / "parking.geojson")
+    write_features(preds, tmp_path / "out" / "predictions.geojson")
+    with pytest.raises(InputError, match="roads.geojson: OSM roads missing"):
+        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "o2", max_road_share=0.2)
+    with pytest.raises(ConfigError, match="max_road_share"):
+        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "o2", max_road_share=1.5)
+    assert not (tmp_path / "o2").exists()

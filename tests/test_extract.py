@@ -66,6 +66,7 @@ WAYS = [
     (201, [82, 83], {"highway": "residential"}),
     (202, [83, 84], {"highway": "secondary", "turn:lanes:forward": "left|through;right"}),
     (203, [81, 84], {"turn:lanes": "left|through"}),  # no highway: not a road
+    (204, [84, 81], {"highway": "footway"}),  # not a carriageway
 ]
 RELATIONS = [
     (300, [("w", 101, "outer"), ("w", 102, "inner")], {"type": "multipolygon", "amenity": "parking"}),
@@ -169,15 +170,16 @@ def test_multipolygon_hole_area(city, classes, tmp_path):
     assert mp.contains(Point(NODES[11][0] + 0.0001, NODES[11][1] + 0.0001))  # between outer and hole
 
 
-def test_roads_with_turn_lanes_only(city, classes, tmp_path):
-    summary = extract(city, classes, tmp_path / "out", progress=False)
+def test_roads_are_carriageways_with_widths(city, classes, tmp_path):
+    summary = extract(city, classes, tmp_path / "out", progress=False, lane_width_m=3.0)
     roads = by_id(load(tmp_path / "out" / "roads.geojson"))
-    assert sorted(roads) == [("way", 200), ("way", 202)]
+    assert sorted(roads) == [("way", 200), ("way", 201), ("way", 202)]  # not the footway, not the untagged way
+    assert [roads[("way", i)]["properties"]["width_m"] for i in (200, 201, 202)] == [6.0, 6.0, 6.0]
     p = roads[("way", 200)]["properties"]
     assert (p["highway"], p["lanes"], p["turn:lanes"], p["turn:lanes:forward"]) == ("primary", "2", "left|through", None)
     assert roads[("way", 202)]["properties"]["turn:lanes:forward"] == "left|through;right"
     assert roads[("way", 200)]["geometry"] == {"type": "LineString", "coordinates": [list(NODES[81]), list(NODES[82])]}
-    assert summary["roads"]["kept"] == 2 and summary["roads"]["skipped_broken"] == 0
+    assert summary["roads"]["kept"] == 3 and summary["roads"]["with_turn_lanes"] == 2 and summary["roads"]["skipped_broken"] == 0
 
 
 def test_xml_and_pbf_give_identical_bytes_and_runs_are_deterministic(classes, tmp_path):

@@ -115,3 +115,25 @@ def test_unknown_pixels_outside_complete_mapping(tmp_path, small_grid):
     assert (mask[:, 524:] != 0).all()
     values = set(np.unique(mask[:, 524:]))
     assert values == {1, IGNORE}  # labels stay labels; the rest is unknown
+
+
+def test_mapped_road_surfaces_are_background_outside_complete_mapping(small_grid):
+    from navml.rasterize import IGNORE
+
+    shard = Tile(34308 // 4, 24981 // 4, 16)
+    tiles = list(tiles_of_shard(shard, small_grid))
+    w, s, e, n = tile_polygon(shard).bounds
+    west_half = box(w, s, (w + e) / 2, n)
+    mid = (s + n) / 2
+    road = box(w, mid - 0.00005, e, mid + 0.00005)  # an east-west road surface across the shard
+    c = tile_polygon(tiles[15]).centroid
+    lot = lot_at(c.x, c.y, 40, 40)
+    mask = shard_mask(shard, small_grid, [[lot]], tiles, complete=[west_half], background=[road])
+    _, row = lonlat_to_pixel(w, mid, small_grid.zoom, small_grid.tile_size)
+    r = int(row) - shard.y * small_grid.shard_size
+    assert (mask[r, :] == 0).all()  # the road is background in both halves
+    assert set(np.unique(mask[:, 524:])) == {0, 1, IGNORE}
+    assert (mask[:, :500] == 0).all()
+    # a class pixel under a road stays the class: labels win over background
+    under = shard_mask(shard, small_grid, [[lot]], tiles, complete=[west_half], background=[lot.buffer(0.0001)])
+    assert (under == 1).sum() == (mask == 1).sum()

@@ -11,7 +11,7 @@ from navml.cli.grid import classes_from
 from navml.cli.options import ExtractDir, Params
 
 #: Keys of the ``dedupe`` params section.
-DEDUPE_KEYS = {"match", "min_overlap", "source"}
+DEDUPE_KEYS = {"match", "min_overlap", "source", "max_road_share"}
 
 
 @exits
@@ -34,8 +34,10 @@ def command(
         match=str(s.get("match", "share")),
         min_overlap=float(s.get("min_overlap", 0.5)),
         source=str(s.get("source", "navml")),
+        max_road_share=None if s.get("max_road_share") is None else float(s["max_road_share"]),
     )
     typer.echo(
-        f"dedupe: {summary['predicted']} predicted, {summary['matched_existing']} already in OSM, {summary['new']} new "
+        f"dedupe: {summary['predicted']} predicted, {summary['matched_existing']} already in OSM, "
+        f"{summary['on_roads']} on mapped roads, {summary['new']} new "
         f"-> {out}/new_features.geojson, new_features.osm"
     )

@@ -24,11 +24,11 @@ def command(
     from navml.extract import extract, format_summary
 
     p = load_params(params)
-    e = check_keys(p.get("extract"), {"pbf", "index"}, "extract")
+    e = check_keys(p.get("extract"), {"pbf", "index", "lane_width_m"}, "extract")
     source = pbf or e.get("pbf")
     if not source:
         from navml.errors import ConfigError
 
         raise ConfigError("params: no OSM file; pass one or set 'extract.pbf'")
-    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"))
+    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"), lane_width_m=float(e.get("lane_width_m", 3.5)))
     typer.echo(format_summary(summary, out))

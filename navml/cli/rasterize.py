@@ -27,7 +27,7 @@ def command(
     from navml.vectors import read_features
 
     p = load_params(params)
-    r = check_keys(p.get("rasterize"), {"complete"}, "rasterize")
+    r = check_keys(p.get("rasterize"), {"complete", "roads"}, "rasterize")
     grid = grid_from(p)
     classes = classes_from(p)
     tile_list = tiles_from_index(read_index(tiles))
@@ -42,7 +42,15 @@ def command(
     seg = segmentation_classes(classes)
     layers = [[f["geometry"] for f in label_features(c.name)] for c in seg]
     complete = [f["geometry"] for f in read_features(r["complete"])] if r.get("complete") else None
-    counts = write_masks(st, tile_list, layers, complete=complete)
+    background = []
+    if complete is not None and r.get("roads", True):
+        from navml.roads import road_surfaces
+
+        roads = labels / "roads.geojson"
+        if not roads.exists():
+            raise InputError(f"{roads}: roads not found; run the extract stage first (or set rasterize.roads: false)")
+        background = road_surfaces(read_features(roads))
+    counts = write_masks(st, tile_list, layers, complete=complete, background=background)
 
     ids = {pair: i for i, pair in enumerate(detection_names(classes))}
     det: dict[int, list] = {i: [] for i in ids.values()}
