@@ -7,7 +7,9 @@ on: nothing left to do on a second run, `dvc status` clean, params in
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 #: params that make the default pipeline tiny enough for CI
 TINY = {
     "synth": {"size_km": 0.6},
+    "cover": {"seed": 1},  # 0.6 km: 36 tiles; this seed puts lots in the val and test blocks
     "train": {"depth": 3, "base_filters": 4, "epochs": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
@@ -96,6 +99,21 @@ def test_repro_produces_the_stage_outputs(project):
     legend = json.loads((project / "data/store/labels.json").read_text())
     assert legend["pixels"]["parking"] > 10_000
     assert legend["boxes"] > 0
+    assert {p.name for p in (project / "data/models/seg").iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
+    seg = json.loads((project / "data/metrics/seg.json").read_text())
+    assert 0.0 <= seg["parking"]["iou"] <= 1.0 and seg["tiles"] > 0
+    assert list((project / "data/predict/probs").glob("*.tif"))
+    new = json.loads((project / "data/output/new_features.geojson").read_text())
+    assert new["type"] == "FeatureCollection"
+    summary = json.loads((project / "data/output/summary.json").read_text())
+    assert summary["new"] == len(new["features"])
+    assert summary["predicted"] == summary["matched_existing"] + summary["on_roads"] + summary["new"]
+    import osmium
+
+    osm_ways = sum(1 for o in osmium.FileProcessor(str(project / "data/output/new_features.osm")) if o.is_way())
+    assert osm_ways >= summary["new"]  # a lot with holes is a relation of several ways
+    features = json.loads((project / "data/metrics/features.json").read_text())
+    assert set(features) >= {"new_features", "test", "geometry"}
 
 
 def test_second_repro_has_nothing_to_do(project):
@@ -115,6 +133,18 @@ def test_exp_show_lists_params(project):
     text = json.dumps(data)
     assert "synth.seed" in text or '"seed"' in text
     assert "grid" in text
+
+
+def test_exp_run_compares_two_runs(project):
+    env = git_env()
+    run(["git", "add", "-A"], project, env)
+    run(["git", "commit", "-qm", "baseline", "--allow-empty"], project, env)
+    out = dvc(project, "exp", "run", "-S", "post.parking.threshold=0.95").stdout
+    assert "Running stage 'vectorize'" in out and "Running stage 'train'" not in out  # only post-processing reruns
+    rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
+    assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
+    assert {"parking.iou", "new_features.precision", "new_features.recall", "test.f1"} <= set(rows[0])
+    assert all(r["parking.iou"] not in ("", "-") for r in rows)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
