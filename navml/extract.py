@@ -5,11 +5,12 @@ Writes into ``out``:
 * ``<class>.geojson`` for every class: OSM areas (:func:`navml.osm.read_osm`)
   or the class's own labels file (:func:`navml.labels.read_labels`; a class
   with both uses the file);
-* ``roads.geojson``: ``highway`` ways with ``turn:lanes*`` tags (LineStrings);
+* ``roads.geojson``: carriageways and ``highway`` ways with ``turn:lanes*``
+  tags (LineStrings), with their width ``width_m``;
 * ``summary.json``: per class ``source``, ``kept``, ``excluded``,
   ``skipped_broken``; the same for roads; ``totals`` over the classes;
-  ``input``, ``index`` and ``seconds`` (the only value that changes between
-  identical runs).
+  ``input`` and ``index``. Identical runs write identical bytes, so DVC sees
+  no change downstream (the run time is in the returned summary only).
 
 All inputs are read before anything is written; the files are then written
 into a temporary folder inside ``out`` and renamed into place, so a bad input
@@ -89,8 +90,8 @@ def extract(
         "roads": {**osm.roads.counts(), "with_turn_lanes": sum(1 for _, _, p in osm.roads.features if any(p.get(k) for k in TURN_KEYS))},
         "totals": {k: sum(getattr(layer, k) for layer in layers) for k in COUNTS},
     }
-    summary["seconds"] = round(time.perf_counter() - start, 3)
     write_outputs(out, [*layers, osm.roads], summary)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
     log.info(format_summary(summary, out))
     return summary
 
