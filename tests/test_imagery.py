@@ -168,8 +168,34 @@ def test_geotiff_without_crs_is_refused_before_writing(tmp_path, small_grid):
     lon0, lat0 = shard_corner(small_grid)
     make_geotiff(tmp_path / "nocrs.tif", None, (lon0, lat0), (lon0, lat0))
     store = Store(tmp_path / "store", small_grid)
-    with pytest.raises(InputError, match=r"nocrs\.tif: GeoTIFF has no CRS; assign one with gdal_edit\.py -a_srs EPSG:XXXX"):
+    with pytest.raises(InputError, match=r"nocrs\.tif: GeoTIFF has no CRS; its coordinates look projected .* gdal_edit\.py -a_srs EPSG:32613 nocrs\.tif"):
         build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "nocrs.tif", progress=False)
+    assert not (tmp_path / "store").exists()
+    # degrees without a CRS: the advice is WGS84
+    with rasterio.open(tmp_path / "deg.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",
+                       transform=from_origin(lon0, lat0, 1e-5, 1e-5)) as dst:
+        dst.write(np.zeros((3, 8, 8), "uint8"))
+    with pytest.raises(InputError, match=r"deg\.tif: GeoTIFF has no CRS; its coordinates look like degrees: gdal_edit\.py -a_srs EPSG:4326 deg\.tif"):
+        build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "deg.tif", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_16_bit_and_unplaced_geotiffs_get_concrete_advice(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    store = Store(tmp_path / "store", small_grid)
+    data = (np.arange(3 * 64 * 64).reshape(3, 64, 64) % 4001).astype("uint16")  # values 0..4000
+    with rasterio.open(tmp_path / "u16.tif", "w", driver="GTiff", width=64, height=64, count=3, dtype="uint16",
+                       crs="EPSG:4326", transform=from_origin(lon0, lat0, 1e-5, 1e-5)) as dst:
+        dst.write(data)
+    with pytest.raises(InputError) as err:
+        build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
+    lo, hi = np.percentile(data, [0.5, 99.5])
+    assert f"gdal_translate -ot Byte -scale {lo:g} {hi:g} 0 255 u16.tif u16_8bit.tif" in str(err.value)
+    with rasterio.open(tmp_path / "raw.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 8, 8), "uint8"))
+    with pytest.raises(InputError, match=r"raw\.tif: GeoTIFF has no geotransform .* world file \(raw\.tfw\)"):
+        build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "raw.tif", progress=False)
     assert not (tmp_path / "store").exists()
 
 

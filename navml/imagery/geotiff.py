@@ -59,6 +59,34 @@ def _is_remote(path: str) -> bool:
     return "://" in path or path.startswith("/vsi")
 
 
+def _crs_advice(name: str, corners: Sequence[tuple[float, float]]) -> str:
+    """What to do about a GeoTIFF without a CRS, from the range of its corner coordinates."""
+    file = Path(name).name
+    if all(-180.0 <= x <= 180.0 and -90.0 <= y <= 90.0 for x, y in corners):
+        return f"its coordinates look like degrees: gdal_edit.py -a_srs EPSG:4326 {file}"
+    return (
+        "its coordinates look projected (metres or feet): assign the CRS it was made in, named in the provider's "
+        f"metadata or .prj file, e.g. gdal_edit.py -a_srs EPSG:32613 {file} for UTM zone 13N"
+    )
+
+
+def _corners(src) -> list[tuple[float, float]]:
+    """The four corners of ``src`` in its own coordinates."""
+    t = src.transform
+    return [t @ (c, r) for c, r in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))]
+
+
+def _value_range(src, bands: int) -> tuple[float, float]:
+    """0.5 and 99.5 percentiles of the first ``bands`` bands, from a decimated read (at most 512 x 512 px)."""
+    scale = max(src.width, src.height) / 512.0
+    shape = (bands, max(1, int(src.height / max(scale, 1.0))), max(1, int(src.width / max(scale, 1.0))))
+    sample = src.read(list(range(1, bands + 1)), out_shape=shape, masked=True).compressed()
+    if not sample.size:
+        return 0.0, 255.0
+    lo, hi = np.percentile(sample, [0.5, 99.5])
+    return float(lo), float(hi)
+
+
 def _fmt(b: Sequence[float]) -> str:
     return f"lon {b[0]:.6f}..{b[2]:.6f}, lat {b[1]:.6f}..{b[3]:.6f}"
 
@@ -78,8 +106,13 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
         raise InputError(f"{name}: GeoTIFF not found; check imagery.geotiff in params.yaml")
     try:
         with rasterio.open(name) as src:
+            if src.transform.is_identity:
+                raise InputError(
+                    f"{name}: GeoTIFF has no geotransform (its pixels are not placed on the ground); give it one with "
+                    f"gdal_edit.py -a_ullr followed by its west north east south coordinates, or a world file ({Path(name).stem}.tfw) beside it"
+                )
             if src.crs is None:
-                raise InputError(f"{name}: GeoTIFF has no CRS; assign one with gdal_edit.py -a_srs EPSG:XXXX")
+                raise InputError(f"{name}: GeoTIFF has no CRS; {_crs_advice(name, _corners(src))}")
             if src.count < bands:
                 raise InputError(
                     f"{name}: has {src.count} band(s), imagery needs {bands}; "
@@ -87,15 +120,13 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
                 )
             dtypes = set(src.dtypes[:bands])
             if dtypes != {"uint8"}:
+                lo, hi = _value_range(src, bands)
                 raise InputError(
                     f"{name}: pixels are {'/'.join(sorted(dtypes))}, imagery must be 8-bit; convert with "
-                    f"gdal_translate -ot Byte -scale <min> <max> 0 255 {Path(name).name} out.tif"
+                    f"gdal_translate -ot Byte -scale {lo:g} {hi:g} 0 255 {Path(name).name} {Path(name).stem}_8bit.tif "
+                    f"(the 0.5..99.5 percentiles of its first {bands} band(s))"
                 )
-            if src.transform.is_identity:
-                raise InputError(f"{name}: GeoTIFF has no geotransform; georeference it (gdal_edit.py -a_ullr ...)")
-            t = src.transform
-            corners = [t @ (c, r) for c, r in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))]
-            xs, ys = zip(*corners)
+            xs, ys = zip(*_corners(src))
             try:
                 west, south, east, north = transform_bounds(
                     src.crs, "EPSG:4326", min(xs), min(ys), max(xs), max(ys), densify_pts=51
