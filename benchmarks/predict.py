@@ -102,14 +102,14 @@ def run_bare(a) -> dict:
 
 def run_predict(a) -> dict:
     from navml.models.io import load_model
-    from navml.predict import predict_store
+    from navml.predict import predict_with_model
     from navml.tiles_index import read_index, tiles_from_index
 
     tiles = tiles_from_index(read_index(a.tiles))
     loaded = load_model(a.model)  # bare excludes loading too
     with tempfile.TemporaryDirectory() as out:
         t0, c0 = time.perf_counter(), _cpu()
-        rep = predict_store(Store(a.store, GRID), tiles, loaded, Store(out, GRID), ["parking"], window=a.window, progress=False)
+        rep = predict_with_model(Store(a.store, GRID), tiles, *loaded, Store(out, GRID), ["parking"], window=a.window, progress=False)
         dt, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"tiles": len(tiles), "seconds": dt, "cpu_seconds": cpu, "windows": rep.windows, "halo": rep.halo, "overhead": round(rep.overhead, 3)}
 

@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
 from navml.josm import osm_xml
-from navml.roads import road_surfaces
+from navml.roads import read_road_surfaces
 from navml.vectors import read_features, to_mercator, write_features
 
 MATCHES = ("share", "iou")
@@ -136,10 +136,7 @@ def dedupe(
         existing[c.name] = [f["geometry"] for f in read_features(path)]
     surfaces: list[BaseGeometry] = []
     if max_road_share is not None:
-        path = Path(extract_dir) / "roads.geojson"
-        if not path.exists():
-            raise InputError(f"{path}: OSM roads missing; run the extract stage first, or set dedupe.max_road_share: null")
-        surfaces = road_surfaces(read_features(path))
+        surfaces = read_road_surfaces(extract_dir, "set dedupe.max_road_share: null")
 
     new: list[dict[str, Any]] = []
     per_class: dict[str, dict[str, int]] = {}

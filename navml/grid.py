@@ -166,6 +166,24 @@ def shard_window(shard: Tile, grid: Grid) -> Window:
     return Window(shard.x * n, shard.y * n, n, n)
 
 
+def shards_of_window(window: Window, grid: Grid) -> list[Tile]:
+    """The shards a global pixel window overlaps, row by row."""
+    n = grid.shard_size
+    return [
+        Tile(sx, sy, grid.shard_zoom)
+        for sy in range(window.row // n, (window.row + window.height - 1) // n + 1)
+        for sx in range(window.col // n, (window.col + window.width - 1) // n + 1)
+    ]
+
+
+def intersection(a: Window, b: Window) -> Window | None:
+    """The pixels two windows share, or None when they do not overlap."""
+    col, row = max(a.col, b.col), max(a.row, b.row)
+    width = min(a.col + a.width, b.col + b.width) - col
+    height = min(a.row + a.height, b.row + b.height) - row
+    return Window(col, row, width, height) if width > 0 and height > 0 else None
+
+
 def tiles_of_shard(shard: Tile, grid: Grid) -> Iterator[Tile]:
     """Every tile at ``grid.zoom`` inside ``shard``, row by row."""
     k = grid.tiles_per_shard

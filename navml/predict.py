@@ -33,7 +33,7 @@ import math
 import os
 import shutil
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from navml.errors import ConfigError, InputError, ModelError
-from navml.grid import Grid, Tile, Window, group_by_shard, shard_window
+from navml.grid import Grid, Tile, Window, group_by_shard, intersection, shard_window, shards_of_window
 from navml.store import Store
 
 #: Layer of the prediction store that holds the probabilities.
@@ -161,16 +161,6 @@ def plan_windows(tiles: Sequence[Tile], grid: Grid, window: int, halo: int, stri
                 h += -h % stride
                 jobs.append(Job(core, Window(core.col - left, core.row - top, w, h), len(inside)))
     return jobs
-
-
-def _shards_of(w: Window, grid: Grid) -> list[Tile]:
-    """Shards a global pixel window overlaps."""
-    n = grid.shard_size
-    return [
-        Tile(sx, sy, grid.shard_zoom)
-        for sy in range(w.row // n, (w.row + w.height - 1) // n + 1)
-        for sx in range(w.col // n, (w.col + w.width - 1) // n + 1)
-    ]
 
 
 def check_model(meta, grid: Grid, bands: int, classes: Sequence[str], where: str) -> None:
@@ -299,32 +289,8 @@ def _runner(model, bands: int):
     return lambda x: fn(tf.constant(x)).numpy()
 
 
-def predict_store(
-    store: Store,
-    tiles: Sequence[Tile],
-    model_dir: str | os.PathLike | tuple,
-    out: Store,
-    classes: Sequence[str],
-    *,
-    window: int = DEFAULT_WINDOW,
-    halo: int | None = None,
-    layer: str = "imagery",
-    progress: bool = True,
-) -> PredictReport:
-    """Predict class probabilities for every tile in ``tiles`` into ``out``'s ``probs`` layer.
-
-    ``store`` holds the ``imagery`` layer (uint8, bands first); ``model_dir`` a
-    model folder saved by :func:`navml.models.io.save_model` (or an already
-    loaded ``(keras.Model, ModelMeta)``); ``classes`` the segmentation class
-    names in registry order (the model must have the same). ``window`` is the
-    largest core of one model call in pixels (memory grows with its square);
-    ``halo`` the context around it in pixels (None: half the receptive field).
-    The layer is replaced as a whole when every shard is done; on error the
-    old one stays.
-    """
-    from navml.models.io import load_model
-
-    t_start = time.perf_counter()
+def _check_inputs(store: Store, tiles: Sequence[Tile], out: Store, window: int, layer: str) -> tuple[list[Tile], int, dict[Tile, list[Tile]]]:
+    """The distinct tiles, the imagery band count and the tiles per shard; raises on anything unusable."""
     grid = store.grid
     if out.grid != grid:
         raise ConfigError(f"{out.root}: prediction store grid {tuple(out.grid)} differs from the imagery store's {tuple(grid)}")
@@ -343,13 +309,59 @@ def predict_store(
         raise InputError(f"{store.path(layer, missing[0])}: imagery shard of {len(missing)} AOI shard(s) missing; re-run the imagery stage")
     if window < grid.tile_size:
         raise ConfigError(f"predict.window_px is {window}; it must be at least the tile size {grid.tile_size}")
+    return tiles, bands, groups
 
-    if isinstance(model_dir, tuple):
-        model, meta = model_dir
-        model_dir = "model"
-    else:
-        model, meta = load_model(model_dir)
-    check_model(meta, grid, bands, classes, str(model_dir))
+
+def predict_store(
+    store: Store,
+    tiles: Sequence[Tile],
+    model_dir: str | os.PathLike,
+    out: Store,
+    classes: Sequence[str],
+    *,
+    window: int = DEFAULT_WINDOW,
+    halo: int | None = None,
+    layer: str = "imagery",
+    progress: bool = True,
+) -> PredictReport:
+    """Predict class probabilities for every tile in ``tiles`` into ``out``'s ``probs`` layer.
+
+    ``store`` holds the ``imagery`` layer (uint8, bands first); ``model_dir`` a
+    model folder saved by :func:`navml.models.io.save_model`; ``classes`` the
+    segmentation class names in registry order (the model must have the same).
+    ``window`` is the largest core of one model call in pixels (memory grows
+    with its square); ``halo`` the context around it in pixels (None: half the
+    receptive field). The layer is replaced as a whole when every shard is
+    done; on error the old one stays. The inputs are checked before the model
+    is loaded.
+    """
+    from navml.models.io import load_model
+
+    _check_inputs(store, tiles, out, window, layer)  # before the slow model load (and again, cheaply, below)
+    model, meta = load_model(model_dir)
+    return predict_with_model(store, tiles, model, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir))
+
+
+def predict_with_model(
+    store: Store,
+    tiles: Sequence[Tile],
+    model,
+    meta,
+    out: Store,
+    classes: Sequence[str],
+    *,
+    window: int = DEFAULT_WINDOW,
+    halo: int | None = None,
+    layer: str = "imagery",
+    progress: bool = True,
+    where: str = "model",
+) -> PredictReport:
+    """:func:`predict_store` with a model already in memory (``keras.Model`` and its ``ModelMeta``);
+    ``where`` names it in errors and in the shards' tags."""
+    t_start = time.perf_counter()
+    tiles, bands, groups = _check_inputs(store, tiles, out, window, layer)
+    grid = store.grid
+    check_model(meta, grid, bands, classes, where)
     halo = prediction_halo(meta.receptive_field, meta.stride, halo)
     jobs = plan_windows(tiles, grid, window, halo, meta.stride)
     run = _runner(fold_batchnorm(_flexible(model, bands)), bands)
@@ -359,8 +371,8 @@ def predict_store(
     shutil.rmtree(work.root / tmp_layer, ignore_errors=True)
     n = grid.shard_size
     n_cls = len(classes)
-    tags = {"classes": ",".join(classes), "scale": "1/255", "model": Path(str(model_dir)).name, "halo_px": halo}
-    remaining = Counter(s for j in jobs for s in _shards_of(j.core, grid) if s in groups)
+    tags = {"classes": ",".join(classes), "scale": "1/255", "model": Path(where).name, "halo_px": halo}
+    remaining = Counter(s for j in jobs for s in shards_of_window(j.core, grid) if s in groups)
     buffers: dict[Tile, np.ndarray] = {}
 
     def read(job: Job) -> np.ndarray:
@@ -371,7 +383,7 @@ def predict_store(
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, tqdm(
             total=len(tiles), desc="predict", unit="tile", disable=None if progress else True
         ) as bar:
-            writes: list[Future] = []
+            writes: deque[Future] = deque()
             next_x = reader.submit(read, jobs[0])
             for i, job in enumerate(jobs):
                 x = next_x.result()
@@ -379,32 +391,31 @@ def predict_store(
                     next_x = reader.submit(read, jobs[i + 1])
                 y = run(x)
                 if y.ndim != 4 or y.shape[-1] != n_cls + 1:
-                    raise ModelError(f"{model_dir}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
+                    raise ModelError(f"{where}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
                 r0 = job.core.row - job.input.row
                 c0 = job.core.col - job.input.col
                 core = np.moveaxis(to_uint8(y[0, r0 : r0 + job.core.height, c0 : c0 + job.core.width, 1:]), -1, 0)
                 del x, y
-                for shard in _shards_of(job.core, grid):
+                for shard in shards_of_window(job.core, grid):
                     if shard not in groups:
                         continue
                     sw = shard_window(shard, grid)
-                    ra, rb = max(job.core.row, sw.row), min(job.core.row + job.core.height, sw.row + n)
-                    ca, cb = max(job.core.col, sw.col), min(job.core.col + job.core.width, sw.col + n)
+                    part = intersection(job.core, sw)
                     buf = buffers.setdefault(shard, np.zeros((n_cls, n, n), dtype="uint8"))
-                    buf[:, ra - sw.row : rb - sw.row, ca - sw.col : cb - sw.col] = core[
-                        :, ra - job.core.row : rb - job.core.row, ca - job.core.col : cb - job.core.col
+                    r, c = part.row - job.core.row, part.col - job.core.col
+                    buf[:, part.row - sw.row : part.row - sw.row + part.height, part.col - sw.col : part.col - sw.col + part.width] = core[
+                        :, r : r + part.height, c : c + part.width
                     ]
                     remaining[shard] -= 1
                     if remaining[shard] == 0:
                         done = buffers.pop(shard)
                         _keep_tiles(done, shard, groups[shard], grid)
-                        for w in [w for w in writes if w.done()] + writes[:-3]:
-                            w.result()  # re-raises a failed write; at most 4 shards wait
-                        writes = [w for w in writes if not w.done()]
                         writes.append(writer.submit(work.write_shard, tmp_layer, shard, done, tags))
+                        while len(writes) > 3:  # at most 3 finished shards wait for the disk
+                            writes.popleft().result()  # re-raises a failed write
                 bar.update(job.tiles)
-            for w in writes:
-                w.result()
+            while writes:
+                writes.popleft().result()
         _swap_layer(work.root, tmp_layer, PROBS)
     finally:
         shutil.rmtree(work.root / tmp_layer, ignore_errors=True)

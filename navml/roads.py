@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import math
 import re
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from shapely.geometry.base import BaseGeometry
 
-from navml.vectors import from_mercator, to_mercator
+from navml.errors import InputError
+from navml.vectors import from_mercator, read_features, to_mercator
+
+#: File of the extract stage that holds the roads.
+ROADS_FILE = "roads.geojson"
 
 #: Lane width (metres) used when a road has no ``width`` tag.
 LANE_WIDTH_M = 3.5
@@ -66,3 +72,11 @@ def road_surfaces(roads: Sequence[Mapping[str, Any]]) -> list[BaseGeometry]:
         surface = to_mercator(line).buffer(width / 2.0 / math.cos(math.radians(lat)), cap_style="flat")
         out.append(from_mercator(surface))
     return out
+
+
+def read_road_surfaces(extract_dir: str | os.PathLike, without: str) -> list[BaseGeometry]:
+    """Road surfaces (WGS84) of ``<extract_dir>/roads.geojson``; ``without`` says how to do without them."""
+    path = Path(extract_dir) / ROADS_FILE
+    if not path.exists():
+        raise InputError(f"{path}: OSM roads missing; run the extract stage first (dvc repro extract), or {without}")
+    return road_surfaces(read_features(path))

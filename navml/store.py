@@ -18,7 +18,9 @@ import rasterio
 from rasterio.windows import Window as RioWindow
 
 from navml.errors import InputError
-from navml.grid import EPSG, Grid, Tile, Window, parse_tile, shard_window, tile_key, tile_window, window_transform
+from navml.grid import (
+    EPSG, Grid, Tile, Window, intersection, parse_tile, shard_window, shards_of_window, tile_key, tile_window, window_transform,
+)
 
 
 class Store:
@@ -109,29 +111,23 @@ class Store:
         Returns (bands, height, width).
         """
         g = self.grid
-        n = g.shard_size
         bands = bands or self.count(layer) or 1
         out = None
-        sx0, sx1 = window.col // n, (window.col + window.width - 1) // n
-        sy0, sy1 = window.row // n, (window.row + window.height - 1) // n
-        for sy in range(sy0, sy1 + 1):
-            for sx in range(sx0, sx1 + 1):
-                shard = Tile(sx, sy, g.shard_zoom)
-                path = self.path(layer, shard)
-                if not path.exists():
-                    continue
-                c0 = max(window.col, sx * n)
-                r0 = max(window.row, sy * n)
-                c1 = min(window.col + window.width, (sx + 1) * n)
-                r1 = min(window.row + window.height, (sy + 1) * n)
-                try:
-                    with rasterio.open(path) as src:
-                        part = src.read(window=RioWindow(c0 - sx * n, r0 - sy * n, c1 - c0, r1 - r0))
-                except rasterio.errors.RasterioIOError as exc:
-                    raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
-                if out is None:
-                    out = np.full((part.shape[0], window.height, window.width), fill, dtype=part.dtype)
-                out[:, r0 - window.row : r1 - window.row, c0 - window.col : c1 - window.col] = part
+        for shard in shards_of_window(window, g):
+            path = self.path(layer, shard)
+            if not path.exists():
+                continue
+            sw = shard_window(shard, g)
+            part_win = intersection(window, sw)
+            try:
+                with rasterio.open(path) as src:
+                    part = src.read(window=RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
+            if out is None:
+                out = np.full((part.shape[0], window.height, window.width), fill, dtype=part.dtype)
+            r, c = part_win.row - window.row, part_win.col - window.col
+            out[:, r : r + part_win.height, c : c + part_win.width] = part
         if out is None:
             out = np.full((bands, window.height, window.width), fill, dtype="uint8")
         return out

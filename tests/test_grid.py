@@ -7,6 +7,7 @@ import pytest
 from navml.errors import ConfigError
 from navml.grid import (
     Grid,
+    Window,
     Tile,
     ground_resolution,
     lonlat_to_pixel,
@@ -111,3 +112,14 @@ def test_pixel_area_matches_geodesic_area(lat):
     square = box(10.0, float(lat2), float(lon2), lat)
     geodesic = abs(Geod(ellps="WGS84").geometry_area_perimeter(square)[0])
     assert 500 * 500 * pixel_area_m2(lat - (lat - float(lat2)) / 2, 18) == pytest.approx(geodesic, rel=1e-4)
+
+
+def test_shards_of_window_and_intersection(small_grid):
+    from navml.grid import intersection, shards_of_window
+
+    n = small_grid.shard_size  # 1024 px
+    w = Window(3 * n - 10, 5 * n + 1, 20, n)  # crosses a column border and a row border
+    assert shards_of_window(w, small_grid) == [Tile(2, 5, 16), Tile(3, 5, 16), Tile(2, 6, 16), Tile(3, 6, 16)]
+    assert shards_of_window(Window(0, 0, n, n), small_grid) == [Tile(0, 0, 16)]  # exactly one shard
+    assert intersection(w, shard_window(Tile(3, 6, 16), small_grid)) == Window(3 * n, 6 * n, 10, 1)
+    assert intersection(Window(0, 0, 10, 10), Window(10, 0, 5, 5)) is None  # touching is not overlapping

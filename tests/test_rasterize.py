@@ -4,10 +4,10 @@ import mercantile
 import numpy as np
 import pytest
 from pyproj import Geod
-from shapely.geometry import Polygon, box
+from shapely.geometry import box
 from shapely import affinity
 
-from navml.grid import Grid, Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
+from navml.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.rasterize import shard_mask, tile_boxes, write_masks
 from navml.store import Store
 

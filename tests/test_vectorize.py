@@ -9,13 +9,13 @@ from affine import Affine
 from pyproj import Geod
 from rasterio.features import rasterize
 from shapely import affinity
-from shapely.geometry import Polygon, box, shape
+from shapely.geometry import Polygon, box
 
 from navml.config import ClassSpec, PostProcess
 from navml.errors import ConfigError, InputError
-from navml.grid import Grid, Tile, Window, lonlat_to_mercator, lonlat_to_pixel, shard_window, window_transform
+from navml.grid import Tile, Window, lonlat_to_mercator, shard_window, window_transform
 from navml.store import Store
-from navml.vectorize import Piece, polygon_feature, trace, vectorize_array, vectorize_store
+from navml.vectorize import polygon_feature, trace, vectorize_array, vectorize_store
 from navml.vectors import read_features, to_pixels
 
 GEOD = Geod(ellps="WGS84")

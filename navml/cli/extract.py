@@ -22,6 +22,7 @@ def command(
     from navml.cli.grid import classes_from
     from navml.config import check_keys
     from navml.extract import extract, format_summary
+    from navml.roads import LANE_WIDTH_M
 
     p = load_params(params)
     e = check_keys(p.get("extract"), {"pbf", "index", "lane_width_m"}, "extract")
@@ -30,5 +31,5 @@ def command(
         from navml.errors import ConfigError
 
         raise ConfigError("params: no OSM file; pass one or set 'extract.pbf'")
-    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"), lane_width_m=float(e.get("lane_width_m", 3.5)))
+    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"), lane_width_m=float(e.get("lane_width_m", LANE_WIDTH_M)))
     typer.echo(format_summary(summary, out))

@@ -44,12 +44,9 @@ def command(
     complete = [f["geometry"] for f in read_features(r["complete"])] if r.get("complete") else None
     background = []
     if complete is not None and r.get("roads", True):
-        from navml.roads import road_surfaces
+        from navml.roads import read_road_surfaces
 
-        roads = labels / "roads.geojson"
-        if not roads.exists():
-            raise InputError(f"{roads}: roads not found; run the extract stage first (or set rasterize.roads: false)")
-        background = road_surfaces(read_features(roads))
+        background = read_road_surfaces(labels, "set rasterize.roads: false")
     counts = write_masks(st, tile_list, layers, complete=complete, background=background)
 
     ids = {pair: i for i, pair in enumerate(detection_names(classes))}
