@@ -141,8 +141,11 @@ def test_exp_run_compares_two_runs(project):
     run(["git", "commit", "-qm", "baseline", "--allow-empty"], project, env)
     out = dvc(project, "exp", "run", "-S", "post.parking.threshold=0.95").stdout
     assert "Running stage 'vectorize'" in out and "Running stage 'train'" not in out  # only post-processing reruns
+    out = dvc(project, "exp", "run", "-S", "train.base_filters=6").stdout  # a model param: the model is retrained
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
     assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
+    assert {r["train.base_filters"] for r in rows} >= {"4", "6"}
     assert {"parking.iou", "new_features.precision", "new_features.recall", "test.f1"} <= set(rows[0])
     assert all(r["parking.iou"] not in ("", "-") for r in rows)
 
