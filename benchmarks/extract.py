@@ -6,7 +6,7 @@ Writes a synthetic city with ``osmium.SimpleWriter`` into a temp folder (lots
 as closed ways, some ``parking=underground``, buildings that the tag filter
 drops, unclosed lots, multipolygons with a hole, one street with ``turn:lanes`` per ten
 areas, and the rest of the nodes in residential streets that the filters drop), then runs
-``navml.extract.extract`` in a fresh Python process so that the peak RSS
+``navml.data.extract.extract`` in a fresh Python process so that the peak RSS
 (``resource.getrusage``) is that of the extract alone, imports included.
 Prints features/s, MB/s of PBF and peak RSS.
 """
@@ -114,7 +114,7 @@ def make_pbf(path: Path, nodes: int, areas: int, seed: int = 0) -> dict[str, int
 def run_extract(pbf: Path, out: Path, index: str) -> dict:
     """Run the extract in this process and return timing, counts and peak RSS (MiB)."""
     from navml.config import parse_classes
-    from navml.extract import extract
+    from navml.data.extract import extract
 
     start = time.perf_counter()
     summary = extract(pbf, parse_classes(CLASSES), out, index=index, progress=False)

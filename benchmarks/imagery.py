@@ -57,9 +57,9 @@ def bench_geotiff(size: int, workers: int) -> dict:
     import rasterio
     from pyproj import Transformer
 
-    from navml.grid import Grid, Tile
-    from navml.imagery import build_imagery
-    from navml.store import Store
+    from navml.geo.grid import Grid, Tile
+    from navml.data.imagery import build_imagery
+    from navml.geo.store import Store
 
     base = rss_mb()
     tmp = Path(tempfile.mkdtemp(prefix="navml-bench-"))
@@ -98,9 +98,9 @@ def bench_xyz(n_tiles: int, workers: int) -> dict:
     import mercantile
     import numpy as np
 
-    from navml.grid import Grid, Tile
-    from navml.imagery import build_imagery
-    from navml.store import Store
+    from navml.geo.grid import Grid, Tile
+    from navml.data.imagery import build_imagery
+    from navml.geo.store import Store
 
     base = rss_mb()
     side = int(round(n_tiles**0.5))

@@ -16,9 +16,9 @@ medians):
   ``model.predict(tiles, batch_size)`` after one warm-up batch; no halo, no
   I/O: the model's own speed on tiles.
 * ``bare-folded``: the same with the inference copy predict runs
-  (:func:`navml.predict.fold_batchnorm`: batch norms folded into the
+  (:func:`navml.segment.predict.fold_batchnorm`: batch norms folded into the
   convolutions), to separate that speed-up from the halo and I/O cost.
-* ``predict``: the whole :func:`navml.predict.predict_store` call with the
+* ``predict``: the whole :func:`navml.segment.predict.predict_store` call with the
   model loaded beforehand (as for bare): planning, reading imagery with its
   halo, compiling the model function, centre-crop, uint8 conversion, writing
   the shards.
@@ -44,8 +44,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from navml.grid import Grid, Tile, tiles_of_shard
-from navml.store import Store
+from navml.geo.grid import Grid, Tile, tiles_of_shard
+from navml.geo.store import Store
 
 GRID = Grid(18, 256, 15)
 SHARD0 = Tile(6827, 12405, 15)  # Denver
@@ -84,14 +84,14 @@ def _cpu() -> float:
 
 def run_bare(a) -> dict:
     from navml.models.io import load_model
-    from navml.tiles_index import read_index, tiles_from_index
+    from navml.geo.tile_index import read_index, tiles_from_index
 
     store = Store(a.store, GRID)
     tiles = tiles_from_index(read_index(a.tiles))
     x = np.stack([np.moveaxis(store.read_tile("imagery", t), 0, -1) for t in tiles]).astype("float32")
     model, _ = load_model(a.model)
     if a.mode == "bare-folded":
-        from navml.predict import fold_batchnorm
+        from navml.segment.predict import fold_batchnorm
 
         model = fold_batchnorm(model)
     model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
@@ -102,8 +102,8 @@ def run_bare(a) -> dict:
 
 def run_predict(a) -> dict:
     from navml.models.io import load_model
-    from navml.predict import predict_with_model
-    from navml.tiles_index import read_index, tiles_from_index
+    from navml.segment.predict import predict_with_model
+    from navml.geo.tile_index import read_index, tiles_from_index
 
     tiles = tiles_from_index(read_index(a.tiles))
     loaded = load_model(a.model)  # bare excludes loading too

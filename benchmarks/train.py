@@ -3,7 +3,7 @@
     python benchmarks/train.py [--depth 4] [--base-filters 16] [--encoder plain]
                                [--batch-size 8] [--steps 12] [--sizes 256 512]
 
-Builds the model exactly as ``navml.train`` does (same loss, optimizer and
+Builds the model exactly as ``navml.segment.train`` does (same loss, optimizer and
 IoU metric, op determinism on, one op at a time unless ``--inter-op 0``) and times ``train_on_batch`` on random
 256-px tiles after two warm-up steps, then ``predict_on_batch`` at each size
 in ``--sizes``. Throughput is in tiles of that size per second; the
@@ -40,7 +40,7 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from navml.losses import MaskedIoU, SegmentationLoss
+    from navml.segment.losses import MaskedIoU, SegmentationLoss
     from navml.models.unet import build_unet, receptive_field
 
     keras.utils.set_random_seed(0)

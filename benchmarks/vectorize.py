@@ -9,9 +9,9 @@ and weak blobs below the threshold; and an OSM extract holding two thirds of
 the lots (shifted by up to 2 m). Then, each in its own process so that peak
 RSS is its own:
 
-* ``vectorize``: :func:`navml.vectorize.vectorize_store` over all shards
+* ``vectorize``: :func:`navml.segment.vectorize.vectorize_store` over all shards
   (threshold 0.5, open 1.5 m, close 2 m, simplify 1 m, min area 150 m²);
-* ``dedupe``: :func:`navml.dedupe.dedupe` of its output against the extract.
+* ``dedupe``: :func:`navml.post.dedupe.dedupe` of its output against the extract.
 
 Prints seconds, megapixels/s, features and peak RSS of each.
 """
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from navml.config import ClassSpec, PostProcess
-from navml.grid import Grid, Tile, shard_window
+from navml.geo.grid import Grid, Tile, shard_window
 
 GRID = Grid(18, 256, 15)
 SHARD0 = Tile(6826, 12435, 15)  # Denver, 39.7 N
@@ -75,7 +75,7 @@ def write_mosaic(root: Path, lots, shards: int, seed: int = 0) -> None:
     from shapely import affinity
     from shapely.geometry import box
 
-    from navml.store import Store
+    from navml.geo.store import Store
 
     store = Store(root, GRID)
     rng = np.random.default_rng(seed)
@@ -99,8 +99,8 @@ def write_mosaic(root: Path, lots, shards: int, seed: int = 0) -> None:
 def write_extract(path: Path, lots, seed: int = 0) -> None:
     from shapely import affinity
 
-    from navml.grid import metres_to_pixels
-    from navml.vectors import to_lonlat, write_features
+    from navml.geo.grid import metres_to_pixels
+    from navml.geo.features import to_lonlat, write_features
 
     rng = np.random.default_rng(seed + 1)
     px = metres_to_pixels(2.0, 39.7, GRID.zoom)
@@ -113,16 +113,16 @@ def write_extract(path: Path, lots, seed: int = 0) -> None:
 
 
 def run(mode: str, work: Path) -> dict:
-    from navml.store import Store
+    from navml.geo.store import Store
 
     t0 = time.perf_counter()
     if mode == "vectorize":
-        from navml.vectorize import vectorize_store
+        from navml.segment.vectorize import vectorize_store
 
         counts = vectorize_store(Store(work / "predict", GRID), "probs", [SPEC], work / "output" / "predictions.geojson", progress=False)
         out = {"features": counts["parking"]}
     else:
-        from navml.dedupe import dedupe
+        from navml.post.dedupe import dedupe
 
         s = dedupe(work / "output" / "predictions.geojson", work / "extract", [SPEC], work / "output", match="share", min_overlap=0.5)
         out = {"features": s["new"], "matched": s["matched_existing"]}

@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from navml.grid import Grid
+from navml.geo.grid import Grid
 
 
 @pytest.fixture

@@ -3,9 +3,9 @@ import pytest
 from shapely.geometry import box
 
 from navml.config import parse_classes
-from navml.cover import assign_splits, build_index, cover_tiles, read_aoi
+from navml.data.cover import assign_splits, build_index, cover_tiles, read_aoi
 from navml.errors import ConfigError
-from navml.grid import Grid, tile_polygon
+from navml.geo.grid import Grid, tile_polygon
 
 CLASSES = parse_classes({"parking": {"task": "segmentation", "tags": {"amenity": "parking"}}})
 AOI = box(-104.999, 39.735, -104.985, 39.745)  # ~1.2 x 1.1 km in Denver

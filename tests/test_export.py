@@ -4,9 +4,9 @@ import pandas as pd
 import pytest
 
 from navml.errors import ConfigError
-from navml.export import colorize, export_tiles
-from navml.grid import Tile, tiles_of_shard
-from navml.store import Store
+from navml.data.export import colorize, export_tiles
+from navml.geo.grid import Tile, tiles_of_shard
+from navml.geo.store import Store
 
 
 def test_export_writes_slippy_map_pngs(tmp_path, small_grid):

@@ -16,8 +16,8 @@ from shapely.geometry import Point, Polygon, box, shape
 
 from navml.config import parse_classes
 from navml.errors import ConfigError, InputError
-from navml.extract import extract
-from navml.labels import read_labels
+from navml.data.extract import extract
+from navml.data.labels import read_labels
 
 GEOD = Geod(ellps="WGS84")
 LON, LAT = -104.99, 39.74  # Denver

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from navml.errors import ConfigError
-from navml.grid import (
+from navml.geo.grid import (
     Grid,
     Window,
     Tile,
@@ -115,7 +115,7 @@ def test_pixel_area_matches_geodesic_area(lat):
 
 
 def test_shards_of_window_and_intersection(small_grid):
-    from navml.grid import intersection, shards_of_window
+    from navml.geo.grid import intersection, shards_of_window
 
     n = small_grid.shard_size  # 1024 px
     w = Window(3 * n - 10, 5 * n + 1, 20, n)  # crosses a column border and a row border

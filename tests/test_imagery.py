@@ -25,10 +25,10 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from navml.errors import ConfigError, FetchError, InputError
-from navml.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, tile_window
-from navml.imagery import build_imagery
-from navml.imagery.xyz import TileUrl, _retry_after, decode_tile
-from navml.store import Store
+from navml.geo.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, tile_window
+from navml.data.imagery import build_imagery
+from navml.data.imagery.xyz import TileUrl, _retry_after, decode_tile
+from navml.geo.store import Store
 
 LON, LAT = -104.99, 39.74  # Denver, UTM zone 13N
 UTM = 32613
@@ -245,7 +245,7 @@ def test_geotiff_single_band_when_asked(tmp_path, small_grid):
 
 
 def write_tiles_csv(path: Path, tiles: list[Tile], grid: Grid) -> None:
-    from navml.grid import shard_of, tile_key
+    from navml.geo.grid import shard_of, tile_key
 
     rows = ["z,x,y,shard,block,split"] + [f"{t.z},{t.x},{t.y},{tile_key(shard_of(t, grid))},0,train" for t in tiles]
     path.write_text("\n".join(rows) + "\n")

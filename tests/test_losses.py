@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from navml.errors import ConfigError, InputError
-from navml.losses import (
+from navml.segment.losses import (
     MaskedIoU,
     SegmentationLoss,
     class_weights_from_counts,

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from navml.errors import ConfigError, InputError, ModelError
-from navml.grid import Grid, Tile, Window, tiles_of_shard
+from navml.geo.grid import Grid, Tile, Window, tiles_of_shard
 from navml.models.io import ModelMeta, save_model
-from navml.predict import PROBS, plan_windows, predict_store, prediction_halo, to_uint8
-from navml.store import Store
+from navml.segment.predict import PROBS, plan_windows, predict_store, prediction_halo, to_uint8
+from navml.geo.store import Store
 
 SHARD0 = Tile(13000, 24000, 16)  # 2 x 2 shards from here, 39.7 N
 
@@ -198,7 +198,7 @@ def test_fold_batchnorm_is_exact_and_removes_every_batchnorm():
     import keras
 
     from navml.models.unet import build_unet
-    from navml.predict import fold_batchnorm
+    from navml.segment.predict import fold_batchnorm
 
     model = build_unet(3, 2, depth=2, base_filters=4, encoder="residual")
     rng = np.random.default_rng(0)

@@ -7,9 +7,9 @@ from pyproj import Geod
 from shapely.geometry import box
 from shapely import affinity
 
-from navml.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
-from navml.rasterize import shard_mask, tile_boxes, write_masks
-from navml.store import Store
+from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
+from navml.data.rasterize import shard_mask, tile_boxes, write_masks
+from navml.geo.store import Store
 
 GEOD = Geod(ellps="WGS84")
 
@@ -102,7 +102,7 @@ def test_boxes_are_clipped_to_tiles_in_tile_pixels(small_grid):
 
 
 def test_unknown_pixels_outside_complete_mapping(tmp_path, small_grid):
-    from navml.rasterize import IGNORE
+    from navml.data.rasterize import IGNORE
 
     shard = Tile(34308 // 4, 24981 // 4, 16)
     tiles = list(tiles_of_shard(shard, small_grid))
@@ -118,7 +118,7 @@ def test_unknown_pixels_outside_complete_mapping(tmp_path, small_grid):
 
 
 def test_mapped_road_surfaces_are_background_outside_complete_mapping(small_grid):
-    from navml.rasterize import IGNORE
+    from navml.data.rasterize import IGNORE
 
     shard = Tile(34308 // 4, 24981 // 4, 16)
     tiles = list(tiles_of_shard(shard, small_grid))

@@ -6,7 +6,7 @@ import pytest
 from pyproj import Geod
 from shapely.geometry import LineString
 
-from navml.roads import road_surfaces, road_width_m
+from navml.data.roads import road_surfaces, road_width_m
 
 GEOD = Geod(ellps="WGS84")
 

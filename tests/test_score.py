@@ -7,8 +7,8 @@ import shapely
 from shapely.geometry import box
 
 from navml.errors import InputError
-from navml.score import match_greedy, prf, score_outputs, vertex_count
-from navml.vectors import write_features
+from navml.post.score import match_greedy, prf, score_outputs, vertex_count
+from navml.geo.features import write_features
 
 LAT0 = 39.74
 

@@ -17,10 +17,10 @@ from rasterio.features import rasterize
 from shapely.geometry import Polygon, shape
 from typer.testing import CliRunner
 
-import navml.synth.osm as synth_osm
+import navml.data.synth.osm as synth_osm
 from navml.errors import ConfigError
-from navml.synth import make_city
-from navml.synth.scene import KINDS
+from navml.data.synth import make_city
+from navml.data.synth.scene import KINDS
 
 SIZE_KM = 0.5
 SEED = 5

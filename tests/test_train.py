@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from navml.dataset import Augment, TileReader, augment_pair, make_dataset, select_training_tiles
-from navml.rasterize import IGNORE
+from navml.segment.dataset import Augment, TileReader, augment_pair, make_dataset, select_training_tiles
+from navml.data.rasterize import IGNORE
 from navml.errors import InputError, ModelError
-from navml.evaluate import evaluate_segmentation
-from navml.grid import Grid, Tile, tile_key, tiles_of_shard
-from navml.metrics import confusion_counts, labels_from_probs
+from navml.segment.evaluate import evaluate_segmentation
+from navml.geo.grid import Grid, Tile, tile_key, tiles_of_shard
+from navml.segment.metrics import confusion_counts, labels_from_probs
 from navml.models.io import load_model
-from navml.store import Store
-from navml.train import train_segmentation
+from navml.geo.store import Store
+from navml.segment.train import train_segmentation
 
 GRID = Grid(zoom=18, tile_size=64, shard_zoom=16)  # 4 x 4 tiles of 64 px per 256-px shard
 SHARD0 = Tile(10000, 22500, 16)
@@ -104,9 +104,9 @@ def test_same_seed_gives_same_weights(tmp_path):
         import hashlib, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_train import make_store
-        from navml.grid import Grid
+        from navml.geo.grid import Grid
         from navml.models.io import load_model
-        from navml.train import train_segmentation
+        from navml.segment.train import train_segmentation
         # 256-px tiles: big enough for concurrent ops to change the sums when determinism is off
         store, df = make_store({str(tmp_path / "store")!r}, grid=Grid(18, 256, 16))
         for name in ("a", "b"):

@@ -19,10 +19,10 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.config import check_keys
-    from navml.cover import build_index, read_aoi
-    from navml.grid import Tile, tile_polygon
-    from navml.tiles_index import write_index
-    from navml.vectors import read_features, write_features
+    from navml.data.cover import build_index, read_aoi
+    from navml.geo.grid import Tile, tile_polygon
+    from navml.geo.tile_index import write_index
+    from navml.geo.features import read_features, write_features
 
     p = load_params(params)
     c = check_keys(p.get("cover"), {"aoi", "split_zoom", "split", "seed"}, "cover", required=("aoi",))

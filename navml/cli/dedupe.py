@@ -22,7 +22,7 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.config import check_keys, segmentation_classes
-    from navml.dedupe import dedupe
+    from navml.post.dedupe import dedupe
 
     p = load_params(params)
     s = check_keys(p.get("dedupe"), DEDUPE_KEYS, "dedupe")

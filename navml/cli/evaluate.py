@@ -24,9 +24,9 @@ def command(
 ) -> None:
     from navml.config import check_keys, segmentation_classes
     from navml.errors import ConfigError
-    from navml.evaluate import evaluate_segmentation
-    from navml.store import Store
-    from navml.tiles_index import read_index
+    from navml.segment.evaluate import evaluate_segmentation
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index
 
     p = load_params(params)
     e = check_keys(p.get("evaluate"), EVALUATE_KEYS, "evaluate")

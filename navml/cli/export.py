@@ -29,12 +29,12 @@ def command(
     import shapely
 
     from navml.config import segmentation_classes
-    from navml.cover import read_aoi
+    from navml.data.cover import read_aoi
     from navml.errors import ConfigError
-    from navml.export import export_tiles
-    from navml.grid import Tile, parse_tile, tile_polygon
-    from navml.store import Store
-    from navml.tiles_index import read_index, tiles_from_index
+    from navml.data.export import export_tiles
+    from navml.geo.grid import Tile, parse_tile, tile_polygon
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index, tiles_from_index
 
     p = load_params(params)
     grid = grid_from(p)

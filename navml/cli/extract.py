@@ -21,8 +21,8 @@ def command(
 ) -> None:
     from navml.cli.grid import classes_from
     from navml.config import check_keys
-    from navml.extract import extract, format_summary
-    from navml.roads import LANE_WIDTH_M
+    from navml.data.extract import extract, format_summary
+    from navml.data.roads import LANE_WIDTH_M
 
     p = load_params(params)
     e = check_keys(p.get("extract"), {"pbf", "index", "lane_width_m"}, "extract")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from navml.config import ClassSpec, check_keys, parse_classes
-from navml.grid import Grid, make_grid
+from navml.geo.grid import Grid, make_grid
 
 
 def grid_from(params: dict[str, Any]) -> Grid:

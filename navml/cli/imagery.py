@@ -22,9 +22,9 @@ def command(
 ) -> None:
     from navml.config import check_keys
     from navml.errors import InputError
-    from navml.imagery import build_imagery
-    from navml.store import Store
-    from navml.tiles_index import read_index, tiles_from_index
+    from navml.data.imagery import build_imagery
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index, tiles_from_index
 
     p = load_params(params)
     s = check_keys(p.get("imagery"), KEYS, "imagery", required=("source",))

@@ -23,9 +23,9 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.config import check_keys, segmentation_classes
-    from navml.predict import DEFAULT_WINDOW, predict_store
-    from navml.store import Store
-    from navml.tiles_index import read_index, tiles_from_index
+    from navml.segment.predict import DEFAULT_WINDOW, predict_store
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index, tiles_from_index
 
     p = load_params(params)
     s = check_keys(p.get("predict"), PREDICT_KEYS, "predict")

@@ -21,10 +21,10 @@ def command(
 ) -> None:
     from navml.config import check_keys, detection_names, segmentation_classes
     from navml.errors import InputError
-    from navml.rasterize import IGNORE, tile_boxes, write_masks
-    from navml.store import Store
-    from navml.tiles_index import read_index, tiles_from_index
-    from navml.vectors import read_features
+    from navml.data.rasterize import IGNORE, tile_boxes, write_masks
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index, tiles_from_index
+    from navml.geo.features import read_features
 
     p = load_params(params)
     r = check_keys(p.get("rasterize"), {"complete", "roads"}, "rasterize")
@@ -44,7 +44,7 @@ def command(
     complete = [f["geometry"] for f in read_features(r["complete"])] if r.get("complete") else None
     background = []
     if complete is not None and r.get("roads", True):
-        from navml.roads import read_road_surfaces
+        from navml.data.roads import read_road_surfaces
 
         background = read_road_surfaces(labels, "set rasterize.roads: false")
     counts = write_masks(st, tile_list, layers, complete=complete, background=background)

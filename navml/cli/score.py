@@ -24,7 +24,7 @@ def command(
 ) -> None:
     from navml.config import check_keys
     from navml.errors import ConfigError
-    from navml.score import score_outputs
+    from navml.post.score import score_outputs
 
     p = load_params(params)
     s = check_keys(p.get("score"), SCORE_KEYS, "score")

@@ -26,7 +26,7 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from navml.config import check_keys
-    from navml.synth import make_city
+    from navml.data.synth import make_city
 
     s = check_keys(section(load_params(params), "synth"), KEYS, "synth")
     given = {"seed": seed, "center": center, "size_km": size_km, "gsd_m": gsd_m, "unmapped_share": unmapped_share, "shift_m": shift_m}

@@ -26,10 +26,10 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.config import check_keys, segmentation_classes
-    from navml.dataset import Augment
-    from navml.store import Store
-    from navml.tiles_index import read_index
-    from navml.train import train_segmentation
+    from navml.segment.dataset import Augment
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index
+    from navml.segment.train import train_segmentation
 
     p = load_params(params)
     t = check_keys(p.get("train"), TRAIN_KEYS, "train")

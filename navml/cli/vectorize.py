@@ -26,8 +26,8 @@ def command(
 
     from navml.config import check_keys, segmentation_classes
     from navml.errors import ConfigError
-    from navml.store import Store
-    from navml.vectorize import vectorize_store
+    from navml.geo.store import Store
+    from navml.segment.vectorize import vectorize_store
 
     p = load_params(params)
     s = check_keys(p.get("vectorize"), VECTORIZE_KEYS, "vectorize")

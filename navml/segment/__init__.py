@@ -1,0 +1,1 @@
+"""Semantic segmentation (U-Net): dataset, losses, metrics, train, evaluate, predict, vectorize."""

@@ -1,0 +1,342 @@
+"""Segmentation samples from the shard store: tile selection, reading, augmentation, tf.data.
+
+Tiles are read lazily, one at a time, by a Python generator wrapped in
+``tf.data.Dataset.from_generator``; memory stays bounded by a batch (plus an
+optional in-memory cache for the small validation / test splits). Everything
+random comes from ``numpy.random.default_rng([seed, epoch])`` inside the
+generator, so the stream is the same on every run with the same seed.
+
+Samples: image float32 ``(rows, cols, bands)`` with raw 0..255 values, label
+one-hot float32 ``(rows, cols, n_classes + 1)`` (mask value 0 background,
+``i + 1`` the ``i``-th segmentation class; :data:`~navml.data.rasterize.IGNORE`
+(255, class unknown: outside complete mapping) becomes an all-zero row).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from navml.config import check_keys
+from navml.errors import ConfigError, InputError, NavmlError
+from navml.geo.grid import Tile, group_by_shard, shard_of, tile_key
+from navml.data.rasterize import IGNORE
+from navml.geo.store import Store
+
+IMAGERY = "imagery"
+MASKS = "masks"
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation of a training sample (``train.augment`` in params).
+
+    ``flip``: horizontal / vertical flips; ``rotate``: multiples of 90 degrees;
+    ``brightness``: max shift as a share of 255; ``contrast``: max relative
+    change of the spread around the tile mean; ``hue``: max hue rotation as a
+    share of the colour circle (first three bands, read as RGB).
+    """
+
+    flip: bool = True
+    rotate: bool = True
+    brightness: float = 0.1
+    contrast: float = 0.1
+    hue: float = 0.02
+
+    @classmethod
+    def from_params(cls, value: bool | Mapping | None) -> Augment | None:
+        """``Augment`` from ``true`` / ``false`` / a mapping of the fields above; None when off."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        section = check_keys(value, [f.name for f in fields(cls)], "train.augment")
+        aug = cls(**section)
+        for name in ("brightness", "contrast", "hue"):
+            v = getattr(aug, name)
+            if not 0.0 <= float(v) <= 1.0:
+                raise ConfigError(f"params: 'train.augment.{name}' is {v}; use 0..1")
+        return aug
+
+
+def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: Augment) -> tuple[np.ndarray, np.ndarray]:
+    """Augment ``image`` (rows, cols, bands) and ``mask`` (rows, cols) together; image comes back float32 0..255."""
+    if aug.flip:
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.5:
+            image, mask = image[::-1], mask[::-1]
+    if aug.rotate:
+        k = int(rng.integers(4))
+        image, mask = np.rot90(image, k, axes=(0, 1)), np.rot90(mask, k, axes=(0, 1))
+    image = np.ascontiguousarray(image)
+    mask = np.ascontiguousarray(mask)
+    if aug.hue and image.shape[-1] >= 3:
+        import cv2
+
+        shift = int(round(rng.uniform(-aug.hue, aug.hue) * 180))
+        if shift:
+            rgb = np.ascontiguousarray(image[..., :3], dtype="uint8")
+            hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype("int16") + shift) % 180
+            image = image.copy()
+            image[..., :3] = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    out = image.astype("float32")
+    contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast) if aug.contrast else 1.0
+    brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0 if aug.brightness else 0.0
+    if contrast != 1.0 or brightness:
+        mean = out.mean(axis=(0, 1), keepdims=True)
+        out = np.clip((out - mean) * contrast + mean + brightness, 0.0, 255.0)
+    return out, mask
+
+
+def _need_columns(index: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    missing = [c for c in columns if c not in index.columns]
+    if missing:
+        raise InputError(f"{where}: tile index lacks column(s) {', '.join(missing)}; re-run the cover stage")
+
+
+def split_tiles(index: pd.DataFrame, split: str, where: str = "tile index") -> list[Tile]:
+    """Tiles of ``split`` (train / val / test), sorted north to south, west to east."""
+    _need_columns(index, ("z", "x", "y", "split"), where)
+    rows = index[index["split"] == split]
+    tiles = [Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])]
+    return sorted(tiles, key=lambda t: (t.z, t.y, t.x))
+
+
+def positive_tiles(index: pd.DataFrame, classes: Sequence[str], where: str = "tile index") -> set[Tile]:
+    """Tiles whose ``pos_<class>`` is set for any of ``classes``."""
+    cols = [f"pos_{c}" for c in classes]
+    _need_columns(index, ("z", "x", "y", *cols), where)
+    hit = index[cols].fillna(0).astype(bool).any(axis=1)
+    rows = index[hit]
+    return {Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])}
+
+
+@dataclass(frozen=True)
+class TrainingTiles:
+    """The training split as positive tiles (always used) and negative tiles of
+    which ``negatives_per_epoch`` are drawn afresh for every epoch."""
+
+    positives: list[Tile]
+    negatives: list[Tile]
+    negatives_per_epoch: int
+
+    @property
+    def per_epoch(self) -> int:
+        """Tiles seen per epoch."""
+        return len(self.positives) + self.negatives_per_epoch
+
+    @property
+    def all(self) -> list[Tile]:
+        """Every tile that can be drawn, sorted."""
+        return sorted(self.positives + self.negatives, key=lambda t: (t.z, t.y, t.x))
+
+    def epoch(self, rng: np.random.Generator) -> list[Tile]:
+        """This epoch's tiles: all positives and a random draw of negatives (unshuffled)."""
+        if self.negatives_per_epoch >= len(self.negatives):
+            return self.positives + self.negatives
+        pick = np.sort(rng.choice(len(self.negatives), size=self.negatives_per_epoch, replace=False))
+        return self.positives + [self.negatives[i] for i in pick]
+
+
+def select_training_tiles(
+    index: pd.DataFrame,
+    classes: Sequence[str],
+    negative_share: float | None,
+    split: str = "train",
+    where: str = "tile index",
+) -> TrainingTiles:
+    """Tiles of ``split``: every positive tile (a ``pos_<class>`` set for one of
+    ``classes``) plus, per epoch, enough negative tiles to make
+    ``negative_share`` (0..1) of the epoch, or all of them if there are fewer;
+    ``None`` uses every tile every epoch.
+    """
+    tiles = split_tiles(index, split, where)
+    if negative_share is None:
+        return TrainingTiles(tiles, [], 0)
+    if not 0.0 <= negative_share < 1.0:
+        raise ConfigError(f"params: 'train.negative_share' is {negative_share}; use 0..1 (below 1) or null to keep all tiles")
+    pos = positive_tiles(index, classes, where)
+    positives = [t for t in tiles if t in pos]
+    negatives = [t for t in tiles if t not in pos]
+    want = int(round(len(positives) * negative_share / (1.0 - negative_share)))
+    return TrainingTiles(positives, negatives, min(want, len(negatives)))
+
+
+class TileReader:
+    """Reads and checks imagery and mask tiles of a store.
+
+    An error met while tf.data runs the generator is kept in ``error`` (and the
+    stream ends) so the caller re-raises the one-line :class:`NavmlError`
+    instead of TensorFlow's wrapped one.
+    """
+
+    def __init__(self, store: Store, n_classes: int, bands: int):
+        self.store = store
+        self.n_classes = n_classes
+        self.bands = bands
+        self.error: NavmlError | None = None
+
+    def _read(self, layer: str, tile: Tile) -> np.ndarray:
+        try:
+            return self.store.read_tile(layer, tile)
+        except NavmlError:
+            raise
+        except Exception as exc:  # rasterio/GDAL raise several types on a damaged file
+            path = self.store.path(layer, shard_of(tile, self.store.grid))
+            raise InputError(
+                f"{path}: cannot read tile {tile_key(tile)} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                f"delete the shard and re-run the stage that writes '{layer}'"
+            ) from exc
+
+    def image(self, tile: Tile) -> np.ndarray:
+        """Imagery ``(rows, cols, bands)`` uint8."""
+        arr = self._read(IMAGERY, tile)
+        if arr.shape[0] != self.bands:
+            path = self.store.path(IMAGERY, shard_of(tile, self.store.grid))
+            raise InputError(
+                f"{path}: tile {tile_key(tile)} has {arr.shape[0]} bands, the model takes {self.bands}; "
+                f"set train.bands: {arr.shape[0]} and retrain, or re-run the imagery stage"
+            )
+        return np.moveaxis(arr, 0, -1)
+
+    def mask(self, tile: Tile) -> np.ndarray:
+        """Mask ``(rows, cols)`` uint8 with values ``0..n_classes`` or :data:`IGNORE`."""
+        arr = self._read(MASKS, tile)
+        path = self.store.path(MASKS, shard_of(tile, self.store.grid))
+        if arr.shape[0] != 1:
+            raise InputError(f"{path}: masks must have 1 band, found {arr.shape[0]}; re-run rasterize")
+        bad = arr[(arr > self.n_classes) & (arr != IGNORE)]
+        if bad.size:
+            raise InputError(
+                f"{path}: mask value {int(bad.max())} at tile {tile_key(tile)} but the registry has {self.n_classes} segmentation "
+                f"class(es); re-run rasterize after changing classes"
+            )
+        return arr[0]
+
+    def pair(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        return self.image(tile), self.mask(tile)
+
+
+def check_store(store: Store, tiles: Sequence[Tile], bands: int, layers: Sequence[str] = (IMAGERY, MASKS)) -> None:
+    """Every shard of ``tiles`` exists in ``layers`` and the imagery has ``bands`` bands, else :class:`InputError`."""
+    for layer in layers:
+        folder = store.root / layer
+        for shard in group_by_shard(tiles, store.grid):
+            if not store.has(layer, shard):
+                stage = "rasterize" if layer == MASKS else layer
+                raise InputError(f"{store.path(layer, shard)}: missing shard of layer '{layer}'; run `dvc repro {stage}` (store {folder})")
+    if IMAGERY in layers:
+        try:
+            found = store.count(IMAGERY)
+        except Exception as exc:  # a damaged first shard
+            raise InputError(f"{store.root / IMAGERY}: cannot read imagery ({str(exc).splitlines()[0]}); re-run the imagery stage") from exc
+        if found != bands:
+            raise InputError(
+                f"{store.root / IMAGERY}: imagery has {found} bands, the model takes {bands}; "
+                f"set train.bands: {found} and retrain, or re-run the imagery stage"
+            )
+
+
+def label_counts(reader: TileReader, tiles: Sequence[Tile], progress: bool = False, desc: str = "labels") -> np.ndarray:
+    """Pixel count per label ``0..n_classes`` over ``tiles`` (reads masks only; ignored pixels not counted)."""
+    from tqdm import tqdm
+
+    k = reader.n_classes + 1
+    counts = np.zeros(k, dtype="int64")
+    for tile in tqdm(tiles, desc=desc, unit="tile", disable=None if progress else True, leave=False):
+        counts += np.bincount(reader.mask(tile).ravel(), minlength=256)[:k]
+    return counts
+
+
+def training_counts(reader: TileReader, tiles: TrainingTiles, progress: bool = False) -> np.ndarray:
+    """Expected pixel count per label in one epoch of ``tiles`` (float): positives
+    plus the negatives scaled by the share of them drawn per epoch."""
+    counts = label_counts(reader, tiles.positives, progress, "train labels").astype("float64")
+    if tiles.negatives and tiles.negatives_per_epoch:
+        neg = label_counts(reader, tiles.negatives, progress, "train negatives")
+        counts += neg * (tiles.negatives_per_epoch / len(tiles.negatives))
+    return counts
+
+
+def sample_stream(
+    reader: TileReader,
+    tiles: Sequence[Tile] | TrainingTiles,
+    *,
+    shuffle: bool,
+    augment: Augment | None,
+    seed: int,
+):
+    """A generator function yielding ``(image float32 HWC, mask uint8 HW)``; each call is one epoch,
+    with its negatives drawn (:class:`TrainingTiles`), shuffled and augmented with
+    ``default_rng([seed, epoch])``."""
+    epochs = itertools.count()
+    fixed = None if isinstance(tiles, TrainingTiles) else list(tiles)
+
+    def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        rng = np.random.default_rng([seed, next(epochs)])
+        tiles_now = fixed if fixed is not None else tiles.epoch(rng)
+        order = rng.permutation(len(tiles_now)) if shuffle else range(len(tiles_now))
+        for i in order:
+            try:
+                image, mask = reader.pair(tiles_now[i])
+            except NavmlError as exc:
+                # end the stream quietly (raising here makes TensorFlow print a traceback);
+                # the caller sees the short epoch and re-raises ``reader.error``
+                reader.error = exc
+                return
+            if augment is not None:
+                image, mask = augment_pair(image, mask, rng, augment)
+            yield image.astype("float32", copy=False), mask
+
+    return gen
+
+
+def make_dataset(
+    reader: TileReader,
+    tiles: Sequence[Tile] | TrainingTiles,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    augment: Augment | None = None,
+    seed: int = 0,
+    cache: bool = False,
+    drop_remainder: bool = False,
+):
+    """``tf.data.Dataset`` of ``(image, one-hot label)`` batches over ``tiles`` (see module doc).
+
+    Pixels of :data:`IGNORE` get an all-zero label row, which the losses and
+    :class:`navml.segment.losses.MaskedIoU` leave out.
+    """
+    import tensorflow as tf
+
+    size = reader.store.grid.tile_size
+    k = reader.n_classes + 1
+    gen = sample_stream(reader, tiles, shuffle=shuffle, augment=augment, seed=seed)
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((size, size, reader.bands), tf.float32),
+            tf.TensorSpec((size, size), tf.uint8),
+        ),
+    )
+    ds = ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k, dtype=tf.float32)))
+    n = tiles.per_epoch if isinstance(tiles, TrainingTiles) else len(tiles)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(n))
+    if cache:
+        ds = ds.cache()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(2)
+
+
+def image_batches(reader: TileReader, tiles: Sequence[Tile], batch_size: int) -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray]]:
+    """``(tiles, images float32 (b, rows, cols, bands), masks uint8 (b, rows, cols))`` in order, for inference."""
+    for start in range(0, len(tiles), batch_size):
+        chunk = list(tiles[start : start + batch_size])
+        pairs = [reader.pair(t) for t in chunk]
+        yield chunk, np.stack([p[0] for p in pairs]).astype("float32"), np.stack([p[1] for p in pairs])

@@ -1,0 +1,277 @@
+"""Training of the segmentation U-Net on the store's train split.
+
+Seeded and deterministic (same data + same arguments -> same weights), early
+stopping on the validation IoU, the best epoch checkpointed to a temporary
+``.keras`` file and only saved as the model folder (``model.keras``,
+``meta.json``, ``thresholds.json``) once everything succeeded, so a failed run
+leaves no partial model and an earlier model intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from navml.segment.dataset import Augment, TileReader, check_store, label_counts, make_dataset, select_training_tiles, split_tiles, training_counts
+from navml.errors import ConfigError, InputError, ModelError
+from navml.geo.store import Store
+
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow, ask for deterministic kernels and run one op at a time.
+
+    Op determinism alone is not enough on CPU: with several ops running at once
+    (inter-op parallelism) the weights differ in the 5th digit after a few
+    steps and training drifts apart. One op at a time, each on all cores
+    (intra-op threads), gives bit-identical weights at a small cost on 2 cores.
+    The thread setting only takes effect before TensorFlow runs its first op.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(int(seed))
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # TensorFlow already initialized in this process: keep its setting
+        pass
+
+
+def _check_args(classes: Sequence[str], epochs: int, batch_size: int, learning_rate: float, patience: int) -> None:
+    if not classes:
+        raise ConfigError("classes: no segmentation class in the registry; add one with task: segmentation")
+    if epochs < 1:
+        raise ConfigError(f"params: 'train.epochs' is {epochs}; use 1 or more")
+    if batch_size < 1:
+        raise ConfigError(f"params: 'train.batch_size' is {batch_size}; use 1 or more")
+    if not learning_rate > 0:
+        raise ConfigError(f"params: 'train.learning_rate' is {learning_rate}; use a positive number such as 0.002")
+    if patience < 0:
+        raise ConfigError(f"params: 'train.patience' is {patience}; use 0 or more epochs")
+
+
+def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) -> None:
+    for i, name in enumerate(classes, start=1):
+        if counts[i] == 0:
+            raise InputError(
+                f"{store.root / 'masks'}: split '{split}' has no pixel of class '{name}'; "
+                f"check classes.{name} (tags) matches the map, or use a larger AOI / another cover.seed"
+            )
+
+
+def write_json(path: str | os.PathLike, data) -> Path:
+    """Write ``data`` as JSON atomically (temp file + rename); NaN becomes null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _clean(value):
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def train_segmentation(
+    store: Store,
+    index: pd.DataFrame,
+    classes: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    bands: int = 3,
+    depth: int = 4,
+    base_filters: int = 8,
+    encoder: str = "plain",
+    dropout: float = 0.0,
+    loss: str | Sequence[str] = "crossentropy+dice",
+    focal_gamma: float = 2.0,
+    class_weighting: str = "sqrt",
+    epochs: int = 40,
+    batch_size: int = 8,
+    learning_rate: float = 2e-3,
+    patience: int = 8,
+    negative_share: float | None = 0.25,
+    augment: Augment | None = Augment(),
+    threshold_metric: str = "iou",
+    seed: int = 0,
+    live_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    where: str = "tile index",
+) -> dict:
+    """Train a U-Net for the segmentation ``classes`` (registry order) and save it in ``out_dir``.
+
+    ``index`` is the tile index (columns z, x, y, split, pos_<class>);
+    ``store`` holds layers ``imagery`` and ``masks`` (mask 255 = ignore). ``loss`` names terms of
+    :mod:`navml.segment.losses` joined by ``+``; class weights come from the training
+    masks (``class_weighting``: none, inverse, sqrt). ``negative_share`` (0..1
+    or None = keep all) is the share of each epoch's tiles without a positive,
+    drawn afresh per epoch from the train split's negative tiles.
+    Early stopping watches ``val_iou`` with ``patience`` epochs; the learning
+    rate follows a cosine decay from ``learning_rate`` over ``epochs``.
+    ``live_dir`` receives dvclive per-epoch metrics (``plots/metrics/*.tsv``,
+    ``metrics.json``). After training, the per-class probability threshold that
+    maximizes ``threshold_metric`` on the val split goes to
+    ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
+    """
+    from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
+    from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
+
+    started = time.monotonic()
+    classes = list(classes)
+    _check_args(classes, epochs, batch_size, learning_rate, patience)
+    terms = parse_loss(loss)
+    out_dir = Path(out_dir)
+    n = len(classes)
+    size = store.grid.tile_size
+    if size % model_stride(depth):
+        raise ConfigError(f"params: 'train.depth' {depth} needs tiles of a multiple of {model_stride(depth)} px; grid.tile_size is {size}")
+
+    train_tiles = select_training_tiles(index, classes, negative_share, "train", where)
+    val_tiles = split_tiles(index, "val", where)
+    for split, tiles in (("train", train_tiles.all), ("val", val_tiles)):
+        if not tiles:
+            raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
+    check_store(store, train_tiles.all + val_tiles, bands)
+    reader = TileReader(store, n, bands)
+    train_counts = training_counts(reader, train_tiles, progress)
+    _require_pixels(train_counts, classes, "train", store)
+    val_counts = label_counts(reader, val_tiles, progress, "val labels")
+    _require_pixels(val_counts, classes, "val", store)
+    weights = class_weights_from_counts(train_counts, class_weighting, ["background", *classes])
+
+    import keras
+    import tensorflow as tf
+
+    set_determinism(seed)
+    model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout)
+    steps = max(1, train_tiles.per_epoch // batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs, alpha=0.05)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss=SegmentationLoss(terms, class_weights=weights, gamma=focal_gamma),
+        metrics=[MaskedIoU(n + 1, list(range(1, n + 1)), name="iou")],
+        jit_compile=False,
+    )
+    train_ds = make_dataset(
+        reader, train_tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed,
+        drop_remainder=train_tiles.per_epoch >= batch_size,
+    )
+    val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
+    live = None
+    try:
+        ckpt = tmp / "best.keras"
+        callbacks = [
+            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_iou", mode="max", save_best_only=True),
+            keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=patience),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if live_dir is not None:
+            from dvclive import Live
+            from dvclive.keras import DVCLiveCallback
+
+            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+            callbacks.append(DVCLiveCallback(live=live))
+        verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+        try:
+            history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+        except tf.errors.OpError as exc:
+            if reader.error is not None:
+                raise reader.error from None
+            raise ModelError(f"training failed: {str(exc).splitlines()[0]}") from exc
+        if reader.error is not None:
+            raise reader.error
+        val_iou = history.history.get("val_iou", [])
+        if not ckpt.exists() or not val_iou:
+            raise ModelError(f"training produced no checkpoint (loss became NaN?); lower train.learning_rate (now {learning_rate})")
+        best_epoch = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
+        best = keras.saving.load_model(ckpt, compile=False)
+
+        from navml.segment.evaluate import val_thresholds
+
+        chosen = val_thresholds(best, reader, val_tiles, batch_size=batch_size, metric=threshold_metric, progress=progress)
+        thresholds = {name: {"threshold": thr, f"val_{threshold_metric}": score} for name, (thr, score) in zip(classes, chosen)}
+        summary = {
+            "best_epoch": best_epoch + 1,
+            "epochs_run": len(val_iou),
+            "best_val_iou": float(val_iou[best_epoch]),
+            "train_tiles": train_tiles.per_epoch,
+            "train_positive_tiles": len(train_tiles.positives),
+            "train_negative_tiles": len(train_tiles.negatives),
+            "val_tiles": len(val_tiles),
+            "class_weights": weights,
+        }
+        if live is not None:
+            live.summary.update({"best_val_iou": summary["best_val_iou"], "best_epoch": summary["best_epoch"]})
+            live.make_summary()
+        from navml.models.io import ModelMeta, save_model
+
+        meta = ModelMeta(
+            task="segmentation",
+            classes=classes,
+            zoom=store.grid.zoom,
+            tile_size=size,
+            bands=bands,
+            stride=model_stride(depth),
+            receptive_field=receptive_field(depth),
+            extra={
+                "architecture": "unet",
+                "receptive_halo": receptive_halo(depth),
+                "depth": depth,
+                "base_filters": base_filters,
+                "encoder": encoder,
+                "loss": list(terms),
+                "seed": seed,
+                "thresholds": {k: v["threshold"] for k, v in thresholds.items()},
+                **summary,
+            },
+        )
+        save_model(best, meta, out_dir)
+        write_json(out_dir / THRESHOLDS_FILE, thresholds)
+        # wall time stays out of meta.json: same params and data give the same metadata
+        return {**summary, "thresholds": thresholds, "model_dir": str(out_dir), "seconds": round(time.monotonic() - started, 1)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_thresholds(model_dir: str | os.PathLike, classes: Sequence[str]) -> tuple[list[tuple[float, float]], str] | None:
+    """``([(threshold, val score), ...] in classes order, metric name)`` from ``model_dir/thresholds.json``; None without the file.
+
+    The file maps each class to ``{"threshold": t, "val_<metric>": score}``.
+    """
+    path = Path(model_dir) / THRESHOLDS_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        out, metric = [], "iou"
+        for c in classes:
+            entry = data[c]
+            keys = [k for k in entry if k.startswith("val_")]
+            metric = keys[0][4:] if keys else metric
+            score = entry[keys[0]] if keys else None
+            out.append((float(entry["threshold"]), float("nan") if score is None else float(score)))
+        return out, metric
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{path}: unreadable thresholds ({exc}); retrain the model") from exc
