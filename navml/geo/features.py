@@ -14,6 +14,7 @@ from shapely.geometry.base import BaseGeometry
 
 from navml.errors import InputError
 from navml.geo.grid import lonlat_to_mercator, lonlat_to_pixel, mercator_to_lonlat, pixel_to_lonlat
+from navml.io import atomic_path
 
 
 def read_features(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -34,11 +35,6 @@ def read_features(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def read_geometries(path: str | os.PathLike) -> list[BaseGeometry]:
-    """Just the geometries of a GeoJSON file (WGS84)."""
-    return [f["geometry"] for f in read_features(path)]
-
-
 def write_features(features: list[dict[str, Any]], path: str | os.PathLike, precision: int = 7) -> Path:
     """Write features (``geometry`` shapely in WGS84, ``properties``) as GeoJSON, atomically.
 
@@ -49,15 +45,13 @@ def write_features(features: list[dict[str, Any]], path: str | os.PathLike, prec
     path.parent.mkdir(parents=True, exist_ok=True)
     geoms = shapely.transform([f["geometry"] for f in features], lambda c: np.round(c, precision))
     enc = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
-    tmp = path.with_name(f".{path.name}.part")
-    with open(tmp, "w") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
         # streamed feature by feature: memory stays flat for large layers
         fh.write('{"features":[')
         for i, (f, g) in enumerate(zip(features, geoms)):
             item = {"geometry": mapping(g), "properties": f.get("properties", {}), "type": "Feature"}
             fh.write(("," if i else "") + enc.encode(item))
         fh.write('],"type":"FeatureCollection"}\n')
-    os.replace(tmp, path)
     return path
 
 

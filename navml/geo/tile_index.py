@@ -13,6 +13,7 @@ import pandas as pd
 
 from navml.errors import InputError
 from navml.geo.grid import Tile
+from navml.io import atomic_path
 
 SPLITS = ("train", "val", "test")
 #: Tiles next to an object of another split: predicted, but used by no split.
@@ -37,12 +38,9 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
 
 def write_index(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the index atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    df.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    return Path(path)
 
 
 def tiles_from_index(df: pd.DataFrame, split: str | None = None) -> list[Tile]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from navml.errors import ModelError
+from navml.io import atomic_path, write_json
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
+THRESHOLDS_FILE = "thresholds.json"
 
 
 @dataclass(frozen=True)
@@ -52,18 +55,32 @@ def save_model(model, meta: ModelMeta, folder: str | os.PathLike) -> Path:
     """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (file by file)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".model.", suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(folder / MODEL_FILE, suffix=".keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, folder / MODEL_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    tmp_meta = folder / f".{META_FILE}.part"
-    tmp_meta.write_text(json.dumps(asdict(meta), indent=2, sort_keys=True))
-    os.replace(tmp_meta, folder / META_FILE)
+        _fix_zip_times(tmp)
+    write_json(folder / META_FILE, asdict(meta))
     return folder
+
+
+def _fix_zip_times(path: Path) -> None:
+    """Rewrite a ``.keras`` zip without save times, so equal weights give equal bytes (and DVC hashes).
+
+    Keras stamps ``date_saved`` into ``metadata.json`` and the time into each
+    zip entry; both are dropped or fixed, the rest is copied unchanged.
+    """
+    with zipfile.ZipFile(path) as zin:
+        entries = [(info, zin.read(info)) for info in zin.infolist()]
+    for i, (info, data) in enumerate(entries):
+        if info.filename == "metadata.json":
+            meta = json.loads(data)
+            meta.pop("date_saved", None)
+            entries[i] = (info, json.dumps(meta).encode())
+    with zipfile.ZipFile(path, "w") as zout:
+        for info, data in entries:
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = info.external_attr
+            zout.writestr(fixed, data)
 
 
 def read_meta(folder: str | os.PathLike) -> ModelMeta:
@@ -89,3 +106,26 @@ def load_model(folder: str | os.PathLike):
     except Exception as exc:  # keras raises many types for a bad file
         raise ModelError(f"{path}: cannot load model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); retrain it") from exc
     return model, meta
+
+
+def read_thresholds(model_dir: str | os.PathLike, classes: Sequence[str]) -> tuple[list[tuple[float, float]], str] | None:
+    """``([(threshold, val score), ...] in classes order, metric name)`` from ``model_dir/thresholds.json``; None without the file.
+
+    The file maps each class to ``{"threshold": t, "val_<metric>": score}``;
+    thresholds are probabilities 0..1 chosen on the val split at training.
+    """
+    path = Path(model_dir) / THRESHOLDS_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        out, metric = [], "iou"
+        for c in classes:
+            entry = data[c]
+            keys = [k for k in entry if k.startswith("val_")]
+            metric = keys[0][4:] if keys else metric
+            score = entry[keys[0]] if keys else None
+            out.append((float(entry["threshold"]), float("nan") if score is None else float(score)))
+        return out, metric
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{path}: unreadable thresholds ({exc}); retrain the model") from exc

@@ -15,7 +15,6 @@ lot's extent). Candidates come from a shapely ``STRtree``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from navml.errors import ConfigError, InputError
 from navml.post.josm import osm_xml
 from navml.data.roads import read_road_surfaces
 from navml.geo.features import read_features, to_mercator, write_features
+from navml.io import write_json, write_text
 
 MATCHES = ("share", "iou")
 
@@ -167,12 +167,7 @@ def dedupe(
     xml = osm_xml(new, tags)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp_osm = out / ".new_features.osm.part"
-    tmp_sum = out / ".summary.json.part"
-    tmp_osm.write_text(xml, encoding="utf-8")
-    tmp_sum.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     write_features(new, out / "new_features.geojson")
-    os.replace(tmp_osm, out / "new_features.osm")
-    os.replace(tmp_sum, out / "summary.json")
+    write_text(out / "new_features.osm", xml)
+    write_json(out / "summary.json", summary)
     return summary

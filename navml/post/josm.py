@@ -10,10 +10,7 @@ Nothing is ever uploaded by navml.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -96,18 +93,3 @@ def osm_xml(features: Sequence[Mapping[str, Any]], tags: Mapping[str, Mapping[st
         rels.append("\n".join([f'  <relation id="{rid}" visible="true">', *body, *tag_lines({"type": "multipolygon", **t}), "  </relation>"]))
     head = f'<?xml version="1.0" encoding="UTF-8"?>\n<osm version="0.6" generator={_attr(generator)}>'
     return "\n".join([head, *nodes, *ways, *rels, "</osm>"]) + "\n"
-
-
-def write_osm(features: Sequence[Mapping[str, Any]], tags: Mapping[str, Mapping[str, str]], path: str | os.PathLike) -> Path:
-    """Write :func:`osm_xml` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(osm_xml(features, tags))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path

@@ -21,8 +21,6 @@ background (see :func:`navml.segment.metrics.labels_from_probs`).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,7 +33,8 @@ from navml.geo.grid import Tile, tile_key
 from navml.segment.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs
 from navml.data.rasterize import IGNORE
 from navml.geo.store import Store
-from navml.segment.train import read_thresholds, write_json
+from navml.io import staging_dir, write_json
+from navml.models.io import read_thresholds
 
 METRICS_FILE = "seg.json"
 PLOTS_DIR = "seg_plots"
@@ -119,14 +118,6 @@ def _write_plots(folder: Path, classes: Sequence[str], curves: list[dict], cm: n
             raise InputError(f"{folder / 'overlays'}: cannot write {key}.png")
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluate_segmentation(
@@ -241,11 +232,7 @@ def evaluate_segmentation(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{PLOTS_DIR}.", dir=out_dir))
-    try:
+    with staging_dir(out_dir / PLOTS_DIR) as tmp:
         _write_plots(tmp, classes, [curve(pos[c], neg[c]) for c in range(n)], cm, overlay_images)
-        _replace_dir(tmp, out_dir / PLOTS_DIR)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics

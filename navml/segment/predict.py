@@ -86,11 +86,6 @@ def to_uint8(probs: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(probs, dtype="float32") * 255.0), 0, 255).astype("uint8")
 
 
-def from_uint8(values: np.ndarray) -> np.ndarray:
-    """uint8 0..255 back to float32 probabilities 0..1."""
-    return np.asarray(values, dtype="float32") / 255.0
-
-
 def prediction_halo(receptive_field: int, stride: int, halo: int | None = None) -> int:
     """Halo in pixels: at least half the receptive field, a multiple of ``stride``.
 

@@ -9,7 +9,6 @@ leaves no partial model and an earlier model intact.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -23,9 +22,8 @@ import pandas as pd
 from navml.segment.dataset import Augment, TileReader, check_store, label_counts, make_dataset, select_training_tiles, split_tiles, training_counts
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.store import Store
-
-THRESHOLDS_FILE = "thresholds.json"
-
+from navml.io import write_json
+from navml.models.io import THRESHOLDS_FILE
 
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, ask for deterministic kernels and run one op at a time.
@@ -67,28 +65,6 @@ def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) ->
                 f"{store.root / 'masks'}: split '{split}' has no pixel of class '{name}'; "
                 f"check classes.{name} (tags) matches the map, or use a larger AOI / another cover.seed"
             )
-
-
-def write_json(path: str | os.PathLike, data) -> Path:
-    """Write ``data`` as JSON atomically (temp file + rename); NaN becomes null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and value != value:
-        return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
-    return value
 
 
 def train_segmentation(
@@ -253,25 +229,3 @@ def train_segmentation(
         return {**summary, "thresholds": thresholds, "model_dir": str(out_dir), "seconds": round(time.monotonic() - started, 1)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_thresholds(model_dir: str | os.PathLike, classes: Sequence[str]) -> tuple[list[tuple[float, float]], str] | None:
-    """``([(threshold, val score), ...] in classes order, metric name)`` from ``model_dir/thresholds.json``; None without the file.
-
-    The file maps each class to ``{"threshold": t, "val_<metric>": score}``.
-    """
-    path = Path(model_dir) / THRESHOLDS_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-        out, metric = [], "iou"
-        for c in classes:
-            entry = data[c]
-            keys = [k for k in entry if k.startswith("val_")]
-            metric = keys[0][4:] if keys else metric
-            score = entry[keys[0]] if keys else None
-            out.append((float(entry["threshold"]), float("nan") if score is None else float(score)))
-        return out, metric
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{path}: unreadable thresholds ({exc}); retrain the model") from exc

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from navml.errors import ConfigError
+from navml.io import replace_dir
 
 #: Files and folders make_city writes; an existing out_dir may hold only these.
 OUTPUTS = ("ortho.tif", "city.osm.pbf", "aoi.geojson", "truth")
@@ -80,21 +81,12 @@ def _prepare(out: Path) -> Path:
             )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
     return tmp
 
 
 def _publish(tmp: Path, out: Path) -> None:
     """Swap the finished temporary folder into place."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old / "x")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
 
 
 def make_city(
