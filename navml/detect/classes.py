@@ -95,6 +95,7 @@ def mirror_names(names: Sequence[str], mirror: Mapping[str, str] | None = None) 
             raise ConfigError(f"classes: mirror entry '{k}: {v}' names a class that is not among the names ({', '.join(names)})")
         if given.get(v, k) != k:
             raise ConfigError(f"classes: mirror maps '{k}' to '{v}' but '{v}' to '{given[v]}'; a mirror table must be its own inverse")
+    given.update({v: k for k, v in given.items()})
     by_parts = {}
     for n in names:
         if n not in given:
@@ -103,9 +104,6 @@ def mirror_names(names: Sequence[str], mirror: Mapping[str, str] | None = None) 
     for n in names:
         if n in given:
             out[n] = given[n]
-            continue
-        if any(v == n for v in given.values()):
-            out[n] = next(k for k, v in given.items() if v == n)
             continue
         mirrored = tuple(sorted({_mirror_part(p) for p in turn_parts(n)}, key=TURN_ORDER.index))
         if mirrored not in by_parts:
