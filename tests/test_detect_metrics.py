@@ -132,3 +132,11 @@ def test_map_agrees_with_pycocotools(seed):
     assert ours.map50 == pytest.approx(stats[1], abs=1e-9)
     # all-point interpolation differs from the 101-point sampling by little
     assert mean_ap(truths, preds, 3).map50_95 == pytest.approx(stats[0], abs=0.03)
+
+
+def test_a_class_with_truths_but_no_predictions_scores_zero_not_nan():
+    truths = [(np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float), np.array([0, 1]))]
+    preds = [(np.array([[0, 0, 10, 10]], float), np.array([0.9]), np.array([0]))]
+    m = mean_ap(truths, preds, 2)
+    assert m.ap50.tolist() == [1.0, 0.0] and m.map50 == pytest.approx(0.5)
+    assert mean_ap(truths, preds, 2, interpolation="coco").ap50.tolist() == [1.0, 0.0]

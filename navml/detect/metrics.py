@@ -94,13 +94,14 @@ def average_precision(precision: np.ndarray, recall: np.ndarray, interpolation: 
     r = np.asarray(recall, float)
     if len(r) and np.isnan(r).any():
         return float("nan")
-    envelope = np.maximum.accumulate(p[::-1])[::-1] if len(p) else p
+    if not len(p):
+        return 0.0
+    envelope = np.maximum.accumulate(p[::-1])[::-1]
     if interpolation == "coco":
-        points = np.linspace(0.0, 1.0, 101)
-        idx = np.searchsorted(r, points, side="left")
-        q = np.where(idx < len(envelope), envelope[np.minimum(idx, max(len(envelope) - 1, 0))] if len(envelope) else 0.0, 0.0)
-        return float(np.mean(q))
-    r_prev = np.concatenate([[0.0], r[:-1]]) if len(r) else r
+        idx = np.searchsorted(r, np.linspace(0.0, 1.0, 101), side="left")  # first point reaching each recall
+        padded = np.append(envelope, 0.0)  # recall never reached: precision 0
+        return float(np.mean(padded[np.minimum(idx, len(envelope))]))
+    r_prev = np.concatenate([[0.0], r[:-1]])
     return float(np.sum((r - r_prev) * envelope))
 
 
