@@ -63,3 +63,23 @@ def test_save_and_load_round_trip(tmp_path):
     model.save(path)
     again = keras.models.load_model(path)
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
+
+
+def test_receptive_field_matches_what_a_pixel_changes():
+    # one bright pixel changes exactly the cells whose receptive field holds it: their centres lie within
+    # half the receptive field of the pixel, and the farthest reaches that bound to within a stride
+    import keras
+
+    keras.utils.set_random_seed(0)
+    stride, rf = 8, receptive_field(8)
+    model = build_yolo(stride=stride, base_filters=4)
+    x = np.full((1, 256, 256, 3), 100.0, "float32")
+    base = model.predict_on_batch(x)
+    for p in (128, 131):
+        bright = x.copy()
+        bright[0, p, p] = 10_000.0
+        changed = np.abs(model.predict_on_batch(bright) - base).max(axis=(0, 3)) > 1e-6
+        rows = np.flatnonzero(changed.any(axis=1))
+        dist = np.abs(rows * stride + stride / 2 - (p + 0.5))
+        assert dist.max() <= rf / 2
+        assert dist.max() >= rf / 2 - stride
