@@ -155,7 +155,7 @@ def extract(
             notes.append(f"class '{c.name}': {layer.nodes_skipped} OSM features are mapped as points (nodes), not areas; they are not labels")
     if len(skipped) == len(classes):
         raise InputError(f"nothing to extract: every class was skipped ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
-    layers = [Layer(c.name, "skipped") if c.name in skipped else own[c.name] if c.name in own else osm.classes[c.name] for c in classes]
+    layers = [own[c.name] if c.name in own else Layer(c.name, c.labels or "osm") if c.name in skipped else osm.classes[c.name] for c in classes]
     counts = {layer.name: layer.counts() for layer in layers}
     for name, why in skipped.items():
         counts[name]["skipped"] = why
