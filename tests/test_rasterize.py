@@ -2,6 +2,7 @@ import math
 
 import mercantile
 import numpy as np
+import pandas as pd
 import pytest
 from pyproj import Geod
 from shapely.geometry import box
@@ -228,3 +229,38 @@ def test_points_get_box_m_and_zero_area_boxes_are_counted(small_grid):
     line = df[(df["class"] == "stop")].sort_values("ymin").iloc[0]  # the line lies north of the point
     assert line.ymax - line.ymin == pytest.approx(1.0 / res, abs=0.02)  # zero height -> 1 m
     assert line.xmax - line.xmin == pytest.approx(2 * 0.00005 / 360 * 256 * 2**18, rel=0.01)  # its own length
+
+
+def test_rasterize_stage_on_a_cut_extract_with_points(tmp_path, small_grid):
+    """extract (cut OSM file: points, lines, a road cut at the edge) -> rasterize_labels: masks, boxes, notes."""
+    import json
+
+    from test_extract import CUT_BOUNDS, DET_CLASSES, write_cut_xml
+
+    from navml.config import parse_classes
+    from navml.data.extract import extract
+    from navml.data.rasterize import IGNORE, rasterize_labels
+    from navml.geo.features import write_features
+
+    classes = parse_classes({**DET_CLASSES, "hydrant": {"task": "detection", "tags": {"emergency": "fire_hydrant"}}})  # no box_m
+    extract(write_cut_xml(tmp_path / "cut.osm"), classes, tmp_path / "extract", progress=False)
+    w, s, e, n = CUT_BOUNDS
+    tiles = [Tile(t.x, t.y, t.z) for t in mercantile.tiles(w, s, e, n, 18)]
+    west = box(w, s, (w + e) / 2, n)
+    write_features([{"geometry": west, "properties": {}}], tmp_path / "west.geojson")
+    store = Store(tmp_path / "store", small_grid)
+    legend = rasterize_labels(tmp_path / "extract", tiles, store, classes, complete=str(tmp_path / "west.geojson"), progress=False)
+    on_disk = json.loads((tmp_path / "store" / "labels.json").read_text())
+    assert on_disk["complete"] == {"parking": str(tmp_path / "west.geojson")} and on_disk["boxes"] == legend["boxes"]
+    boxes = pd.read_csv(tmp_path / "store" / "boxes.csv")
+    # arrows: 2 nodes with box_m 2 x 5 m and the through line; the u_turn node names none; hydrant: no box_m
+    assert sorted(boxes["name"]) == ["left", "left", "through"] and legend["zero_area_boxes"] == {"hydrant": 1}
+    assert any("1 labels of class 'hydrant' are points" in n and "classes.hydrant.box_m" in n for n in legend["notes"])
+    left = boxes[boxes["name"] == "left"].iloc[0]
+    res = 0.597 * math.cos(math.radians(39.74))  # m/px at zoom 18
+    assert left.xmax - left.xmin == pytest.approx(2.0 / res, rel=0.02) and left.ymax - left.ymin == pytest.approx(5.0 / res, rel=0.02)
+    # masks: the lot is class 1; outside the complete west half, unlabelled pixels are unknown except on the road
+    values = set()
+    for t in tiles:
+        values |= set(np.unique(store.read_tile("masks", t)).tolist())
+    assert values == {0, 1, IGNORE} and legend["pixels"]["parking"] > 1000
