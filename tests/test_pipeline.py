@@ -113,7 +113,7 @@ def test_repro_produces_the_stage_outputs(project):
     osm_ways = sum(1 for o in osmium.FileProcessor(str(project / "data/output/new_features.osm")) if o.is_way())
     assert osm_ways >= summary["new"]  # a lot with holes is a relation of several ways
     features = json.loads((project / "data/metrics/features.json").read_text())
-    assert set(features) >= {"new_features", "test", "geometry"}
+    assert set(features["parking"]) >= {"new_features", "test", "geometry"} and features["parking"]["test"]["tiles"] > 0
 
 
 def test_second_repro_has_nothing_to_do(project):
