@@ -154,3 +154,34 @@ def test_palette_colours_and_unknown():
     assert full.mask[0] == (0, 255, 0) and full.mask[1] not in (full.mask[0], (0, 0, 0))
     assert full.box_color(0) == full.box_color(1) == (0, 0, 255)  # turn:left and turn:right share their class colour
     assert full.box_color(2) == (255, 128, 0)
+
+
+def test_cli_export_split_with_one_band_imagery_and_unknown(tmp_path, small_grid):
+    """The README's `navml export /tmp/look --split test` on a 1-band orthophoto with unknown pixels."""
+    import yaml
+    import typer
+    from typer.testing import CliRunner
+
+    from navml.cli.export import command
+
+    store = make_store(tmp_path, small_grid, 1)
+    tiles = list(tiles_of_shard(SHARD, small_grid))
+    pd.DataFrame(
+        [{"z": t.z, "x": t.x, "y": t.y, "shard": "16-8577-6245", "block": "b", "split": "test" if i < 10 else "train"} for i, t in enumerate(tiles)]
+    ).to_csv(tmp_path / "tiles.csv", index=False)
+    classes = {
+        "parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "color": [250, 200, 40]},
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "color": [200, 0, 0]},
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"classes": classes, "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16}}, sort_keys=False))  # registry order
+    app = typer.Typer()
+    app.command()(command)
+    out = tmp_path / "look"
+    res = CliRunner().invoke(app, [str(out), "--split", "test", "--store", str(tmp_path / "store"), "--tiles", str(tmp_path / "tiles.csv"), "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "wrote 30 PNGs for 10 tiles" in res.output
+    assert len(list(out.rglob("*.png"))) == 30 and (out / "index.html").exists()
+    t = tiles[0]
+    m = read_png(out / "masks" / f"{t.z}/{t.x}/{t.y}.png")
+    assert tuple(int(v) for v in m[20, 30]) == (250, 200, 40) and tuple(int(v) for v in m[70, 30]) == (200, 0, 0)

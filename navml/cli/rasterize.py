@@ -25,11 +25,12 @@ def command(
 
     p = load_params(params)
     r = check_keys(p.get("rasterize"), {"complete", "roads"}, "rasterize")
+    classes, grid = classes_from(p), grid_from(p)  # params first: a typo is reported before any file is read
     legend = rasterize_labels(
         labels,
         tiles_from_index(read_index(tiles)),
-        Store(store, grid_from(p)),
-        classes_from(p),
+        Store(store, grid),
+        classes,
         complete=r.get("complete") or None,
         roads=bool(r.get("roads", True)),
     )
