@@ -205,6 +205,8 @@ def read_osm(
                     _name(props, spec, tags, layers[spec.name])
                     raw[spec.name].append(((2, obj.id), shapely.to_wkb(shapely.Point(loc.lon, loc.lat), hex=True), props))
                     found += 1
+                    if len(raw[spec.name]) >= BATCH:
+                        _add_wkb(layers[spec.name], raw[spec.name])
             elif kind == "w":
                 for spec in seg_specs:
                     if spec.matches(tags):
@@ -221,6 +223,8 @@ def read_osm(
                     _name(props, spec, tags, layers[spec.name])
                     raw[spec.name].append(((0, obj.id), line, props))
                     found += 1
+                    if len(raw[spec.name]) >= BATCH:
+                        _add_wkb(layers[spec.name], raw[spec.name])
                 if "highway" in tags and (tags["highway"] in ROAD_TYPES or any(k in tags for k in TURN_KEYS)):
                     try:
                         line = wkb.create_linestring(obj)
