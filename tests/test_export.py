@@ -86,7 +86,7 @@ def test_export_all_layers_with_1_and_4_bands_and_unknown_pixels(tmp_path, small
     ov_known = read_png(out / "overlay" / f"{t0.z}/{t0.x}/{t0.y}.png")
     m = read_png(out / "masks" / f"{t0.z}/{t0.x}/{t0.y}.png")
     assert (m[150:, 100:] == 0).all()  # background stays black
-    unknown_tile = [t for t in tiles if t.x - SHARD.x * 4 >= 2][0]  # east half of the shard
+    unknown_tile = next(t for t in tiles if t.x - SHARD.x * 4 >= 2)  # east half of the shard
     u = read_png(out / "masks" / f"{unknown_tile.z}/{unknown_tile.x}/{unknown_tile.y}.png")
     colours = {tuple(int(v) for v in c) for c in u.reshape(-1, 3)}
     assert colours == {UNKNOWN, UNKNOWN_DARK}  # unknown: a hatch, never the background's black
@@ -158,13 +158,13 @@ def test_palette_colours_and_unknown():
 
 def test_cli_export_split_with_one_band_imagery_and_unknown(tmp_path, small_grid):
     """The README's `navml export /tmp/look --split test` on a 1-band orthophoto with unknown pixels."""
-    import yaml
     import typer
+    import yaml
     from typer.testing import CliRunner
 
     from navml.cli.export import command
 
-    store = make_store(tmp_path, small_grid, 1)
+    make_store(tmp_path, small_grid, 1)
     tiles = list(tiles_of_shard(SHARD, small_grid))
     pd.DataFrame(
         [{"z": t.z, "x": t.x, "y": t.y, "shard": "16-8577-6245", "block": "b", "split": "test" if i < 10 else "train"} for i, t in enumerate(tiles)]

@@ -15,9 +15,9 @@ from pyproj import Geod, Transformer
 from shapely.geometry import Point, Polygon, box, shape
 
 from navml.config import parse_classes
-from navml.errors import ConfigError, InputError
 from navml.data.extract import extract
 from navml.data.labels import read_labels
+from navml.errors import ConfigError, InputError
 
 GEOD = Geod(ellps="WGS84")
 LON, LAT = -104.99, 39.74  # Denver
@@ -337,9 +337,8 @@ def write_params(path: Path) -> Path:
 
 
 def test_cli_writes_outputs_and_fails_cleanly(tmp_path):
-    from typer.testing import CliRunner
-
     import typer
+    from typer.testing import CliRunner
 
     from navml.cli.extract import command
 
@@ -525,7 +524,7 @@ def test_labels_of_another_city_are_dropped_not_carried(tmp_path):
     summary = extract(pbf, parse_classes(spec), tmp_path / "out_pbf", progress=False)
     assert summary["input"]["bounds_source"] == "data" and summary["classes"]["turn_markings"]["outside"] == 3
     w, s, e, n = summary["input"]["bounds"]
-    assert w == pytest.approx(13.401 - 0.01) and e == pytest.approx(13.404 + 0.01) and n == pytest.approx(52.502 + 0.01)
+    assert (w, s, e, n) == pytest.approx((13.401 - 0.01, 52.501 - 0.01, 13.404 + 0.01, 52.502 + 0.01))
     # labels partly inside: the others are dropped and counted
     mixed = tmp_path / "mixed.geojson"
     gpd.GeoDataFrame({"kind": ["left", "right"]}, geometry=[Point(13.41, 52.51), Point(LON, LAT)], crs="EPSG:4326").to_file(mixed, driver="GeoJSON")
@@ -537,10 +536,9 @@ def test_labels_of_another_city_are_dropped_not_carried(tmp_path):
 
 
 def test_cli_class_option_notes_and_own_labels_without_pbf(tmp_path):
+    import typer
     import yaml
     from typer.testing import CliRunner
-
-    import typer
 
     from navml.cli.extract import command
 

@@ -146,7 +146,7 @@ def test_exp_run_compares_two_runs(project):
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
     assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
     assert {r["train.base_filters"] for r in rows} >= {"4", "6"}
-    assert {"parking.iou", "new_features.precision", "new_features.recall", "test.f1"} <= set(rows[0])
+    assert {"parking.iou", "parking.new_features.precision", "parking.new_features.recall", "parking.test.f1"} <= set(rows[0])
     assert all(r["parking.iou"] not in ("", "-") for r in rows)
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyproj import Geod
-from shapely.geometry import box
 from shapely import affinity
+from shapely.geometry import box
 
-from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.data.rasterize import shard_mask, tile_boxes, write_masks
+from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.geo.store import Store
 
 GEOD = Geod(ellps="WGS84")

@@ -7,8 +7,8 @@ import shapely
 from shapely.geometry import box
 
 from navml.errors import InputError
-from navml.post.score import match_greedy, prf, score_outputs, vertex_count
 from navml.geo.features import write_features
+from navml.post.score import match_greedy, prf, score_outputs, vertex_count
 
 LAT0 = 39.74
 
@@ -111,7 +111,7 @@ def two_class_outputs(tmp_path):
 
 
 def test_every_class_is_scored_on_its_own(tmp_path):
-    truth, preds = two_class_outputs(tmp_path)
+    truth, _ = two_class_outputs(tmp_path)
     args = (tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "truth.geojson", tmp_path / "tiles.csv", tmp_path / "m.json")
     m = first = score_outputs(*args, classes=["parking", "building"])
     assert set(m) == {"parking", "building", "iou_threshold", "split"}
@@ -135,8 +135,8 @@ def test_every_class_is_scored_on_its_own(tmp_path):
 
 
 def test_score_cli_scores_every_segmentation_class(tmp_path):
-    import yaml
     import typer
+    import yaml
     from typer.testing import CliRunner
 
     from navml.cli.score import command

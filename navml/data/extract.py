@@ -51,10 +51,10 @@ import numpy as np
 import shapely
 
 from navml.config import ClassSpec
-from navml.errors import ConfigError, InputError
 from navml.data.labels import Layer, read_labels
 from navml.data.osm import TURN_KEYS, OsmLayers, check_index, check_osm_file, read_osm
 from navml.data.roads import LANE_WIDTH_M
+from navml.errors import ConfigError, InputError
 from navml.geo.features import write_features
 
 log = logging.getLogger(__name__)

@@ -42,9 +42,9 @@ import shapely
 from tqdm import tqdm
 
 from navml.config import ClassSpec
-from navml.errors import ConfigError, InputError
 from navml.data.labels import Layer, add_checked
 from navml.data.roads import LANE_WIDTH_M, road_width_m
+from navml.errors import ConfigError, InputError
 
 #: Turn-lane tags: a ``highway`` way carrying one goes to roads.geojson whatever its type.
 TURN_KEYS = ("turn:lanes", "turn:lanes:forward", "turn:lanes:backward")

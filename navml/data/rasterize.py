@@ -342,7 +342,7 @@ def rasterize_labels(
         "mask_values": {**{str(i + 1): c.name for i, c in enumerate(seg)}, str(IGNORE): "ignore"},
         "box_class_ids": {str(i): f"{cls}:{name}" for (cls, name), i in ids.items()},
         "pixels": {("ignore" if int(k[7:]) == IGNORE else seg[int(k[7:]) - 1].name): v for k, v in counts.items() if k.startswith("pixels_")},
-        "boxes": int(len(boxes)),
+        "boxes": len(boxes),
         "overlaps": {"features": overlaps, "pixels": counts["overlap_pixels"], "rule": "later class of the registry wins"},
         "zero_area_boxes": zero,
         "complete": {c.name: ("everywhere" if a is None else (c.complete if c.complete is not None else complete)) for c, a in zip(seg, areas)},
