@@ -66,6 +66,27 @@ class ClassSpec:
     #: Sub-class names of a detection class, in class-id order.
     names: tuple[str, ...] = ()
     post: PostProcess = PostProcess()
+    # --- class registry on real data (issue 7, osm): see docs/classes.md ---
+    #: GeoJSON of the areas where this class is completely mapped; "" = everywhere;
+    #: None = the ``rasterize.complete`` default. Segmentation classes only.
+    complete: str | None = None
+    #: Box size (east-west, north-south) in ground metres for point labels and for
+    #: the zero-width/height side of a line's bounding box. Detection classes only.
+    box_m: tuple[float, float] | None = None
+    #: OSM key whose value names the sub-class of an OSM feature (detection, several names).
+    name_tag: str | None = None
+    #: OSM value of ``name_tag`` -> one of ``names`` (values equal to a name need no entry).
+    name_map: dict[str, str] = field(default_factory=dict)
+
+    def name_of(self, tags: Mapping[str, str]) -> str | None:
+        """Sub-class name of an OSM feature with ``tags``; None when it names none of ``names``."""
+        if len(self.names) <= 1:
+            return self.names[0] if self.names else self.name
+        value = tags.get(self.name_tag) if self.name_tag else None
+        if value is None:
+            return None
+        value = self.name_map.get(value, value)
+        return value if value in self.names else None
 
     def matches(self, tags: Mapping[str, str]) -> bool:
         """Whether OSM ``tags`` pass this class's tag filter (exclusions not applied)."""
@@ -79,6 +100,8 @@ class ClassSpec:
 
 
 _CLASS_KEYS = {"task", "tags", "exclude", "osm_tags", "color", "labels", "label_field", "names"}
+#: Keys of a class entry added for real data (issue 7, osm); parsed by :func:`_registry_extras`.
+_EXTRA_KEYS = {"complete", "box_m", "name_tag", "name_map"}
 
 
 def _tag_filter(value: Any, where: str) -> dict[str, list[str]]:
@@ -119,7 +142,7 @@ def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = N
     specs = []
     for name, entry in section.items():
         where = f"classes.{name}"
-        entry = check_keys(entry, _CLASS_KEYS, where, required=("task",))
+        entry = check_keys(entry, _CLASS_KEYS | _EXTRA_KEYS, where, required=("task",))
         if entry["task"] not in TASKS:
             raise ConfigError(f"params: '{where}.task' is '{entry['task']}'; use one of {', '.join(TASKS)}")
         tags = _tag_filter(entry.get("tags"), f"{where}.tags")
@@ -146,6 +169,7 @@ def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = N
                 label_field=entry.get("label_field"),
                 names=names,
                 post=parse_post(post.get(name), f"post.{name}"),
+                **_registry_extras(entry, where, names),
             )
         )
     seg = [c.name for c in specs if c.task == "segmentation"]
@@ -153,6 +177,59 @@ def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = N
         if name not in seg:
             raise ConfigError(f"params: 'post.{name}' names no segmentation class of 'classes' (those are: {', '.join(seg) or 'none'})")
     return specs
+
+
+def _registry_extras(entry: Mapping[str, Any], where: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """``complete``, ``box_m``, ``name_tag`` and ``name_map`` of one class entry, checked."""
+    task = entry["task"]
+    out: dict[str, Any] = {}
+    if "complete" in entry:
+        value = entry["complete"]
+        if task != "segmentation":
+            raise ConfigError(f"params: '{where}.complete' applies to segmentation classes only; remove it")
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"params: '{where}.complete' must be a GeoJSON path or \"\" (complete everywhere)")
+        out["complete"] = value or ""
+    for key in ("box_m", "name_tag", "name_map"):
+        if entry.get(key) is not None and task != "detection":
+            raise ConfigError(f"params: '{where}.{key}' applies to detection classes only; remove it")
+    if entry.get("box_m") is not None:
+        value = entry["box_m"]
+        sizes = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            box_m = tuple(float(v) for v in sizes)
+        except (TypeError, ValueError):
+            box_m = ()
+        if len(box_m) == 1:
+            box_m = (box_m[0], box_m[0])
+        if len(box_m) != 2 or not all(0.0 < v <= 1000.0 for v in box_m) or isinstance(value, bool):
+            raise ConfigError(f"params: '{where}.box_m' is {value!r}; give metres > 0: one number or [east-west, north-south], e.g. [5.0, 2.0]")
+        out["box_m"] = box_m
+    tag = entry.get("name_tag")
+    if tag is not None:
+        if not isinstance(tag, str) or not tag:
+            raise ConfigError(f"params: '{where}.name_tag' must be an OSM key, e.g. turn")
+        out["name_tag"] = tag
+    mapping = entry.get("name_map")
+    if mapping:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(f"params: '{where}.name_map' must map OSM values of name_tag to names")
+        if not tag:
+            raise ConfigError(f"params: '{where}.name_map' needs '{where}.name_tag' (the OSM key it reads)")
+        out["name_map"] = {_osm_str(k): str(v) for k, v in mapping.items()}
+        bad = sorted(v for v in out["name_map"].values() if v not in names)
+        if bad:
+            raise ConfigError(f"params: '{where}.name_map' maps to '{bad[0]}', not one of {where}.names {list(names)}")
+    if task == "detection" and len(names) > 1 and entry.get("tags") and not entry.get("labels") and not tag:
+        raise ConfigError(f"params: '{where}' has several names and takes OSM features: set '{where}.name_tag' (the OSM key naming each)")
+    return out
+
+
+def _osm_str(value: Any) -> str:
+    """An OSM tag value as written in OSM (YAML reads an unquoted yes/no as a boolean)."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:

@@ -15,9 +15,9 @@ from pyproj import Geod, Transformer
 from shapely.geometry import Point, Polygon, box, shape
 
 from navml.config import parse_classes
-from navml.errors import ConfigError, InputError
 from navml.data.extract import extract
 from navml.data.labels import read_labels
+from navml.errors import ConfigError, InputError
 
 GEOD = Geod(ellps="WGS84")
 LON, LAT = -104.99, 39.74  # Denver
@@ -337,9 +337,8 @@ def write_params(path: Path) -> Path:
 
 
 def test_cli_writes_outputs_and_fails_cleanly(tmp_path):
-    from typer.testing import CliRunner
-
     import typer
+    from typer.testing import CliRunner
 
     from navml.cli.extract import command
 
@@ -361,3 +360,205 @@ def test_cli_writes_outputs_and_fails_cleanly(tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("navml: error: ") and str(bad) in lines[0]
     assert not (tmp_path / "new").exists()
+
+
+# --- real extracts: cut at their edges, points, own labels only (issue 7) ---
+
+DET_CLASSES = {
+    "parking": CLASSES["parking"],
+    "hydrant": {"task": "detection", "tags": {"emergency": "fire_hydrant"}, "box_m": 1.0},
+    "arrow": {
+        "task": "detection",
+        "tags": {"road_marking": "arrow"},
+        "names": ["left", "right", "through"],
+        "name_tag": "direction",
+        "name_map": {"slight_left": "left"},
+        "box_m": [2.0, 5.0],
+    },
+}
+# An extract cut at 0.004 deg east of LON: nodes beyond it are not in the file (osmium extract --strategy simple).
+CUT_NODES = {
+    **rect(1, 0.000, 0.000, 0.001, 0.0008),  # way 100: a lot
+    **{k: v for k, v in rect(11, 0.0035, 0.000, 0.001, 0.001).items() if k in (11, 14)},  # way 101: a lot crossing the edge
+    61: (round(LON + 0.0005, 7), round(LAT + 0.002, 7)),  # node: a hydrant
+    62: (round(LON + 0.0010, 7), round(LAT + 0.002, 7)),  # node: a left arrow
+    63: (round(LON + 0.0015, 7), round(LAT + 0.002, 7)),  # node: slight_left -> left
+    64: (round(LON + 0.0020, 7), round(LAT + 0.002, 7)),  # node: a u_turn arrow: names none
+    65: (round(LON + 0.0025, 7), round(LAT + 0.002, 7)),  # node: parking mapped as a point
+    71: (round(LON + 0.0030, 7), round(LAT + 0.003, 7)),  # way 110: a through arrow drawn as a line
+    72: (round(LON + 0.0030, 7), round(LAT + 0.00305, 7)),
+    81: (round(LON + 0.0000, 7), round(LAT - 0.001, 7)),  # road 200: 81-82 inside, 83-84 outside, 85-86 inside again
+    82: (round(LON + 0.0020, 7), round(LAT - 0.001, 7)),
+    85: (round(LON + 0.0030, 7), round(LAT - 0.0012, 7)),
+    86: (round(LON + 0.0035, 7), round(LAT - 0.0012, 7)),
+    91: (round(LON + 0.0030, 7), round(LAT + 0.004, 7)),  # way 111: an arrow line with its 2nd node outside
+}
+CUT_WAYS = [
+    (100, ring(1), {"amenity": "parking"}),
+    (101, ring(11), {"amenity": "parking"}),  # two of its four nodes are outside: broken
+    (110, [71, 72], {"road_marking": "arrow", "direction": "through"}),
+    (111, [91, 92], {"road_marking": "arrow", "direction": "left"}),
+    (200, [81, 82, 83, 84, 85, 86], {"highway": "primary", "lanes": "2"}),
+    (201, [83, 84], {"highway": "residential"}),  # entirely outside
+]
+CUT_BOUNDS = (LON - 0.001, LAT - 0.002, LON + 0.004, LAT + 0.005)
+
+
+def write_cut_xml(path: Path, bounds=CUT_BOUNDS) -> Path:
+    node_tags = {
+        61: {"emergency": "fire_hydrant"},
+        62: {"road_marking": "arrow", "direction": "left"},
+        63: {"road_marking": "arrow", "direction": "slight_left"},
+        64: {"road_marking": "arrow", "direction": "u_turn"},
+        65: {"amenity": "parking"},
+    }
+    lines = ["<?xml version='1.0' encoding='UTF-8'?>", '<osm version="0.6" generator="osmium/1.16">']
+    if bounds:
+        w, s, e, n = bounds
+        lines.append(f'<bounds minlat="{s}" minlon="{w}" maxlat="{n}" maxlon="{e}"/>')
+    for i, (lon, lat) in sorted(CUT_NODES.items()):
+        lines.append(f'<node id="{i}" version="1" lat="{lat}" lon="{lon}">{tags_xml(node_tags.get(i, {}))}</node>')
+    for wid, refs, tags in CUT_WAYS:
+        lines.append(f'<way id="{wid}" version="1">' + "".join(f'<nd ref="{r}"/>' for r in refs) + tags_xml(tags) + "</way>")
+    lines.append("</osm>")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_cut_extract_points_lines_and_names(tmp_path):
+    osm = write_cut_xml(tmp_path / "cut.osm")
+    summary = extract(osm, parse_classes(DET_CLASSES), tmp_path / "out", progress=False)
+    parking = summary["classes"]["parking"]
+    assert (parking["kept"], parking["skipped_broken"], parking["nodes_skipped"]) == (1, 1, 1)  # way 101 cut; node 65 a point
+    hyd = load(tmp_path / "out" / "hydrant.geojson")
+    assert [(f["properties"]["osm_type"], f["properties"]["osm_id"], f["properties"]["kind"]) for f in hyd] == [("node", 61, "hydrant")]
+    assert hyd[0]["geometry"] == {"type": "Point", "coordinates": list(CUT_NODES[61])}
+    arrows = load(tmp_path / "out" / "arrow.geojson")
+    got = [(f["properties"]["osm_type"], f["properties"]["osm_id"], f["properties"]["kind"], f["properties"]["label"]) for f in arrows]
+    assert got == [("way", 110, "through", True), ("node", 62, "left", True), ("node", 63, "left", True), ("node", 64, None, False)]
+    assert arrows[0]["geometry"]["type"] == "LineString"
+    a = summary["classes"]["arrow"]
+    assert (a["kept"], a["excluded"], a["unnamed"], a["unnamed_values"], a["skipped_broken"]) == (3, 0, 1, {"u_turn": 1}, 1)  # way 111 cut
+    notes = " | ".join(summary["notes"])
+    assert "1 OSM features name none of classes.arrow.names with direction: u_turn (1)" in notes
+    assert "'parking': 1 OSM features are mapped as points" in notes
+    # the road crossing the edge keeps its two runs inside the file; the road entirely outside is broken
+    roads = by_id(load(tmp_path / "out" / "roads.geojson"))
+    assert sorted(roads) == [("way", 200)]
+    g = shape(roads[("way", 200)]["geometry"])
+    assert g.geom_type == "MultiLineString" and [list(map(tuple, p.coords)) for p in g.geoms] == [
+        [CUT_NODES[81], CUT_NODES[82]], [CUT_NODES[85], CUT_NODES[86]]]
+    assert (summary["roads"]["partial"], summary["roads"]["skipped_broken"]) == (1, 1)
+    assert summary["input"]["bounds"] == [round(v, 7) for v in CUT_BOUNDS] and summary["input"]["bounds_source"] == "header"
+
+
+def test_several_names_from_osm_need_a_name_tag():
+    bad = {"arrow": {**DET_CLASSES["arrow"]}}
+    del bad["arrow"]["name_tag"], bad["arrow"]["name_map"]
+    with pytest.raises(ConfigError, match="name_tag"):
+        parse_classes(bad)
+    with pytest.raises(ConfigError, match="not one of classes.arrow.names"):
+        parse_classes({"arrow": {**DET_CLASSES["arrow"], "name_map": {"slight_left": "sharp_left"}}})
+    with pytest.raises(ConfigError, match="box_m"):
+        parse_classes({"hydrant": {**DET_CLASSES["hydrant"], "box_m": [0, 2]}})
+    with pytest.raises(ConfigError, match="detection classes only"):
+        parse_classes({"parking": {**CLASSES["parking"], "box_m": 2}})
+
+
+def test_own_labels_only_need_no_osm_file(tmp_path):
+    path = tmp_path / "marks.geojson"
+    own_labels(path, "EPSG:4326", "GeoJSON")
+    lots = tmp_path / "lots.geojson"
+    gpd.GeoDataFrame(geometry=[box(LON, LAT, LON + 0.001, LAT + 0.001)], crs="EPSG:4326").to_file(lots, driver="GeoJSON")
+    spec = {"parking": {**CLASSES["parking"], "labels": str(lots)}, "turn_markings": {**MARKINGS["turn_markings"], "labels": str(path)}}
+    summary = extract(None, parse_classes(spec), tmp_path / "out", progress=False)
+    assert summary["classes"]["turn_markings"]["kept"] == 3 and summary["classes"]["parking"]["kept"] == 1
+    assert summary["input"] == {"path": None, "bytes": 0, "bounds": None, "bounds_source": "none"}
+    assert load(tmp_path / "out" / "roads.geojson") == [] and summary["roads"]["source"] == "none"
+    # a class from OSM without an OSM file is an error, not an empty result
+    with pytest.raises(ConfigError, match="class 'parking' takes its features from OSM"):
+        extract(None, parse_classes({**spec, "parking": CLASSES["parking"]}), tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_missing_labels_file_skips_the_class_unless_asked_for(tmp_path):
+    """A fresh clone: the default turn_markings labels (written by synth) do not exist yet."""
+    osm = write_osm_xml(tmp_path / "their_city.osm")
+    spec = {**MARKINGS, "turn_markings": {**MARKINGS["turn_markings"], "labels": str(tmp_path / "synth" / "markings.geojson")}}
+    classes = parse_classes(spec)
+    summary = extract(osm, classes, tmp_path / "out", progress=False)
+    assert summary["classes"]["turn_markings"]["skipped"].startswith("labels file ") and summary["classes"]["parking"]["kept"] == 2
+    assert load(tmp_path / "out" / "turn_markings.geojson") == []  # later stages still see the whole registry
+    assert len(summary["notes"]) == 1 and "--class turn_markings" in summary["notes"][0]
+    with pytest.raises(InputError, match="labels file of class 'turn_markings' not found"):
+        extract(osm, classes, tmp_path / "new", progress=False, required=["turn_markings"])
+    with pytest.raises(ConfigError, match="--class 'nope'"):
+        extract(osm, classes, tmp_path / "new", progress=False, required=["nope"])
+    only = parse_classes({"turn_markings": spec["turn_markings"]})
+    with pytest.raises(InputError, match="nothing to extract"):
+        extract(osm, only, tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_labels_of_another_city_are_dropped_not_carried(tmp_path):
+    """Default turn_markings labels are in Denver; the user's OSM file is a Berlin extract."""
+    berlin = (13.40, 52.50, 13.42, 52.52)
+    nodes = {1: (13.401, 52.501), 2: (13.404, 52.501), 3: (13.404, 52.502), 4: (13.401, 52.502)}
+    xml = ["<?xml version='1.0'?>", '<osm version="0.6">', f'<bounds minlat="{berlin[1]}" minlon="{berlin[0]}" maxlat="{berlin[3]}" maxlon="{berlin[2]}"/>']
+    xml += [f'<node id="{i}" version="1" lat="{lat}" lon="{lon}"/>' for i, (lon, lat) in nodes.items()]
+    xml += ['<way id="1" version="1"><nd ref="1"/><nd ref="2"/><nd ref="3"/><nd ref="4"/><nd ref="1"/><tag k="amenity" v="parking"/></way>', "</osm>"]
+    osm = tmp_path / "berlin.osm"
+    osm.write_text("\n".join(xml) + "\n")
+    denver = tmp_path / "markings.geojson"
+    own_labels(denver, "EPSG:4326", "GeoJSON")
+    spec = {**MARKINGS, "turn_markings": {**MARKINGS["turn_markings"], "labels": str(denver)}}
+    summary = extract(osm, parse_classes(spec), tmp_path / "out", progress=False)
+    tm = summary["classes"]["turn_markings"]
+    assert tm["outside"] == 3 and tm["kept"] == 0 and "no label inside the OSM file" in tm["skipped"]
+    assert load(tmp_path / "out" / "turn_markings.geojson") == []
+    assert any("none of its 3 labels" in n for n in summary["notes"])
+    with pytest.raises(InputError, match="none of the labels of class 'turn_markings' lies in"):
+        extract(osm, parse_classes(spec), tmp_path / "new", progress=False, required=["turn_markings"])
+    # a PBF without a header box: its extent is that of the data read (plus ~1 km)
+    pbf = write_pbf(tmp_path / "berlin.osm.pbf", nodes, [(1, [1, 2, 3, 4, 1], {"amenity": "parking"})], [])
+    summary = extract(pbf, parse_classes(spec), tmp_path / "out_pbf", progress=False)
+    assert summary["input"]["bounds_source"] == "data" and summary["classes"]["turn_markings"]["outside"] == 3
+    w, s, e, n = summary["input"]["bounds"]
+    assert (w, s, e, n) == pytest.approx((13.401 - 0.01, 52.501 - 0.01, 13.404 + 0.01, 52.502 + 0.01))
+    # labels partly inside: the others are dropped and counted
+    mixed = tmp_path / "mixed.geojson"
+    gpd.GeoDataFrame({"kind": ["left", "right"]}, geometry=[Point(13.41, 52.51), Point(LON, LAT)], crs="EPSG:4326").to_file(mixed, driver="GeoJSON")
+    spec["turn_markings"]["labels"] = str(mixed)
+    summary = extract(osm, parse_classes(spec), tmp_path / "out2", progress=False)
+    assert (summary["classes"]["turn_markings"]["kept"], summary["classes"]["turn_markings"]["outside"]) == (1, 1)
+    assert [f["properties"]["kind"] for f in load(tmp_path / "out2" / "turn_markings.geojson")] == ["left"]
+    assert any("1 labels of" in n and "were dropped" in n for n in summary["notes"])
+
+
+def test_cli_class_option_notes_and_own_labels_without_pbf(tmp_path):
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from navml.cli.extract import command
+
+    app = typer.Typer()
+    app.command()(command)
+    marks = tmp_path / "marks.geojson"
+    own_labels(marks, "EPSG:4326", "GeoJSON")
+    params = tmp_path / "params.yaml"
+    classes = {**MARKINGS, "turn_markings": {**MARKINGS["turn_markings"], "labels": "missing/markings.geojson"}}
+    params.write_text(yaml.safe_dump({"classes": classes, "extract": {"pbf": "", "index": "flex_mem"}}))
+    runner = CliRunner()
+    city = write_pbf(tmp_path / "their_city.osm.pbf")
+    ok = runner.invoke(app, [str(city), "--params", str(params), "--out", str(tmp_path / "out")])
+    assert ok.exit_code == 0, ok.output
+    assert "navml: note: class 'turn_markings' skipped" in ok.output and "turn_markings skipped" in ok.output
+    res = runner.invoke(app, [str(city), "--params", str(params), "--out", str(tmp_path / "new"), "--class", "turn_markings"])
+    assert res.exit_code == 1 and "labels file of class 'turn_markings' not found" in res.output
+    # own labels only, extract.pbf "": no OSM file at all
+    classes = {"turn_markings": {**MARKINGS["turn_markings"], "labels": str(marks)}}
+    params.write_text(yaml.safe_dump({"classes": classes, "extract": {"pbf": "", "index": "flex_mem"}}))
+    res = runner.invoke(app, ["--params", str(params), "--out", str(tmp_path / "own")])
+    assert res.exit_code == 0, res.output
+    assert len(load(tmp_path / "own" / "turn_markings.geojson")) == 3

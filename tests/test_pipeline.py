@@ -113,7 +113,7 @@ def test_repro_produces_the_stage_outputs(project):
     osm_ways = sum(1 for o in osmium.FileProcessor(str(project / "data/output/new_features.osm")) if o.is_way())
     assert osm_ways >= summary["new"]  # a lot with holes is a relation of several ways
     features = json.loads((project / "data/metrics/features.json").read_text())
-    assert set(features) >= {"new_features", "test", "geometry"}
+    assert set(features["parking"]) >= {"new_features", "test", "geometry"} and features["parking"]["test"]["tiles"] > 0
 
 
 def test_second_repro_has_nothing_to_do(project):
@@ -146,7 +146,7 @@ def test_exp_run_compares_two_runs(project):
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
     assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
     assert {r["train.base_filters"] for r in rows} >= {"4", "6"}
-    assert {"parking.iou", "new_features.precision", "new_features.recall", "test.f1"} <= set(rows[0])
+    assert {"parking.iou", "parking.new_features.precision", "parking.new_features.recall", "parking.test.f1"} <= set(rows[0])
     assert all(r["parking.iou"] not in ("", "-") for r in rows)
 
 

@@ -2,13 +2,14 @@ import math
 
 import mercantile
 import numpy as np
+import pandas as pd
 import pytest
 from pyproj import Geod
-from shapely.geometry import box
 from shapely import affinity
+from shapely.geometry import box
 
-from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.data.rasterize import shard_mask, tile_boxes, write_masks
+from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.geo.store import Store
 
 GEOD = Geod(ellps="WGS84")
@@ -137,3 +138,129 @@ def test_mapped_road_surfaces_are_background_outside_complete_mapping(small_grid
     # a class pixel under a road stays the class: labels win over background
     under = shard_mask(shard, small_grid, [[lot]], tiles, complete=[west_half], background=[lot.buffer(0.0001)])
     assert (under == 1).sum() == (mask == 1).sum()
+
+
+# --- per-class completeness, overlaps, boxes of points (issue 7) -----------
+
+
+def quadrants(shard):
+    w, s, e, n = tile_polygon(shard).bounds
+    mx, my = (w + e) / 2, (s + n) / 2
+    return {"west": box(w, s, mx, n), "north": box(w, my, e, n)}
+
+
+def test_background_only_where_every_class_is_complete(small_grid):
+    from navml.data.rasterize import IGNORE
+
+    shard = Tile(34308 // 4, 24981 // 4, 16)
+    q = quadrants(shard)
+    # class 1 complete in the west half, class 2 in the north half: background only in the north-west quadrant
+    mask = shard_mask(shard, small_grid, [[], []], class_complete=[[q["west"]], [q["north"]]])
+    h = small_grid.shard_size // 2
+    assert (mask[:h - 2, :h - 2] == 0).all()
+    assert (mask[h + 2:, :] == IGNORE).all() and (mask[:, h + 2:] == IGNORE).all()
+    # a class complete everywhere (None) adds no unknown pixels
+    only_west = shard_mask(shard, small_grid, [[], []], class_complete=[[q["west"]], None])
+    assert (only_west[:, : h - 2] == 0).all() and (only_west[:, h + 2 :] == IGNORE).all()
+    assert (shard_mask(shard, small_grid, [[], []], class_complete=[None, None]) == 0).all()
+
+
+def test_complete_areas_per_class_with_the_global_default(tmp_path):
+    from navml.config import parse_classes
+    from navml.data.rasterize import complete_areas
+    from navml.errors import InputError
+    from navml.geo.features import write_features
+
+    west, north = box(0, 0, 1, 2), box(0, 1, 2, 2)
+    write_features([{"geometry": west, "properties": {}}], tmp_path / "west.geojson")
+    write_features([{"geometry": north, "properties": {}}], tmp_path / "north.geojson")
+    classes = parse_classes({
+        "parking": {"task": "segmentation", "tags": {"amenity": "parking"}},  # takes rasterize.complete
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "complete": str(tmp_path / "north.geojson")},
+        "pitch": {"task": "segmentation", "tags": {"leisure": "pitch"}, "complete": ""},  # complete everywhere
+        "marks": {"task": "detection", "labels": "m.geojson"},
+    })
+    areas = complete_areas(classes, str(tmp_path / "west.geojson"))
+    assert [None if a is None else [g.bounds for g in a] for a in areas] == [[west.bounds], [north.bounds], None]
+    assert complete_areas(classes, None)[0] is None
+    with pytest.raises(InputError, match=r"classes.building.complete"):
+        complete_areas(parse_classes({"building": {"task": "segmentation", "tags": {"b": "*"}, "complete": "nope.geojson"}}), None)
+
+
+def test_overlaps_are_counted_and_the_later_class_wins(tmp_path, small_grid):
+    from navml.data.rasterize import overlapping_features
+
+    shard = Tile(34308 // 4, 24981 // 4, 16)
+    tiles = list(tiles_of_shard(shard, small_grid))
+    c = tile_polygon(tiles[5]).centroid
+    lot = lot_at(c.x, c.y, 20, 20)  # a tile is ~24 m wide at this latitude (81 N)
+    building = lot_at(c.x, c.y, 8, 8)  # inside the lot
+    far = tile_polygon(tiles[15]).centroid
+    shed = lot_at(far.x, far.y, 5, 5)  # three tiles away
+    assert overlapping_features([[lot], [building, shed]]) == 1
+    assert overlapping_features([[lot, shed], []]) == 0
+    stats = {}
+    m = shard_mask(shard, small_grid, [[lot], [building, shed]], stats=stats)
+    assert stats["overlap_pixels"] == int((m == 2).sum()) - int((shard_mask(shard, small_grid, [[], [shed]]) == 2).sum())
+    # the building's 8 m x 8 m in pixels of ~0.093 m (zoom 18 at 81 N): ~7400
+    assert stats["overlap_pixels"] == pytest.approx(64 / pixel_area_m2(c.y, small_grid.zoom), rel=0.03)
+    counts = write_masks(Store(tmp_path, small_grid), tiles, [[lot], [building]], progress=False)
+    assert counts["overlap_pixels"] == stats["overlap_pixels"]
+
+
+def test_points_get_box_m_and_zero_area_boxes_are_counted(small_grid):
+    from shapely.geometry import LineString, Point
+
+    from navml.geo.grid import ground_resolution
+
+    t = Tile(137232, 99924, 18)
+    c = tile_polygon(t).centroid
+    point = Point(c.x, c.y)
+    flat_line = LineString([(c.x - 0.00005, c.y + 0.0001), (c.x + 0.00005, c.y + 0.0001)])
+    labels = {0: [(point, "hydrant", "hydrant")], 1: [(flat_line, "stop", "stop"), (point, "stop", "stop")]}
+    stats = {}
+    df = tile_boxes([t], small_grid, labels, stats=stats)
+    assert len(df) == 0 and stats == {"zero_area": 3, "zero_area:hydrant": 1, "zero_area:stop": 2}
+    df = tile_boxes([t], small_grid, labels, box_m={0: (5.0, 2.0), 1: (1.0, 1.0)})
+    assert len(df) == 3
+    res = ground_resolution(c.y, small_grid.zoom, small_grid.tile_size)
+    hyd = df[df["class"] == "hydrant"].iloc[0]
+    assert hyd.xmax - hyd.xmin == pytest.approx(5.0 / res, abs=0.02) and hyd.ymax - hyd.ymin == pytest.approx(2.0 / res, abs=0.02)
+    line = df[(df["class"] == "stop")].sort_values("ymin").iloc[0]  # the line lies north of the point
+    assert line.ymax - line.ymin == pytest.approx(1.0 / res, abs=0.02)  # zero height -> 1 m
+    assert line.xmax - line.xmin == pytest.approx(2 * 0.00005 / 360 * 256 * 2**18, rel=0.01)  # its own length
+
+
+def test_rasterize_stage_on_a_cut_extract_with_points(tmp_path, small_grid):
+    """extract (cut OSM file: points, lines, a road cut at the edge) -> rasterize_labels: masks, boxes, notes."""
+    import json
+
+    from test_extract import CUT_BOUNDS, DET_CLASSES, write_cut_xml
+
+    from navml.config import parse_classes
+    from navml.data.extract import extract
+    from navml.data.rasterize import IGNORE, rasterize_labels
+    from navml.geo.features import write_features
+
+    classes = parse_classes({**DET_CLASSES, "hydrant": {"task": "detection", "tags": {"emergency": "fire_hydrant"}}})  # no box_m
+    extract(write_cut_xml(tmp_path / "cut.osm"), classes, tmp_path / "extract", progress=False)
+    w, s, e, n = CUT_BOUNDS
+    tiles = [Tile(t.x, t.y, t.z) for t in mercantile.tiles(w, s, e, n, 18)]
+    west = box(w, s, (w + e) / 2, n)
+    write_features([{"geometry": west, "properties": {}}], tmp_path / "west.geojson")
+    store = Store(tmp_path / "store", small_grid)
+    legend = rasterize_labels(tmp_path / "extract", tiles, store, classes, complete=str(tmp_path / "west.geojson"), progress=False)
+    on_disk = json.loads((tmp_path / "store" / "labels.json").read_text())
+    assert on_disk["complete"] == {"parking": str(tmp_path / "west.geojson")} and on_disk["boxes"] == legend["boxes"]
+    boxes = pd.read_csv(tmp_path / "store" / "boxes.csv")
+    # arrows: 2 nodes with box_m 2 x 5 m and the through line; the u_turn node names none; hydrant: no box_m
+    assert sorted(boxes["name"]) == ["left", "left", "through"] and legend["zero_area_boxes"] == {"hydrant": 1}
+    assert any("1 labels of class 'hydrant' are points" in n and "classes.hydrant.box_m" in n for n in legend["notes"])
+    left = boxes[boxes["name"] == "left"].iloc[0]
+    res = 0.597 * math.cos(math.radians(39.74))  # m/px at zoom 18
+    assert left.xmax - left.xmin == pytest.approx(2.0 / res, rel=0.02) and left.ymax - left.ymin == pytest.approx(5.0 / res, rel=0.02)
+    # masks: the lot is class 1; outside the complete west half, unlabelled pixels are unknown except on the road
+    values = set()
+    for t in tiles:
+        values |= set(np.unique(store.read_tile("masks", t)).tolist())
+    assert values == {0, 1, IGNORE} and legend["pixels"]["parking"] > 1000

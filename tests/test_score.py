@@ -7,8 +7,8 @@ import shapely
 from shapely.geometry import box
 
 from navml.errors import InputError
-from navml.post.score import match_greedy, prf, score_outputs, vertex_count
 from navml.geo.features import write_features
+from navml.post.score import match_greedy, prf, score_outputs, vertex_count
 
 LAT0 = 39.74
 
@@ -62,8 +62,11 @@ def test_score_outputs_on_new_features_and_test_split(tmp_path):
     write_features(preds, tmp_path / "predictions.geojson")
     write_features(new, tmp_path / "new.geojson")
     out = tmp_path / "metrics" / "features.json"
-    m = score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out)
+    m = score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out,
+                      classes=["parking"])
     assert json.loads(out.read_text()) == m
+    assert set(m) == {"parking", "iou_threshold", "split"}
+    m = m["parking"]
     # new features: 3 proposed, 2 of them are the 2 unmapped lots
     assert (m["new_features"]["tp"], m["new_features"]["predicted"], m["new_features"]["truth"]) == (2, 3, 2)
     assert m["new_features"]["precision"] == pytest.approx(2 / 3, abs=1e-4) and m["new_features"]["recall"] == 1.0
@@ -74,6 +77,88 @@ def test_score_outputs_on_new_features_and_test_split(tmp_path):
                              "rectangular_lots_matched": 3, "median_vertices_rectangular": 4.0}
 
     with pytest.raises(InputError, match="run the dedupe stage"):
-        score_outputs(tmp_path / "predictions.geojson", tmp_path / "none.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out)
+        score_outputs(tmp_path / "predictions.geojson", tmp_path / "none.geojson", tmp_path / "lots.geojson", tmp_path / "tiles.csv", out,
+                      classes=["parking"])
     with pytest.raises(InputError, match="ground truth not found"):
-        score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "x.geojson", tmp_path / "tiles.csv", out)
+        score_outputs(tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "x.geojson", tmp_path / "tiles.csv", out,
+                      classes=["parking"])
+
+
+def two_class_outputs(tmp_path):
+    t_train = mercantile.tile(-104.99, LAT0, 18)
+    t_test = mercantile.Tile(t_train.x + 1, t_train.y, 18)
+    pd.DataFrame(
+        [
+            {"z": 18, "x": t_train.x, "y": t_train.y, "shard": "15-0-0", "block": "b1", "split": "train"},
+            {"z": 18, "x": t_test.x, "y": t_test.y, "shard": "15-0-0", "block": "b2", "split": "test"},
+        ]
+    ).to_csv(tmp_path / "tiles.csv", index=False)
+    truth = [
+        {"geometry": lot(t_test, 0.1, 0.1), "properties": {"class": "parking", "mapped": False}},
+        {"geometry": lot(t_test, 0.5, 0.5), "properties": {"class": "building", "mapped": False}},
+        {"geometry": lot(t_test, 0.5, 0.1), "properties": {"class": "building", "mapped": True}},
+    ]
+    preds = [
+        {"geometry": lot(t_test, 0.1, 0.1), "properties": {"class": "parking", "score": 0.9}},
+        # a building prediction right on the parking lot: a false positive for buildings, not a parking match
+        {"geometry": lot(t_test, 0.1, 0.1), "properties": {"class": "building", "score": 0.9}},
+        {"geometry": lot(t_test, 0.51, 0.5), "properties": {"class": "building", "score": 0.8}},
+    ]
+    write_features(truth, tmp_path / "truth.geojson")
+    write_features(preds, tmp_path / "predictions.geojson")
+    write_features(preds, tmp_path / "new.geojson")
+    return truth, preds
+
+
+def test_every_class_is_scored_on_its_own(tmp_path):
+    truth, _ = two_class_outputs(tmp_path)
+    args = (tmp_path / "predictions.geojson", tmp_path / "new.geojson", tmp_path / "truth.geojson", tmp_path / "tiles.csv", tmp_path / "m.json")
+    m = first = score_outputs(*args, classes=["parking", "building"])
+    assert set(m) == {"parking", "building", "iou_threshold", "split"}
+    assert (m["parking"]["test"]["tp"], m["parking"]["test"]["predicted"], m["parking"]["test"]["truth"]) == (1, 1, 1)
+    assert (m["building"]["test"]["tp"], m["building"]["test"]["predicted"], m["building"]["test"]["truth"]) == (1, 2, 2)
+    assert (m["building"]["new_features"]["tp"], m["building"]["new_features"]["truth"]) == (1, 1)
+    assert m["building"]["geometry"]["features"] == 2
+    # a registry class without truth: an error when named, left out (unscored) by default
+    with pytest.raises(InputError, match="no truth polygon of class 'pitch'"):
+        score_outputs(*args, classes=["parking", "pitch"])
+    m = score_outputs(*args, classes=["parking", "pitch"], require_truth=False)
+    assert m["unscored"] == ["pitch"] and "pitch" not in m
+    # one truth file per class; features without 'class' belong to that file's class
+    write_features([{"geometry": f["geometry"], "properties": {"mapped": f["properties"]["mapped"]}} for f in truth[1:]], tmp_path / "b.geojson")
+    m2 = score_outputs(*args[:2], {"parking": tmp_path / "truth.geojson", "building": tmp_path / "b.geojson"}, *args[3:], classes=["parking", "building"])
+    assert m2 == first
+    # a shared file without 'class' cannot describe two classes
+    write_features([{"geometry": f["geometry"], "properties": {"mapped": True}} for f in truth], tmp_path / "plain.geojson")
+    with pytest.raises(InputError, match="need a 'class' property"):
+        score_outputs(*args[:2], tmp_path / "plain.geojson", *args[3:], classes=["parking", "building"])
+
+
+def test_score_cli_scores_every_segmentation_class(tmp_path):
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from navml.cli.score import command
+
+    two_class_outputs(tmp_path)
+    classes = {
+        "parking": {"task": "segmentation", "tags": {"amenity": "parking"}},
+        "building": {"task": "segmentation", "tags": {"building": "*"}},
+        "pitch": {"task": "segmentation", "tags": {"leisure": "pitch"}},
+        "marks": {"task": "detection", "labels": "m.geojson"},
+    }
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"classes": classes, "score": {"truth": str(tmp_path / "truth.geojson"), "iou": 0.5, "split": "test"}}))
+    app = typer.Typer()
+    app.command()(command)
+    args = ["--predictions", str(tmp_path / "predictions.geojson"), "--new", str(tmp_path / "new.geojson"),
+            "--tiles", str(tmp_path / "tiles.csv"), "--out", str(tmp_path / "m.json"), "--params", str(params)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "parking: new features P 1.000" in res.output and "building: new features P 0.500" in res.output
+    assert "class 'pitch' has no truth polygons" in res.output
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"parking", "building", "iou_threshold", "split", "unscored"}
+    params.write_text(yaml.safe_dump({"classes": classes, "score": {"truth": str(tmp_path / "truth.geojson"), "classes": ["marks"]}}))
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "not a segmentation class" in res.output

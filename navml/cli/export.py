@@ -28,7 +28,7 @@ def command(
     import pandas as pd
     import shapely
 
-    from navml.config import segmentation_classes
+    from navml.palette import palette_of
     from navml.data.cover import read_aoi
     from navml.errors import ConfigError
     from navml.data.export import export_tiles
@@ -61,13 +61,12 @@ def command(
         chosen = chosen[:limit]
     boxes_csv = store / "boxes.csv"
     boxes = pd.read_csv(boxes_csv) if boxes_csv.exists() else None
-    colors = [c.color for c in segmentation_classes(classes_from(p))]
     n = export_tiles(
         Store(store, grid),
         chosen,
         out,
         layers=[s.strip() for s in layers.split(",") if s.strip()],
-        colors=colors,
+        palette=palette_of(classes_from(p)),
         boxes=boxes,
         probs=Store(probs, grid) if probs else None,
     )

@@ -18,6 +18,9 @@ def command(
     index: str = typer.Option(
         None, "--index", help="pyosmium node-location index: flex_mem, or sparse_file_array for big files; default: extract.index."
     ),
+    required: list[str] = typer.Option(
+        [], "--class", help="A class that must be extracted (repeatable): its missing labels or OSM file is an error, not a skipped class."
+    ),
 ) -> None:
     from navml.cli.grid import classes_from
     from navml.config import check_keys
@@ -26,10 +29,15 @@ def command(
 
     p = load_params(params)
     e = check_keys(p.get("extract"), {"pbf", "index", "lane_width_m"}, "extract")
-    source = pbf or e.get("pbf")
-    if not source:
-        from navml.errors import ConfigError
-
-        raise ConfigError("params: no OSM file; pass one or set 'extract.pbf'")
-    summary = extract(Path(source), classes_from(p), out, index=index or str(e.get("index") or "flex_mem"), lane_width_m=float(e.get("lane_width_m", LANE_WIDTH_M)))
+    source = pbf or e.get("pbf") or None  # none: every class has own labels
+    summary = extract(
+        Path(source) if source else None,
+        classes_from(p),
+        out,
+        index=index or str(e.get("index") or "flex_mem"),
+        lane_width_m=float(e.get("lane_width_m", LANE_WIDTH_M)),
+        required=required,
+    )
+    for note in summary["notes"]:
+        typer.echo(f"navml: note: {note}", err=True)
     typer.echo(format_summary(summary, out))

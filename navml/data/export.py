@@ -1,13 +1,21 @@
 """Write store tiles to a slippy-map folder of PNGs a person can look at.
 
-``<out>/<layer>/<z>/<x>/<y>.png`` for ``imagery``, ``masks`` (class colours),
-``probs`` (grey levels) and ``overlay`` (imagery with mask outlines and
-detection boxes), plus ``index.html`` showing them side by side.
+``<out>/<layer>/<z>/<x>/<y>.png`` for ``imagery`` (1 band as grey, 3+ bands as
+RGB), ``masks`` (class colours, unknown as a grey hatch, background black),
+``probs`` (every class: the most probable class's colour, brightness its
+probability) and ``overlay`` (imagery with class fills, outlines and detection
+boxes in their class colours), plus ``index.html`` showing them side by side.
+Colours come from :mod:`navml.palette`. Everything is written into a temporary
+folder beside ``out`` that replaces ``out`` at the end: an interrupted or failed
+export leaves the previous one whole.
 """
 
 from __future__ import annotations
 
 import html
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,42 +24,70 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from navml.errors import ConfigError
+from navml.errors import ConfigError, InputError
 from navml.geo.grid import Tile
 from navml.geo.store import Store
+from navml.palette import Palette, colorize, paint, palette_from_colors, to_rgb
 
 LAYERS = ("imagery", "masks", "probs", "overlay")
 
 
-def colorize(mask: np.ndarray, colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """RGB image (rows, cols, 3) of a class-index mask; value ``i + 1`` gets ``colors[i]``."""
-    lut = np.zeros((256, 3), dtype="uint8")
-    for i, c in enumerate(colors):
-        lut[i + 1] = c
-    return lut[mask]
-
-
-def overlay(image: np.ndarray, mask: np.ndarray, colors: Sequence[tuple[int, int, int]], boxes: pd.DataFrame, box_colors: dict[int, tuple[int, int, int]]) -> np.ndarray:
-    """Imagery (rows, cols, 3) with translucent class fills, their outlines and boxes."""
-    out = image.copy()
-    col = colorize(mask, colors)
-    inside = mask > 0
-    out[inside] = (0.6 * out[inside] + 0.4 * col[inside]).astype("uint8")
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Palette, boxes: pd.DataFrame) -> np.ndarray:
+    """Imagery (rows, cols, bands) as RGB with translucent class fills, their outlines and boxes."""
+    out = paint(image, mask, palette)
     for v in np.unique(mask):
-        if v == 0:
+        if v == 0 or v > len(palette.mask):
             continue
         contours, _ = cv2.findContours((mask == v).astype("uint8"), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-        cv2.drawContours(out, contours, -1, tuple(int(c) for c in colors[v - 1]), 1)
+        cv2.drawContours(out, contours, -1, tuple(int(c) for c in palette.mask[v - 1]), 1)
     for b in boxes.itertuples():
-        color = box_colors.get(int(b.class_id), (255, 0, 255))
+        color = palette.box_color(int(b.class_id), getattr(b, "cls", None))
         cv2.rectangle(out, (int(b.xmin), int(b.ymin)), (int(np.ceil(b.xmax)) - 1, int(np.ceil(b.ymax)) - 1), color, 1)
     return out
 
 
+def probs_rgb(probs: np.ndarray, palette: Palette) -> np.ndarray:
+    """RGB (rows, cols, 3) of a probs tile (bands, rows, cols; uint8 0..255, one band per class).
+
+    Each pixel shows the colour of its most probable class scaled by that
+    probability: black where every class is unlikely.
+    """
+    p = np.asarray(probs)
+    if p.ndim == 2:
+        p = p[None]
+    best = p.argmax(axis=0)
+    level = p.max(axis=0).astype("float32") / 255.0
+    colors = np.array([palette.mask[i] if i < len(palette.mask) else (255, 255, 255) for i in range(p.shape[0])], dtype="float32")
+    return (colors[best] * level[..., None]).astype("uint8")
+
+
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    img = rgb if rgb.ndim == 2 else cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(path), img)
+    img = rgb if rgb.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), img):
+        raise InputError(f"{path}: cannot write the PNG; check the disk space and permissions of the export folder")
+
+
+def check_out(out: Path) -> None:
+    """``out`` may be replaced by an export: absent, empty, or an earlier export (index.html and layer folders only)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another export folder")
+    names = {p.name for p in out.iterdir()}
+    if names and not (names <= {"index.html", *LAYERS} and "index.html" in names):
+        raise InputError(f"{out}: holds files that are not a navml export; choose an empty or new folder (an export replaces the whole folder)")
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put folder ``tmp`` in place of ``target`` (renames; the old one is removed after the swap)."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_tiles(
@@ -60,39 +96,53 @@ def export_tiles(
     out: Path,
     *,
     layers: Sequence[str] = ("imagery", "masks", "overlay"),
-    colors: Sequence[tuple[int, int, int]] = ((250, 200, 40),),
+    palette: Palette | None = None,
+    colors: Sequence[tuple[int, int, int]] | None = None,
     boxes: pd.DataFrame | None = None,
     probs: Store | None = None,
     progress: bool = True,
 ) -> int:
-    """Write ``tiles`` of the chosen ``layers`` as PNGs under ``out``; returns files written."""
+    """Write ``tiles`` of the chosen ``layers`` as PNGs under ``out`` (replaced as a whole); returns files written.
+
+    ``palette``: colours of the class registry (:func:`navml.palette.palette_of`);
+    ``colors`` (segmentation colours in mask order) is a shortcut when there are no boxes.
+    """
+    out = Path(out)
     bad = [layer for layer in layers if layer not in LAYERS]
     if bad:
         raise ConfigError(f"export: unknown layer '{bad[0]}'; choose from {', '.join(LAYERS)}")
+    if "probs" in layers and probs is None:
+        raise ConfigError("export: layer 'probs' needs --probs (the predict store)")
+    if palette is None:
+        palette = palette_from_colors(colors or ())
+    check_out(out)
     if boxes is None:
         boxes = pd.DataFrame(columns=["z", "x", "y", "class_id", "xmin", "ymin", "xmax", "ymax"])
-    palette = [(255, 64, 64), (64, 160, 255), (64, 255, 64), (255, 255, 64), (255, 64, 255), (64, 255, 255)]
-    box_colors = {i: palette[i % len(palette)] for i in range(64)}
+    boxes = boxes.rename(columns={"class": "cls"})
     by_tile = {k: g for k, g in boxes.groupby(["z", "x", "y"])} if len(boxes) else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
     written = 0
-    for t in tqdm(tiles, desc="export", unit="tile", disable=not progress):
-        image = np.moveaxis(store.read_tile("imagery", t)[:3], 0, -1)
-        mask = store.read_tile("masks", t)[0]
-        name = f"{t.z}/{t.x}/{t.y}.png"
-        for layer in layers:
-            if layer == "imagery":
-                rgb = image
-            elif layer == "masks":
-                rgb = colorize(mask, colors)
-            elif layer == "probs":
-                if probs is None:
-                    raise ConfigError("export: layer 'probs' needs --probs (the predict store)")
-                rgb = probs.read_tile("probs", t)[0]
-            else:
-                rgb = overlay(image, mask, colors, by_tile.get((t.z, t.x, t.y), boxes.iloc[0:0]), box_colors)
-            _write_png(out / layer / name, rgb)
-            written += 1
-    _write_index(out, tiles, layers)
+    try:
+        for t in tqdm(tiles, desc="export", unit="tile", disable=not progress):
+            image = np.moveaxis(store.read_tile("imagery", t), 0, -1)
+            mask = store.read_tile("masks", t)[0]
+            name = f"{t.z}/{t.x}/{t.y}.png"
+            for layer in layers:
+                if layer == "imagery":
+                    rgb = to_rgb(image)
+                elif layer == "masks":
+                    rgb = colorize(mask, palette)
+                elif layer == "probs":
+                    rgb = probs_rgb(probs.read_tile("probs", t), palette)  # type: ignore[union-attr]
+                else:
+                    rgb = overlay(image, mask, palette, by_tile.get((t.z, t.x, t.y), boxes.iloc[0:0]))
+                _write_png(tmp / layer / name, rgb)
+                written += 1
+        _write_index(tmp, tiles, layers)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return written
 
 

@@ -8,9 +8,24 @@ Writes into ``out``:
 * ``roads.geojson``: carriageways and ``highway`` ways with ``turn:lanes*``
   tags (LineStrings), with their width ``width_m``;
 * ``summary.json``: per class ``source``, ``kept``, ``excluded``,
-  ``skipped_broken``; the same for roads; ``totals`` over the classes;
-  ``input`` and ``index``. Identical runs write identical bytes, so DVC sees
-  no change downstream (the run time is in the returned summary only).
+  ``skipped_broken`` (and, when not zero, ``nodes_skipped``, ``unnamed``,
+  ``outside``; ``skipped`` with the reason for a class skipped); the same for
+  roads (with ``partial``); ``totals`` over the classes; ``input`` (path,
+  bytes, extent) and ``index``; ``notes``. Identical runs write identical
+  bytes, so DVC sees no change downstream (the run time is in the returned
+  summary only).
+
+Real inputs (see docs/classes.md):
+
+* no OSM file is needed when every class to extract has its own labels;
+* a class whose labels file is missing, or whose labels all lie outside the
+  OSM file's extent, is an error when it was asked for (``required``, the CLI's
+  ``--class``), otherwise a one-line note and the class is *skipped*: an empty
+  ``<class>.geojson`` and ``skipped`` in the summary, so later stages still see
+  the whole registry;
+* own labels outside the OSM file's extent (its header box, else the bounding
+  box of what was read) are dropped and counted (``outside``): a default labels
+  file of another city never lands in yours.
 
 All inputs are read before anything is written; the files are then written
 into a temporary folder inside ``out`` and renamed into place, so a bad input
@@ -32,11 +47,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import shapely
+
 from navml.config import ClassSpec
-from navml.errors import ConfigError
 from navml.data.labels import Layer, read_labels
-from navml.data.osm import TURN_KEYS, check_index, check_osm_file, read_osm
+from navml.data.osm import TURN_KEYS, OsmLayers, check_index, check_osm_file, read_osm
 from navml.data.roads import LANE_WIDTH_M
+from navml.errors import ConfigError, InputError
 from navml.geo.features import write_features
 
 log = logging.getLogger(__name__)
@@ -58,42 +76,128 @@ def check_class_names(classes: Sequence[ClassSpec]) -> None:
 
 
 def extract(
-    pbf: str | os.PathLike,
+    pbf: str | os.PathLike | None,
     classes: Sequence[ClassSpec],
     out: str | os.PathLike,
     index: str = "flex_mem",
     progress: bool | None = None,
     lane_width_m: float = LANE_WIDTH_M,
+    required: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``<class>.geojson``, ``roads.geojson`` and ``summary.json`` into ``out``; return the summary.
 
-    ``pbf``: any file pyosmium reads (.osm.pbf, .osm, .osm.bz2). ``index``:
-    pyosmium node-location index (``flex_mem``; ``sparse_file_array`` for
+    ``pbf``: any file pyosmium reads (.osm.pbf, .osm, .osm.bz2), or None when
+    every class to extract has its own labels. ``index``: pyosmium
+    node-location index (``flex_mem``; ``sparse_file_array`` for
     country-sized files). ``lane_width_m``: metres per lane for roads without
-    a ``width`` tag (roads.geojson ``width_m``). Own labels files are read first so that a bad one
-    fails before the long OSM pass.
+    a ``width`` tag (roads.geojson ``width_m``). ``required``: names of
+    classes that must be extracted (a missing labels file or OSM file is an
+    error for them, a note and a skipped class for the others; with none
+    given, classes taken from OSM still need the OSM file). Own labels files
+    are read first so that a bad one fails before the long OSM pass.
     """
     start = time.perf_counter()
     out = Path(out)
     check_class_names(classes)
     check_index(index)
-    check_osm_file(Path(pbf))
-    own = {c.name: read_labels(c) for c in classes if c.labels}
+    names = [c.name for c in classes]
+    unknown = [r for r in required if r not in names]
+    if unknown:
+        raise ConfigError(f"--class '{unknown[0]}' is not a class of the registry (classes: {', '.join(names)})")
+    required = set(required)
     if not 0.0 < float(lane_width_m) <= 10.0:
         raise ConfigError(f"params: 'extract.lane_width_m' is {lane_width_m}; use metres, e.g. 3.5")
-    osm = read_osm(pbf, classes, index=index, progress=progress, lane_width_m=float(lane_width_m))
-    layers = [own[c.name] if c.name in own else osm.classes[c.name] for c in classes]
+    if pbf is not None and str(pbf) != "":
+        check_osm_file(Path(pbf))
+    else:
+        pbf = None
+    skipped: dict[str, str] = {}
+    notes: list[str] = []
+    own: dict[str, Layer] = {}
+    for c in classes:
+        if not c.labels:
+            continue
+        if not Path(c.labels).is_file() and c.name not in required:
+            skipped[c.name] = f"labels file {c.labels} not found"
+            notes.append(f"class '{c.name}' skipped: its labels file {c.labels} (classes.{c.name}.labels) is not there; --class {c.name} makes this an error")
+            continue
+        own[c.name] = read_labels(c)
+    from_osm = [c for c in classes if not c.labels]
+    if pbf is None:
+        for c in from_osm:
+            if c.name in required or not required:
+                raise ConfigError(
+                    f"class '{c.name}' takes its features from OSM: pass an OSM file (navml extract city.osm.pbf, or extract.pbf) "
+                    f"or give it own labels (classes.{c.name}.labels)"
+                )
+            skipped[c.name] = "no OSM file"
+            notes.append(f"class '{c.name}' skipped: it takes its features from OSM and no OSM file was given")
+        osm = OsmLayers(classes={}, roads=Layer("roads", "none"), bytes=0, bounds=None, bounds_source="none")
+    else:
+        osm = read_osm(pbf, classes, index=index, progress=progress, lane_width_m=float(lane_width_m))
+        for name, layer in own.items():
+            why = clip_to_bounds(layer, osm.bounds)
+            if why is None:
+                continue
+            if not layer.kept and not layer.excluded:
+                if name in required:
+                    raise InputError(f"{layer.source}: none of the labels of class '{name}' lies in {pbf} ({why}); use labels of this city or another OSM file")
+                skipped[name] = f"no label inside the OSM file ({why})"
+                notes.append(f"class '{name}' skipped: none of its {layer.outside} labels in {layer.source} lies in {pbf} ({why}); --class {name} makes this an error")
+            else:
+                notes.append(f"class '{name}': {layer.outside} labels of {layer.source} lie outside {pbf} ({why}) and were dropped")
+    for c in classes:
+        layer = osm.classes.get(c.name)
+        if layer is not None and layer.unnamed:
+            vals = ", ".join(f"{k} ({v})" for k, v in sorted(layer.unnamed_values.items())) or "no value"
+            notes.append(f"class '{c.name}': {layer.unnamed} OSM features name none of classes.{c.name}.names with {c.name_tag}: {vals}; written as label: false (map them in classes.{c.name}.name_map)")
+        if layer is not None and layer.nodes_skipped:
+            notes.append(f"class '{c.name}': {layer.nodes_skipped} OSM features are mapped as points (nodes), not areas; they are not labels")
+    if len(skipped) == len(classes):
+        raise InputError(f"nothing to extract: every class was skipped ({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
+    layers = [own[c.name] if c.name in own else Layer(c.name, c.labels or "osm") if c.name in skipped else osm.classes[c.name] for c in classes]
+    counts = {layer.name: layer.counts() for layer in layers}
+    for name, why in skipped.items():
+        counts[name]["skipped"] = why
     summary: dict[str, Any] = {
-        "input": {"path": str(pbf), "bytes": osm.bytes},
+        "input": {
+            "path": None if pbf is None else str(pbf),
+            "bytes": osm.bytes,
+            "bounds": None if osm.bounds is None else [round(v, 7) for v in osm.bounds],
+            "bounds_source": osm.bounds_source,
+        },
         "index": index,
-        "classes": {layer.name: layer.counts() for layer in layers},
-        "roads": {**osm.roads.counts(), "with_turn_lanes": sum(1 for _, _, p in osm.roads.features if any(p.get(k) for k in TURN_KEYS))},
+        "classes": counts,
+        "roads": {
+            **osm.roads.counts(),
+            "partial": osm.roads.partial,
+            "with_turn_lanes": sum(1 for _, _, p in osm.roads.features if any(p.get(k) for k in TURN_KEYS)),
+        },
         "totals": {k: sum(getattr(layer, k) for layer in layers) for k in COUNTS},
+        "notes": notes,
     }
     write_outputs(out, [*layers, osm.roads], summary)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     log.info(format_summary(summary, out))
     return summary
+
+
+def clip_to_bounds(layer: Layer, bounds: tuple[float, float, float, float] | None) -> str | None:
+    """Drop the features of ``layer`` that do not touch ``bounds`` (degrees), counted in ``outside``; the extent in words, or None when none was dropped."""
+    if bounds is None or not layer.features:
+        return None
+    area = shapely.box(*bounds)
+    geoms = np.asarray([g for _, g, _ in layer.features], dtype=object)
+    inside = shapely.intersects(geoms, area)
+    if inside.all():
+        return None
+    layer.outside += int((~inside).sum())
+    keep = [f for f, ok in zip(layer.features, inside, strict=True) if ok]
+    layer.features = keep
+    layer.kept = sum(1 for _, _, p in keep if p.get("label", True))
+    layer.excluded = len(keep) - layer.kept
+    w, s, e, n = bounds
+    return f"extent {w:.5f},{s:.5f},{e:.5f},{n:.5f}"
 
 
 def write_outputs(out: Path, layers: Sequence[Layer], summary: dict[str, Any]) -> list[Path]:
@@ -117,8 +221,13 @@ def format_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
     """The one-line report of an extract run."""
     parts = []
     for name, c in summary["classes"].items():
+        if c.get("skipped"):
+            parts.append(f"{name} skipped")
+            continue
         src = "" if c["source"] == "osm" else " (own labels)"
-        parts.append(f"{name} {c['kept']} kept, {c['excluded']} excluded, {c['skipped_broken']} broken{src}")
+        extra = "".join(f", {c[k]} {k.replace('_', ' ')}" for k in ("nodes_skipped", "unnamed", "outside") if c.get(k))
+        parts.append(f"{name} {c['kept']} kept, {c['excluded']} excluded, {c['skipped_broken']} broken{extra}{src}")
     r = summary["roads"]
-    parts.append(f"roads {r['kept']} ({r['with_turn_lanes']} with turn lanes), {r['skipped_broken']} broken")
+    cut = f", {r['partial']} cut at the file's edge" if r.get("partial") else ""
+    parts.append(f"roads {r['kept']} ({r['with_turn_lanes']} with turn lanes), {r['skipped_broken']} broken{cut}")
     return f"extract: {'; '.join(parts)}; {summary['seconds']:.1f} s -> {out}"

@@ -40,13 +40,22 @@ class Layer:
     kept: int = 0
     excluded: int = 0
     skipped_broken: int = 0
+    #: Features of a segmentation class mapped as OSM nodes (no outline): not written.
+    nodes_skipped: int = 0
+    #: Detection features whose name tag names none of the class's ``names`` (written with ``label: false``).
+    unnamed: int = 0
+    unnamed_values: dict[str, int] = field(default_factory=dict)
+    #: Roads cut at the extract's edge, kept in part.
+    partial: int = 0
+    #: Own labels outside the OSM file's extent (dropped).
+    outside: int = 0
 
     def add(self, key: tuple[int, int], geometry: BaseGeometry, properties: dict[str, Any]) -> None:
         """Add one feature; ``key`` orders the output (OSM type rank, id) and ``properties['label']`` is counted."""
         self.features.append((key, geometry, properties))
         if properties.get("label", True):
             self.kept += 1
-        else:
+        elif properties.get("kind", "") is not None:  # unnamed features are counted as such, not as excluded
             self.excluded += 1
 
     def sorted_features(self) -> list[dict[str, Any]]:
@@ -54,8 +63,14 @@ class Layer:
         return [{"geometry": g, "properties": p} for _, g, p in sorted(self.features, key=lambda f: f[0])]
 
     def counts(self) -> dict[str, Any]:
-        """``source``, ``kept``, ``excluded`` and ``skipped_broken`` (for summary.json)."""
-        return {"source": self.source, "kept": self.kept, "excluded": self.excluded, "skipped_broken": self.skipped_broken}
+        """``source``, ``kept``, ``excluded``, ``skipped_broken`` and the real-data counts that are not zero (for summary.json)."""
+        out: dict[str, Any] = {"source": self.source, "kept": self.kept, "excluded": self.excluded, "skipped_broken": self.skipped_broken}
+        for key in ("nodes_skipped", "unnamed", "outside"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.unnamed_values:
+            out["unnamed_values"] = dict(sorted(self.unnamed_values.items()))
+        return out
 
 
 def usable(geometries: Any) -> np.ndarray:

@@ -11,6 +11,19 @@ kept, not with the file.
 A way or multipolygon relation that matches a class's tag filter but yields no
 valid polygon (unclosed way, relation with a missing member or an open ring,
 invalid geometry) is skipped and counted as ``skipped_broken``.
+
+Detection classes take OSM features of every kind: nodes as Points, ways as
+LineStrings (their bounding box is the box; a way with a missing node is
+broken), multipolygon relations as areas. Their sub-class name comes from
+``name_tag`` (through ``name_map``); a feature naming none of ``names`` is
+written with ``label: false`` and counted as ``unnamed``. A segmentation class
+feature mapped as a node (e.g. a parking lot as a point) has no outline: it is
+counted as ``nodes_skipped``, not written.
+
+Extracts are cut at their edges: a road whose nodes are partly outside the
+file keeps the runs of consecutive nodes inside it (counted as ``partial``).
+The file's extent (:attr:`OsmLayers.bounds`) is its header box when it has
+one, else the bounding box of everything read grown by :data:`DATA_MARGIN_DEG`.
 """
 
 from __future__ import annotations
@@ -29,9 +42,9 @@ import shapely
 from tqdm import tqdm
 
 from navml.config import ClassSpec
-from navml.errors import ConfigError, InputError
 from navml.data.labels import Layer, add_checked
 from navml.data.roads import LANE_WIDTH_M, road_width_m
+from navml.errors import ConfigError, InputError
 
 #: Turn-lane tags: a ``highway`` way carrying one goes to roads.geojson whatever its type.
 TURN_KEYS = ("turn:lanes", "turn:lanes:forward", "turn:lanes:backward")
@@ -45,8 +58,10 @@ ROAD_KEYS = ("highway", "lanes", "lanes:forward", "lanes:backward", "oneway", "w
 #: Relation types libosmium assembles into areas.
 AREA_RELATION_TYPES = ("multipolygon", "boundary")
 #: Output order of OSM types (features are sorted by type rank, then id).
-TYPE_RANK = {"way": 0, "relation": 1}
+TYPE_RANK = {"way": 0, "relation": 1, "node": 2}
 TYPE_NAME = {v: k for k, v in TYPE_RANK.items()}
+#: Margin (degrees, ~1 km) around the features read when a file has no header box: its extent is a guess.
+DATA_MARGIN_DEG = 0.01
 #: Geometries are parsed and checked (vectorized) in batches of this many features.
 BATCH = 10_000
 
@@ -58,6 +73,10 @@ class OsmLayers:
     classes: dict[str, Layer]
     roads: Layer
     bytes: int
+    #: (west, south, east, north) degrees of the file's extent, or None when nothing was read.
+    bounds: tuple[float, float, float, float] | None = None
+    #: "header" (the file's own box) or "data" (bounding box of the features read).
+    bounds_source: str = "data"
 
 
 def check_index(index: str) -> str:
@@ -78,6 +97,21 @@ def check_osm_file(path: Path) -> int:
     if size == 0:
         raise InputError(f"{path}: OSM file is empty; re-download it")
     return size
+
+
+def header_bounds(path: str | os.PathLike) -> tuple[float, float, float, float] | None:
+    """(west, south, east, north) of the OSM file's header box (PBF bbox, XML ``<bounds>``), or None."""
+    try:
+        reader = osmium.io.Reader(str(path), osmium.osm.osm_entity_bits.NOTHING)
+    except RuntimeError:
+        return None
+    try:
+        b = reader.header().box()
+        if not b.valid():
+            return None
+        return (b.bottom_left.lon, b.bottom_left.lat, b.top_right.lon, b.top_right.lat)
+    finally:
+        reader.close()
 
 
 def osm_classes(classes: Sequence[ClassSpec]) -> list[ClassSpec]:
@@ -104,6 +138,8 @@ def read_osm(
     size = check_osm_file(path)
     check_index(index)
     specs = osm_classes(classes)
+    seg_specs = [c for c in specs if c.task != "detection"]
+    det_specs = [c for c in specs if c.task == "detection"]
     keys = sorted({k for c in specs for k in c.tags})
     layers = {c.name: Layer(c.name, "osm") for c in specs}
     roads = Layer("roads", "osm")
@@ -111,12 +147,16 @@ def read_osm(
     candidates: dict[str, tuple[set[int], set[int]]] = {c.name: (set(), set()) for c in specs}
     assembled: dict[str, tuple[set[int], set[int]]] = {c.name: (set(), set()) for c in specs}
     wkb = osmium.geom.WKBFactory()
+    extent = _Extent()
 
     proc = osmium.FileProcessor(str(path)).with_locations(index)
     if keys:  # first pass: only relations with a class key become area candidates
         proc.with_areas(osmium.filter.KeyFilter(*keys))
-    proc.with_filter(osmium.filter.EntityFilter(osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA))
-    proc.with_filter(osmium.filter.KeyFilter(*keys, "highway", *TURN_KEYS))
+    others = osmium.osm.WAY | osmium.osm.RELATION | osmium.osm.AREA
+    proc.with_filter(osmium.filter.EntityFilter(others | osmium.osm.NODE if keys else others))
+    proc.with_filter(osmium.filter.KeyFilter(*keys, "highway", *TURN_KEYS).enable_for(others))
+    if keys:  # nodes: only those with a class key reach Python
+        proc.with_filter(osmium.filter.KeyFilter(*keys).enable_for(osmium.osm.NODE))
 
     # (key, hex WKB, properties) per layer; parsed and checked in batches (vectorized shapely)
     raw: dict[str, list[tuple[tuple[int, int], str, dict[str, Any]]]] = {c.name: [] for c in specs}
@@ -130,7 +170,8 @@ def read_osm(
             kind = obj.type_str()
             tags = obj.tags
             if kind == "a":
-                matched = [c for c in specs if c.matches(tags)]
+                # detection classes take ways as lines (below), areas only from relations
+                matched = [c for c in (specs if not obj.from_way() else seg_specs) if c.matches(tags)]
                 if not matched:
                     continue
                 key = (0 if obj.from_way() else 1, obj.orig_id())
@@ -145,20 +186,54 @@ def read_osm(
                         layers[spec.name].skipped_broken += 1
                         continue
                     props = {"osm_id": key[1], "osm_type": TYPE_NAME[key[0]], "tags": props_tags, "label": not spec.excluded(tags)}
+                    if spec.task == "detection":
+                        _name(props, spec, tags, layers[spec.name])
                     raw[spec.name].append((key, geom, props))
                     found += 1
                     if len(raw[spec.name]) >= BATCH:
                         _add_wkb(layers[spec.name], raw[spec.name])
-            elif kind == "w":
+            elif kind == "n":
                 for spec in specs:
+                    if not spec.matches(tags):
+                        continue
+                    if spec.task != "detection":
+                        layers[spec.name].nodes_skipped += 1
+                        continue
+                    loc = obj.location
+                    extent.add(loc.lon, loc.lat)
+                    props = {"osm_id": obj.id, "osm_type": "node", "tags": {t.k: t.v for t in tags}, "label": not spec.excluded(tags)}
+                    _name(props, spec, tags, layers[spec.name])
+                    raw[spec.name].append(((2, obj.id), shapely.to_wkb(shapely.Point(loc.lon, loc.lat), hex=True), props))
+                    found += 1
+                    if len(raw[spec.name]) >= BATCH:
+                        _add_wkb(layers[spec.name], raw[spec.name])
+            elif kind == "w":
+                for spec in seg_specs:
                     if spec.matches(tags):
                         candidates[spec.name][0].add(obj.id)
+                for spec in det_specs:
+                    if not spec.matches(tags):
+                        continue
+                    try:
+                        line = wkb.create_linestring(obj)
+                    except (RuntimeError, osmium.InvalidLocationError):  # a node outside the extract, fewer than 2 points
+                        layers[spec.name].skipped_broken += 1
+                        continue
+                    props = {"osm_id": obj.id, "osm_type": "way", "tags": {t.k: t.v for t in tags}, "label": not spec.excluded(tags)}
+                    _name(props, spec, tags, layers[spec.name])
+                    raw[spec.name].append(((0, obj.id), line, props))
+                    found += 1
+                    if len(raw[spec.name]) >= BATCH:
+                        _add_wkb(layers[spec.name], raw[spec.name])
                 if "highway" in tags and (tags["highway"] in ROAD_TYPES or any(k in tags for k in TURN_KEYS)):
                     try:
                         line = wkb.create_linestring(obj)
                     except (RuntimeError, osmium.InvalidLocationError):  # missing nodes, fewer than 2 points
-                        roads.skipped_broken += 1
-                        continue
+                        line = _inside_runs(obj)  # an extract cut at its edge: keep the part inside
+                        if line is None:
+                            roads.skipped_broken += 1
+                            continue
+                        roads.partial += 1
                     props = {"osm_id": obj.id, "osm_type": "way", **{k: tags.get(k) for k in ROAD_KEYS}}
                     props["width_m"] = road_width_m(props, lane_width_m)
                     raw_roads.append(((0, obj.id), line, props))
@@ -166,7 +241,7 @@ def read_osm(
                     if len(raw_roads) >= BATCH:
                         _add_wkb(roads, raw_roads)
             elif kind == "r" and tags.get("type") in AREA_RELATION_TYPES:
-                for spec in specs:
+                for spec in specs:  # detection classes too: their multipolygons come as areas
                     if spec.matches(tags):
                         candidates[spec.name][1].add(obj.id)
     finally:
@@ -176,7 +251,65 @@ def read_osm(
         # matched ways/relations that never became an area: unclosed, incomplete or unassemblable
         layer.skipped_broken += sum(len(c - a) for c, a in zip(candidates[name], assembled[name], strict=True))
     _add_wkb(roads, raw_roads)
-    return OsmLayers(classes=layers, roads=roads, bytes=size)
+    for layer in [*layers.values(), roads]:
+        for _, g, _ in layer.features:
+            extent.add_bounds(g.bounds)
+    box = header_bounds(path)
+    return OsmLayers(classes=layers, roads=roads, bytes=size, bounds=box or extent.bounds(DATA_MARGIN_DEG), bounds_source="header" if box else "data")
+
+
+def _name(props: dict[str, Any], spec: ClassSpec, tags: Any, layer: Layer) -> None:
+    """Set ``kind`` (sub-class name) of a detection feature; one naming none of ``names`` is no label (``unnamed``)."""
+    name = spec.name_of({t.k: t.v for t in tags} if not isinstance(tags, dict) else tags)
+    props["kind"] = name
+    if name is None:
+        props["label"] = False
+        layer.unnamed += 1
+        value = tags.get(spec.name_tag) if spec.name_tag else None
+        if value is not None:
+            layer.unnamed_values[value] = layer.unnamed_values.get(value, 0) + 1
+
+
+def _inside_runs(way: Any) -> str | None:
+    """Hex WKB of the runs of 2+ consecutive nodes with a location (a way cut at the extract's edge), or None."""
+    runs, run = [], []
+    for n in way.nodes:
+        if n.location.valid():
+            pt = (n.location.lon, n.location.lat)
+            if not run or run[-1] != pt:
+                run.append(pt)
+            continue
+        if len(run) >= 2:
+            runs.append(run)
+        run = []
+    if len(run) >= 2:
+        runs.append(run)
+    if not runs:
+        return None
+    geom = shapely.LineString(runs[0]) if len(runs) == 1 else shapely.MultiLineString(runs)
+    return shapely.to_wkb(geom, hex=True)
+
+
+class _Extent:
+    """Running bounding box (degrees) of what was read."""
+
+    def __init__(self) -> None:
+        self.box = [np.inf, np.inf, -np.inf, -np.inf]
+
+    def add(self, lon: float, lat: float) -> None:
+        self.add_bounds((lon, lat, lon, lat))
+
+    def add_bounds(self, b: tuple[float, float, float, float]) -> None:
+        if not all(np.isfinite(b)):
+            return
+        self.box = [min(self.box[0], b[0]), min(self.box[1], b[1]), max(self.box[2], b[2]), max(self.box[3], b[3])]
+
+    def bounds(self, margin: float = 0.0) -> tuple[float, float, float, float] | None:
+        """The box grown by ``margin`` degrees on each side, or None when nothing was added."""
+        if not np.isfinite(self.box[0]):
+            return None
+        w, s, e, n = self.box
+        return (max(w - margin, -180.0), max(s - margin, -90.0), min(e + margin, 180.0), min(n + margin, 90.0))
 
 
 def _add_wkb(layer: Layer, items: list[tuple[tuple[int, int], str, dict[str, Any]]]) -> None:

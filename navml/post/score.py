@@ -16,13 +16,19 @@ Two scores, both from real outputs:
 
 Plus geometry checks: share of valid output geometries, median vertex count
 of all predictions and of those matching a rectangular (4-corner) truth lot.
+
+Every class is scored on its own: predictions by their ``class`` property,
+truth by the file given for the class, or, in one shared file, by the truth
+features' ``class`` property (a file without it can describe only one class).
+The metrics file holds one section per class: ``{<class>: {new_features, <split>,
+geometry}, iou_threshold, split}``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +36,10 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from navml.geo.features import to_mercator
 from navml.errors import InputError
+from navml.geo.features import read_features, to_mercator
 from navml.geo.grid import tile_polygon
 from navml.geo.tile_index import read_index, tiles_from_index
-from navml.geo.features import read_features
 
 
 def iou(a: BaseGeometry, b: BaseGeometry) -> float:
@@ -102,57 +107,44 @@ def vertex_count(geom: BaseGeometry) -> int:
     return sum(len(r.coords) - 1 for p in shapely.get_parts(geom) for r in [p.exterior, *p.interiors])
 
 
-def _truth_lots(path: Path, cls: str | None) -> list[dict[str, Any]]:
+def _truth_lots(path: Path, cls: str | None, only: bool = True) -> list[dict[str, Any]]:
+    """Visible truth polygons of class ``cls`` in ``path``; a feature without ``class`` counts only when ``only`` (one class scored from this file)."""
     if not path.exists():
         raise InputError(f"{path}: ground truth not found; it is written by the synth stage (or set score.truth)")
     out = []
     for f in read_features(path):
         p = f["properties"]
-        if p.get("visible") is False or (cls and p.get("class", cls) != cls):
+        if p.get("visible") is False:
             continue
+        if cls is not None:
+            if "class" in p and p["class"] != cls:
+                continue
+            if "class" not in p and not only:
+                raise InputError(f"{path}: truth features need a 'class' property when the file holds the truth of several classes")
         if f["geometry"].geom_type not in ("Polygon", "MultiPolygon"):
             continue
         out.append(f)
     return out
 
 
-def score_outputs(
-    predictions: str | os.PathLike,
-    new_features: str | os.PathLike,
-    truth: str | os.PathLike,
-    tiles: str | os.PathLike,
-    out: str | os.PathLike,
+def score_class(
+    preds: Sequence[dict[str, Any]],
+    new: Sequence[dict[str, Any]],
+    lots: Sequence[dict[str, Any]],
+    test_area: BaseGeometry | None,
     *,
-    class_name: str = "parking",
     iou_threshold: float = 0.5,
     split: str = "test",
+    tiles: int = 0,
 ) -> dict[str, Any]:
-    """Score the vector outputs against ``truth`` and write the metrics JSON ``out`` atomically.
-
-    ``truth``: GeoJSON of the true lots (WGS84) with a boolean ``mapped``
-    property (false: visible but not in OSM); ``tiles``: the tile index
-    (``split`` column). Returns the metrics.
-    """
-    for p, stage in ((predictions, "vectorize"), (new_features, "dedupe")):
-        if not Path(p).exists():
-            raise InputError(f"{p}: not found; run the {stage} stage first")
-    preds = [f for f in read_features(predictions) if f["properties"].get("class", class_name) == class_name]
-    new = [f for f in read_features(new_features) if f["properties"].get("class", class_name) == class_name]
-    lots = _truth_lots(Path(truth), None)
-    if lots and "mapped" not in lots[0]["properties"]:
-        raise InputError(f"{truth}: truth features need a boolean 'mapped' property (false = not in OSM)")
+    """``new_features``, ``<split>`` and ``geometry`` scores of one class (features WGS84; ``test_area`` the split's tiles)."""
     unmapped = [f["geometry"] for f in lots if not f["properties"].get("mapped", True)]
-
-    df = read_index(tiles)
-    test_tiles = tiles_from_index(df, split)
     metrics: dict[str, Any] = {"new_features": score_polygons(new, unmapped, iou_threshold)}
-    if test_tiles:
-        area = shapely.union_all([tile_polygon(t) for t in test_tiles])
-        shapely.prepare(area)
-        t_preds = [f for f in preds if area.intersects(f["geometry"])]
-        t_truth = [f["geometry"] for f in lots if area.intersects(f["geometry"])]
+    if test_area is not None:
+        t_preds = [f for f in preds if test_area.intersects(f["geometry"])]
+        t_truth = [f["geometry"] for f in lots if test_area.intersects(f["geometry"])]
         metrics[split] = score_polygons(t_preds, t_truth, iou_threshold)
-        metrics[split]["tiles"] = len(test_tiles)
+        metrics[split]["tiles"] = tiles
     else:
         metrics[split] = prf(0, 0, 0) | {"tiles": 0}
     geoms = [f["geometry"] for f in preds]
@@ -169,7 +161,70 @@ def score_outputs(
         "rectangular_lots_matched": len(rect_verts),
         "median_vertices_rectangular": float(np.median(rect_verts)) if rect_verts else 0.0,
     }
+    return metrics
+
+
+def score_outputs(
+    predictions: str | os.PathLike,
+    new_features: str | os.PathLike,
+    truth: str | os.PathLike | Mapping[str, str | os.PathLike],
+    tiles: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    classes: Sequence[str],
+    require_truth: bool = True,
+    iou_threshold: float = 0.5,
+    split: str = "test",
+) -> dict[str, Any]:
+    """Score the vector outputs of every class of ``classes`` against ``truth``; write the metrics JSON ``out`` atomically.
+
+    ``truth``: one GeoJSON of true polygons (WGS84) with a boolean ``mapped``
+    property (false: visible but not in OSM) and a ``class`` property, or a
+    mapping class -> such a file. ``tiles``: the tile index (``split``
+    column). A class without truth polygons is an error when
+    ``require_truth``, else left out of the metrics (``unscored``). Returns the metrics.
+    """
+    if not classes:
+        raise InputError("score: no class to score; name them in score.classes or add a segmentation class to the registry")
+    for p, stage in ((predictions, "vectorize"), (new_features, "dedupe")):
+        if not Path(p).exists():
+            raise InputError(f"{p}: not found; run the {stage} stage first")
+    all_preds = read_features(predictions)
+    all_new = read_features(new_features)
+    files = {c: Path(truth[c]) for c in classes if c in truth} if isinstance(truth, Mapping) else {c: Path(truth) for c in classes}
+    missing = [c for c in classes if c not in files]
+    if missing and require_truth:
+        raise InputError(f"score: no truth file for class '{missing[0]}'; add it to score.truth")
+    shared = {f: sum(1 for g in files.values() if g == f) for f in set(files.values())}
+    df = read_index(tiles)
+    test_tiles = tiles_from_index(df, split)
+    area = None
+    if test_tiles:
+        area = shapely.union_all([tile_polygon(t) for t in test_tiles])
+        shapely.prepare(area)
+    metrics: dict[str, Any] = {}
+    unscored = list(missing)
+    for c in classes:
+        if c not in files:
+            continue
+        lots = _truth_lots(files[c], c, only=shared[files[c]] == 1)
+        if lots and "mapped" not in lots[0]["properties"]:
+            raise InputError(f"{files[c]}: truth features need a boolean 'mapped' property (false = not in OSM)")
+        if not lots:
+            if require_truth:
+                raise InputError(f"{files[c]}: no truth polygon of class '{c}'; give the truth features 'class: {c}' or drop it from score.classes")
+            unscored.append(c)
+            continue
+        default = c if len(classes) == 1 else None  # an output without 'class' belongs to the only class
+        preds = [f for f in all_preds if f["properties"].get("class", default) == c]
+        new = [f for f in all_new if f["properties"].get("class", default) == c]
+        metrics[c] = score_class(preds, new, lots, area, iou_threshold=iou_threshold, split=split, tiles=len(test_tiles))
+    if not metrics:
+        raise InputError(f"score: no truth polygons for any of {', '.join(classes)}; check score.truth")
     metrics["iou_threshold"] = iou_threshold
+    metrics["split"] = split
+    if unscored:
+        metrics["unscored"] = sorted(unscored)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.part")

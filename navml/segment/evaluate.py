@@ -40,7 +40,6 @@ METRICS_FILE = "seg.json"
 PLOTS_DIR = "seg_plots"
 #: Rows written to the confusion CSV (counts are scaled to this total).
 CONFUSION_ROWS = 10_000
-_PALETTE = [(250, 200, 40), (230, 25, 75), (60, 180, 75), (0, 130, 200), (145, 30, 180), (70, 240, 240)]
 
 
 def predict_tiles(model, reader: TileReader, tiles: Sequence[Tile], batch_size: int = 8, progress: bool = False, desc: str = "predict") -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray, np.ndarray]]:
@@ -71,27 +70,15 @@ def val_thresholds(model, reader: TileReader, tiles: Sequence[Tile], *, batch_si
 def render_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, colors: Sequence[Sequence[int]], alpha: float = 0.5, gap: int = 4) -> np.ndarray:
     """Three panels side by side, RGB uint8: imagery | truth over imagery | prediction over imagery.
 
-    Classes are painted in ``colors`` (alpha ``alpha``); truth pixels of unknown
-    class (:data:`IGNORE`) are darkened."""
-    rgb = np.asarray(image)
-    if rgb.shape[-1] >= 3:
-        rgb = rgb[..., :3]
-    else:
-        rgb = np.repeat(rgb[..., :1], 3, axis=-1)
-    rgb = np.clip(rgb, 0, 255).astype("float32")
-    palette = np.array([(0, 0, 0), *colors], dtype="float32")
+    Classes are painted in ``colors`` (alpha ``alpha``) with :func:`navml.palette.paint`;
+    truth pixels of unknown class (:data:`IGNORE`) are darkened and hatched."""
+    from navml.palette import paint, palette_from_colors, to_rgb
 
-    def paint(labels: np.ndarray) -> np.ndarray:
-        out = rgb.copy()
-        hit = (labels > 0) & (labels < len(palette))
-        out[hit] = (1 - alpha) * out[hit] + alpha * palette[labels[hit]]
-        unknown = labels == IGNORE
-        out[unknown] = 0.35 * out[unknown]  # class unknown: darkened
-        return out
-
+    palette = palette_from_colors(colors)
+    rgb = to_rgb(image)
     h = rgb.shape[0]
-    sep = np.full((h, gap, 3), 255.0, dtype="float32")
-    return np.concatenate([rgb, sep, paint(truth), sep, paint(pred)], axis=1).astype("uint8")
+    sep = np.full((h, gap, 3), 255, dtype="uint8")
+    return np.concatenate([rgb, sep, paint(rgb, truth, palette, alpha), sep, paint(rgb, pred, palette, alpha)], axis=1)
 
 
 def _write_plots(folder: Path, classes: Sequence[str], curves: list[dict], cm: np.ndarray, overlay_images: dict[str, np.ndarray]) -> None:
@@ -162,7 +149,11 @@ def evaluate_segmentation(
         raise ModelError(f"{model_dir}: model needs tiles of a multiple of {meta.stride} px; grid.tile_size is {store.grid.tile_size}")
     if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
         raise InputError(f"params: 'evaluate.threshold' is {threshold}; use 0..1 or auto")
-    colors = list(colors) if colors else [_PALETTE[i % len(_PALETTE)] for i in range(n)]
+    if not colors:
+        from navml.palette import FALLBACK
+
+        colors = [FALLBACK[i % len(FALLBACK)] for i in range(n)]
+    colors = list(colors)
     saved = None if threshold is not None else read_thresholds(model_dir, classes)
     model, _ = load_model(model_dir)
 
