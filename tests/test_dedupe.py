@@ -9,10 +9,10 @@ from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon, box
 
 from navml.config import ClassSpec, PostProcess
-from navml.post.dedupe import dedupe, overlaps
 from navml.errors import ConfigError, InputError
-from navml.post.josm import osm_xml
 from navml.geo.features import read_features, write_features
+from navml.post.dedupe import dedupe, overlaps
+from navml.post.josm import osm_xml
 
 LON0, LAT0 = -104.99, 39.74
 PARKING = ClassSpec("parking", "segmentation", tags={"amenity": ["parking"]}, osm_tags={"amenity": "parking", "parking": "surface"}, post=PostProcess())
