@@ -139,3 +139,35 @@ def test_relative_links_lead_to_files_of_the_repository(doc):
         if anchor and dest.suffix == ".md":
             headings = re.findall(r"^#+ (.+)$", FENCE.sub("", dest.read_text()), flags=re.M)
             assert anchor in {slug(h) for h in headings}, f"{doc.name}: no heading #{anchor} in {path or doc.name}"
+
+
+def resolve(dotted: str) -> object:
+    """The module or attribute a dotted name such as ``navml.geo.grid.Grid`` names (ImportError/AttributeError)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_dotted_names_exist(doc):
+    names = set(re.findall(r"`(navml(?:\.\w+)+)`", FENCE.sub("", doc.read_text())))
+    for name in names:
+        try:
+            resolve(name)
+        except (ImportError, AttributeError) as e:
+            raise AssertionError(f"{doc.name}: `{name}` names nothing in navml ({e})") from None
+
+
+def test_resolve_fails_on_a_stale_name():
+    assert resolve("navml.geo.grid.Grid").__name__ == "Grid"
+    with pytest.raises((ImportError, AttributeError)):
+        resolve("navml.vectors.write_features")  # the module before the layout moved
