@@ -216,7 +216,7 @@ def test_evaluate_writes_metrics_plots_and_overlays(trained, tmp_path):
     assert saved["c1"]["precision"] == pytest.approx(cm[1, 1] / (cm[1, 1] + cm[0, 1]), abs=1e-6)
     assert saved["c1"]["recall"] == pytest.approx(cm[1, 1] / (cm[1, 1] + cm[1, 0]), abs=1e-6)
     assert saved["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
-    assert saved["mean_iou"] == saved["c1"]["iou"] > 0.5  # one class; the noise tiles' rectangles are easy
+    assert saved["mean_iou"] == saved["c1"]["iou"] > 0.8  # one class; measured 0.93 (flat rectangles on noise)
 
     pr = pd.read_csv(tmp_path / "seg_plots" / "pr" / "c1.csv")
     assert list(pr.columns) == ["threshold", "precision", "recall", "iou", "f1"] and len(pr) > 10
