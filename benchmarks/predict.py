@@ -83,8 +83,8 @@ def _cpu() -> float:
 
 
 def run_bare(a) -> dict:
-    from navml.models.io import load_model
     from navml.geo.tile_index import read_index, tiles_from_index
+    from navml.models.io import load_model
 
     store = Store(a.store, GRID)
     tiles = tiles_from_index(read_index(a.tiles))
@@ -101,9 +101,9 @@ def run_bare(a) -> dict:
 
 
 def run_predict(a) -> dict:
+    from navml.geo.tile_index import read_index, tiles_from_index
     from navml.models.io import load_model
     from navml.segment.predict import predict_with_model
-    from navml.geo.tile_index import read_index, tiles_from_index
 
     tiles = tiles_from_index(read_index(a.tiles))
     loaded = load_model(a.model)  # bare excludes loading too

@@ -99,8 +99,8 @@ def write_mosaic(root: Path, lots, shards: int, seed: int = 0) -> None:
 def write_extract(path: Path, lots, seed: int = 0) -> None:
     from shapely import affinity
 
-    from navml.geo.grid import metres_to_pixels
     from navml.geo.features import to_lonlat, write_features
+    from navml.geo.grid import metres_to_pixels
 
     rng = np.random.default_rng(seed + 1)
     px = metres_to_pixels(2.0, 39.7, GRID.zoom)
@@ -108,7 +108,8 @@ def write_extract(path: Path, lots, seed: int = 0) -> None:
     for i, g in enumerate(lots):
         if rng.random() < 2 / 3:
             g = affinity.translate(g, rng.uniform(-px, px) / math.sqrt(2), rng.uniform(-px, px) / math.sqrt(2))
-            feats.append({"geometry": to_lonlat(g, GRID.zoom), "properties": {"osm_id": i + 1, "osm_type": "way", "tags": {"amenity": "parking"}, "label": True}})
+            props = {"osm_id": i + 1, "osm_type": "way", "tags": {"amenity": "parking"}, "label": True}
+            feats.append({"geometry": to_lonlat(g, GRID.zoom), "properties": props})
     write_features(feats, path)
 
 

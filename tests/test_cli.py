@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import yaml
+from conftest import navml
+from typer.testing import CliRunner
+
+from navml.cli import COMMANDS, app
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def navml(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "navml", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def write_params(tmp_path: Path, **changes) -> Path:
@@ -26,9 +25,16 @@ def write_params(tmp_path: Path, **changes) -> Path:
 
 
 def test_help_lists_every_stage(tmp_path):
-    out = navml("--help", cwd=tmp_path).stdout
-    for name in ("synth", "extract", "cover", "imagery", "rasterize", "export"):
-        assert name in out
+    proc = navml("--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listing = proc.stdout.split("Commands", 1)[1]
+    # rows of the command list start with the name (rich box or plain); continuation rows with spaces
+    listed = re.findall(r"^[\s│]{1,3}([a-z][\w-]*)\s{2,}\S", listing, flags=re.M)
+    assert listed == list(COMMANDS)
+    runner = CliRunner()
+    for name in COMMANDS:  # each one is registered with its own help
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0 and "Usage:" in sub.output, (name, sub.output)
 
 
 def test_unknown_params_key_is_one_line_naming_it(tmp_path):

@@ -2,12 +2,10 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
-from navml.config import parse_classes
 from navml.data.cover import assign_splits, build_index, cover_tiles, read_aoi
 from navml.errors import ConfigError
 from navml.geo.grid import Grid, tile_polygon
 
-CLASSES = parse_classes({"parking": {"task": "segmentation", "tags": {"amenity": "parking"}}})
 AOI = box(-104.999, 39.735, -104.985, 39.745)  # ~1.2 x 1.1 km in Denver
 
 
@@ -20,7 +18,7 @@ def test_cover_tiles_touch_the_aoi_and_nothing_else():
     assert tiles == sorted(tiles, key=lambda t: (t.y, t.x))
 
 
-def test_split_keeps_blocks_and_lots_on_one_side():
+def test_split_keeps_blocks_and_lots_on_one_side(parking):
     grid = Grid(18, 256, 15)
     # a lot straddling a zoom-16 block border links the two blocks
     tiles = cover_tiles(AOI, 18)
@@ -28,7 +26,7 @@ def test_split_keeps_blocks_and_lots_on_one_side():
     t = next(t for t in tiles if t.x % 4 == 0 and (t.x - 1, t.y) in keys)  # west edge of a zoom-16 block
     w, s, e, n = tile_polygon(t).bounds
     lot = box(w - 0.0002, s, w + 0.0002, n)  # crosses the west edge of t
-    df = build_index(AOI, grid, CLASSES, {"parking": [lot]}, split_zoom=16, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    df = build_index(AOI, grid, [parking], {"parking": [lot]}, split_zoom=16, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
     assert set(df.columns) >= {"z", "x", "y", "shard", "block", "split", "pos_parking"}
     assert len(df) == len(tiles)
     # each block lies in one split, apart from buffer tiles
@@ -40,7 +38,7 @@ def test_split_keeps_blocks_and_lots_on_one_side():
     assert pos[pos.split != "buffer"]["split"].nunique() == 1
     assert set(df["split"]) >= {"train", "val", "test"}
     # deterministic for a seed
-    df2 = build_index(AOI, grid, CLASSES, {"parking": [lot]}, split_zoom=16, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
+    df2 = build_index(AOI, grid, [parking], {"parking": [lot]}, split_zoom=16, fractions={"train": 0.6, "val": 0.2, "test": 0.2}, seed=3)
     pd.testing.assert_frame_equal(df, df2)
 
 
@@ -55,12 +53,12 @@ def test_assign_splits_follows_shares():
     assert sorted(out.values()) == ["test", "train", "val"]
 
 
-def test_bad_split_and_aoi(tmp_path):
+def test_bad_split_and_aoi(tmp_path, parking):
     grid = Grid(18, 256, 15)
     with pytest.raises(ConfigError, match="add up to 1"):
-        build_index(AOI, grid, CLASSES, {}, split_zoom=16, fractions={"train": 0.7, "val": 0.5}, seed=0)
+        build_index(AOI, grid, [parking], {}, split_zoom=16, fractions={"train": 0.7, "val": 0.5}, seed=0)
     with pytest.raises(ConfigError, match="unknown split"):
-        build_index(AOI, grid, CLASSES, {}, split_zoom=16, fractions={"train": 0.7, "holdout": 0.3}, seed=0)
+        build_index(AOI, grid, [parking], {}, split_zoom=16, fractions={"train": 0.7, "holdout": 0.3}, seed=0)
     with pytest.raises(ConfigError, match="west < east"):
         read_aoi("10,5,9,6")
     assert read_aoi("-104.999,39.735,-104.985,39.745").equals(AOI)

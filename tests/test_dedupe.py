@@ -5,17 +5,16 @@ import re
 import osmium
 import pytest
 import shapely
+from conftest import PARKING, navml
 from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon, box
 
-from navml.config import ClassSpec, PostProcess
-from navml.post.dedupe import dedupe, overlaps
 from navml.errors import ConfigError, InputError
-from navml.post.josm import osm_xml
 from navml.geo.features import read_features, write_features
+from navml.post.dedupe import dedupe, overlaps
+from navml.post.josm import osm_xml
 
 LON0, LAT0 = -104.99, 39.74
-PARKING = ClassSpec("parking", "segmentation", tags={"amenity": ["parking"]}, osm_tags={"amenity": "parking", "parking": "surface"}, post=PostProcess())
 
 
 def m(geom):
@@ -63,11 +62,11 @@ def test_overlap_share_and_iou(scene):
     assert iou.tolist() == pytest.approx(expected_iou, abs=2e-3)
 
 
-def test_dedupe_writes_new_features_osm_and_summary(tmp_path, scene):
+def test_dedupe_writes_new_features_osm_and_summary(tmp_path, scene, parking):
     existing, preds = scene
     write_features(existing, tmp_path / "extract" / "parking.geojson")
     write_features(preds, tmp_path / "out" / "predictions.geojson")
-    summary = dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "out", min_overlap=0.45, source="navml test")
+    summary = dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [parking], tmp_path / "out", min_overlap=0.45, source="navml test")
     # matched: ~A (share 0.81), half on A (0.5), half on B and C (0.5), the underground one, the node one
     assert summary["predicted"] == 7
     assert summary["matched_existing"] == 5
@@ -116,20 +115,20 @@ def test_dedupe_writes_new_features_osm_and_summary(tmp_path, scene):
     assert sorted(areas, key=str) == sorted([(True, tags, 1, 0), (False, tags, 1, 1)], key=str)
 
 
-def test_iou_mode_keeps_partial_overlaps(tmp_path, scene):
+def test_iou_mode_keeps_partial_overlaps(tmp_path, scene, parking):
     existing, preds = scene
     write_features(existing, tmp_path / "extract" / "parking.geojson")
     write_features(preds, tmp_path / "predictions.geojson")
-    s = dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "out", match="iou", min_overlap=0.45)
+    s = dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [parking], tmp_path / "out", match="iou", min_overlap=0.45)
     # IoU >= 0.45: ~A (0.68), the underground one, the node one; the half-covered ones (IoU 1/3) stay new
     assert (s["matched_existing"], s["new"]) == (3, 4)
 
 
-def test_empty_prediction_gives_valid_empty_outputs(tmp_path, scene):
+def test_empty_prediction_gives_valid_empty_outputs(tmp_path, scene, parking):
     existing, _ = scene
     write_features(existing, tmp_path / "extract" / "parking.geojson")
     write_features([], tmp_path / "predictions.geojson")
-    s = dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "out")
+    s = dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [parking], tmp_path / "out")
     assert (s["predicted"], s["matched_existing"], s["new"]) == (0, 0, 0)
     assert json.loads((tmp_path / "out" / "new_features.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
     count = [0]
@@ -146,19 +145,19 @@ def test_empty_prediction_gives_valid_empty_outputs(tmp_path, scene):
     assert (tmp_path / "out" / "new_features.osm").read_text().startswith('<?xml version="1.0" encoding="UTF-8"?>\n<osm version="0.6"')
 
 
-def test_missing_extract_and_bad_threshold_write_nothing(tmp_path, scene):
+def test_missing_extract_and_bad_threshold_write_nothing(tmp_path, scene, parking):
     _, preds = scene
     write_features(preds, tmp_path / "predictions.geojson")
     out = tmp_path / "out"
     with pytest.raises(InputError, match="parking.geojson: OSM extract .* missing") as err:
-        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [PARKING], out)
+        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [parking], out)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="min_overlap"):
-        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [PARKING], out, min_overlap=1.5)
+        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [parking], out, min_overlap=1.5)
     with pytest.raises(ConfigError, match="match"):
-        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [PARKING], out, match="area")
+        dedupe(tmp_path / "predictions.geojson", tmp_path / "extract", [parking], out, match="area")
     with pytest.raises(InputError, match="run the vectorize stage"):
-        dedupe(tmp_path / "nothing.geojson", tmp_path / "extract", [PARKING], out)
+        dedupe(tmp_path / "nothing.geojson", tmp_path / "extract", [parking], out)
     assert not out.exists()
 
 
@@ -170,18 +169,11 @@ def test_osm_xml_escapes_tags_and_skips_degenerate_rings():
     assert xml.count("<way ") == 1 and xml.count("<node ") == 4
 
 
-def run_navml(*args, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "navml", *args], cwd=cwd, capture_output=True, text=True)
-
-
 def cli_params(tmp_path, **sections):
     import yaml
 
     params = {
-        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "osm_tags": {"amenity": "parking", "parking": "surface"}}},
+        "classes": {"parking": PARKING},
         "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16},
         **sections,
     }
@@ -192,28 +184,28 @@ def test_cli_dedupe_errors_are_one_line_and_keep_earlier_outputs(tmp_path, scene
     existing, preds = scene
     cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 0.45, "source": "navml"})
     write_features(preds, tmp_path / "data/output/predictions.geojson")
-    proc = run_navml("dedupe", cwd=tmp_path)
+    proc = navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("navml: error: data/extract/parking.geojson: OSM extract")
     assert not (tmp_path / "data/output/new_features.osm").exists()
 
     write_features(existing, tmp_path / "data/extract/parking.geojson")
-    proc = run_navml("dedupe", cwd=tmp_path)
+    proc = navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "7 predicted, 5 already in OSM, 0 on mapped roads, 2 new" in proc.stdout
     before = (tmp_path / "data/output/new_features.osm").read_text()
 
     cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 2})
-    proc = run_navml("dedupe", cwd=tmp_path)
+    proc = navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "min_overlap" in proc.stderr
     cli_params(tmp_path, dedupe={"match": "share", "min_ovrlap": 0.5})
-    proc = run_navml("dedupe", cwd=tmp_path)
+    proc = navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 1 and "dedupe.min_ovrlap" in proc.stderr
     assert (tmp_path / "data/output/new_features.osm").read_text() == before
 
 
-def test_predictions_on_mapped_roads_are_dropped(tmp_path, scene):
+def test_predictions_on_mapped_roads_are_dropped(tmp_path, scene, parking):
     existing, preds = scene
     write_features(existing, tmp_path / "extract" / "parking.geojson")
     write_features(preds, tmp_path / "out" / "predictions.geojson")
@@ -221,22 +213,22 @@ def test_predictions_on_mapped_roads_are_dropped(tmp_path, scene):
     road = {"geometry": m(LineString([(-50, 115), (100, 115)])), "properties": {"osm_id": 9, "osm_type": "way", "width_m": 14.0}}
     write_features([road], tmp_path / "extract" / "roads.geojson")
     out = tmp_path / "out"
-    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [PARKING], out, min_overlap=0.45, max_road_share=0.4)
+    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [parking], out, min_overlap=0.45, max_road_share=0.4)
     assert (summary["matched_existing"], summary["on_roads"], summary["new"]) == (5, 1, 1)
     (kept,) = read_features(out / "new_features.geojson")
     assert kept["properties"]["score"] == 0.75 and kept["properties"]["road_share"] == 0.0
-    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [PARKING], out, min_overlap=0.45, max_road_share=0.5)
+    summary = dedupe(out / "predictions.geojson", tmp_path / "extract", [parking], out, min_overlap=0.45, max_road_share=0.5)
     assert (summary["on_roads"], summary["new"]) == (0, 2)
     road_share = {f["properties"]["score"]: f["properties"]["road_share"] for f in read_features(out / "new_features.geojson")}
     assert road_share[0.8] == pytest.approx(14 / 30, abs=0.01)
 
 
-def test_road_filter_needs_the_roads_file(tmp_path, scene):
+def test_road_filter_needs_the_roads_file(tmp_path, scene, parking):
     existing, preds = scene
     write_features(existing, tmp_path / "extract" / "parking.geojson")
     write_features(preds, tmp_path / "out" / "predictions.geojson")
     with pytest.raises(InputError, match="roads.geojson: OSM roads missing"):
-        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "o2", max_road_share=0.2)
+        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [parking], tmp_path / "o2", max_road_share=0.2)
     with pytest.raises(ConfigError, match="max_road_share"):
-        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [PARKING], tmp_path / "o2", max_road_share=1.5)
+        dedupe(tmp_path / "out" / "predictions.geojson", tmp_path / "extract", [parking], tmp_path / "o2", max_road_share=1.5)
     assert not (tmp_path / "o2").exists()

@@ -7,8 +7,8 @@ import pytest
 from navml.errors import ConfigError
 from navml.geo.grid import (
     Grid,
-    Window,
     Tile,
+    Window,
     ground_resolution,
     lonlat_to_pixel,
     make_grid,

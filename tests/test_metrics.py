@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from navml.segment.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs, scores
+from navml.segment.metrics import (
+    best_threshold,
+    class_scores,
+    confusion_counts,
+    curve,
+    histograms,
+    labels_from_probs,
+    scores,
+)
 
 
 def test_confusion_and_scores_by_hand():

@@ -101,7 +101,14 @@ def test_repro_produces_the_stage_outputs(project):
     assert legend["boxes"] > 0
     assert {p.name for p in (project / "data/models/seg").iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
     seg = json.loads((project / "data/metrics/seg.json").read_text())
-    assert 0.0 <= seg["parking"]["iou"] <= 1.0 and seg["tiles"] > 0
+    p = seg["parking"]
+    assert seg["tiles"] == sum(1 for row in tiles[1:] if ",test," in row)
+    # Two epochs of a 4-filter U-Net learn little beyond "parking is likely here": measured
+    # IoU 0.017 at recall 0.76 (threshold 0.50). The floor, with a margin of 2x, catches a
+    # collapsed model (all background: IoU 0) and a broken evaluation; the identity below ties
+    # IoU to precision and recall as counted (1/IoU = 1/P + 1/R - 1).
+    assert p["iou"] >= 0.008 and p["recall"] >= 0.3
+    assert 1 / p["iou"] == pytest.approx(1 / p["precision"] + 1 / p["recall"] - 1, rel=1e-3)
     assert list((project / "data/predict/probs").glob("*.tif"))
     new = json.loads((project / "data/output/new_features.geojson").read_text())
     assert new["type"] == "FeatureCollection"

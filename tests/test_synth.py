@@ -18,9 +18,9 @@ from shapely.geometry import Polygon, shape
 from typer.testing import CliRunner
 
 import navml.data.synth.osm as synth_osm
-from navml.errors import ConfigError
 from navml.data.synth import make_city
 from navml.data.synth.scene import KINDS
+from navml.errors import ConfigError
 
 SIZE_KM = 0.5
 SEED = 5
