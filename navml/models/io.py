@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from navml.errors import ModelError
+from navml.perms import follow_umask
 
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
@@ -56,6 +57,7 @@ def save_model(model, meta: ModelMeta, folder: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         model.save(tmp)
+        follow_umask(tmp)
         os.replace(tmp, folder / MODEL_FILE)
     finally:
         if os.path.exists(tmp):

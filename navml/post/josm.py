@@ -19,6 +19,8 @@ from xml.sax.saxutils import escape
 
 from shapely.geometry.base import BaseGeometry
 
+from navml.perms import follow_umask
+
 #: OSM's coordinate precision, decimals.
 PRECISION = 7
 
@@ -106,6 +108,7 @@ def write_osm(features: Sequence[Mapping[str, Any]], tags: Mapping[str, Mapping[
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(osm_xml(features, tags))
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
