@@ -190,8 +190,11 @@ def test_16_bit_and_unplaced_geotiffs_get_concrete_advice(tmp_path, small_grid):
         dst.write(data)
     with pytest.raises(InputError) as err:
         build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    assert f"gdal_translate -ot Byte -scale {lo:g} {hi:g} 0 255 u16.tif u16_8bit.tif" in str(err.value)
+    msg = str(err.value)
+    assert "pixels are uint16, imagery is 8-bit; set imagery.stretch: percentile" in msg and "gdal" not in msg
+    for b in range(3):  # the numbers the stretch would use, per band
+        lo, hi = np.percentile(data[b], [2, 98])
+        assert f"band {b + 1}: {lo:g}..{hi:g}" in msg
     with rasterio.open(tmp_path / "raw.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
         dst.write(np.zeros((3, 8, 8), "uint8"))
     with pytest.raises(InputError, match=r"raw\.tif: GeoTIFF has no geotransform .* world file \(raw\.tfw\)"):
@@ -224,7 +227,7 @@ def test_geotiff_bad_inputs(tmp_path, small_grid):
     with rasterio.open(tmp_path / "u16.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint16",
                        crs="EPSG:32613", transform=from_origin(500000, 4400000, 1, 1)) as dst:
         dst.write(np.ones((3, 8, 8), "uint16"))
-    with pytest.raises(InputError, match="u16.tif: pixels are uint16.*gdal_translate"):
+    with pytest.raises(InputError, match="u16.tif: pixels are uint16.*set imagery.stretch: percentile"):
         build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
     make_geotiff(tmp_path / "rgb.tif", UTM, (lon0, lat0), (lon0, lat0))
     with pytest.raises(InputError, match="has 3 band"):
@@ -501,9 +504,8 @@ def test_xyz_resume_after_failure_fetches_only_missing(tmp_path, small_grid, ser
     kw = dict(source="xyz", url=url, retries=1, workers=2, cache_dir=tmp_path / "cache", **FAST)
     with pytest.raises(FetchError):
         build_imagery(store, tiles, **kw)
-    # The first shard is complete; the one with the failed tile was not written.
-    first, second = sorted({(t.x // 4, t.y // 4) for t in tiles})
-    assert [(s.x, s.y) for s in store.shards("imagery")] == [first]
+    # No layer is written unless every shard is (the first shard's tiles are cached all the same).
+    assert store.shards("imagery") == [] and not any((tmp_path / "store").glob(".imagery*"))
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 5
     assert not list(tmp_path.rglob("*.part"))
     server.broken.clear()
@@ -514,7 +516,16 @@ def test_xyz_resume_after_failure_fetches_only_missing(tmp_path, small_grid, ser
     check_store(store, tiles)
 
 
-def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt for the test's duration, however pytest was started
+    (a script that starts it in the background leaves SIGINT ignored); restored afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server, ctrl_c):
     tiles = xyz_tiles(small_grid, 4, 2)
     stop_at = tiles[2]
     server.faults[(stop_at.z, stop_at.x, stop_at.y)] = ["interrupt"]
@@ -525,8 +536,7 @@ def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server):
     got = {tuple(int(v) for v in (p.parent.parent.name, p.parent.name, p.stem)) for p in (tmp_path / "cache").rglob("*.png")}
     assert 0 < len(got) < len(tiles)
     assert not list(tmp_path.rglob("*.part"))
-    for s in store.shards("imagery"):  # whatever was written is a whole, readable shard
-        assert store.read_shard("imagery", s).shape == (3, 1024, 1024)
+    assert store.shards("imagery") == [] and not list(tmp_path.rglob(".imagery*"))  # no half-written layer
     server.hits.clear()
     counts = build_imagery(store, tiles, **kw)
     assert set(server.hits) == {(t.z, t.x, t.y) for t in tiles} - got

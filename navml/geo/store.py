@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.windows import Window as RioWindow
 
 from navml.errors import InputError
@@ -101,14 +103,24 @@ class Store:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tif.part", dir=target.parent)
         os.close(fd)
         try:
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
-                tmp, "w", **self.profile(shard, array.shape[0], str(array.dtype))
-            ) as dst:
-                dst.write(array)
-                if valid is not None:
-                    dst.write_mask(np.where(np.asarray(valid) > 0, 255, 0).astype("uint8"))
-                if tags:
-                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            profile = self.profile(shard, array.shape[0], str(array.dtype))
+            mem = f"/vsimem/navml-{uuid.uuid4().hex}.tif"
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                # Built in memory, then copied in one pass (GDAL CreateCopy, blocks in order):
+                # the file's layout, not only its pixels, then never depends on when GDAL's
+                # process-wide block cache flushes, so the same shard is the same bytes.
+                try:
+                    with rasterio.open(mem, "w", **{**profile, "compress": None, "predictor": 1}) as dst:
+                        dst.write(array)
+                        if valid is not None:
+                            dst.write_mask(np.where(np.asarray(valid) > 0, 255, 0).astype("uint8"))
+                        if tags:
+                            dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                    options = {k: profile[k] for k in ("tiled", "blockxsize", "blockysize", "compress", "predictor")}
+                    rasterio.shutil.copy(mem, tmp, driver="GTiff", **options)
+                finally:
+                    if rasterio.shutil.exists(mem):
+                        rasterio.shutil.delete(mem)
             follow_umask(tmp)
             os.replace(tmp, target)
         finally:

@@ -386,7 +386,7 @@ def build_from_geotiff(
 
     def one(layer: str, shard: Tile) -> tuple[Tile, int]:
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(info.path) as src:
+            with rasterio.open(info.path) as src:
                 arr, valid = warp_shard(src, shard, groups[shard], grid, info.band_indexes, resampling, info.scale)
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{info.path}: read failed while warping shard {shard.z}/{shard.x}/{shard.y} ({exc})") from exc
@@ -404,7 +404,12 @@ def build_from_geotiff(
     # inside reproject(); the georeferencing is passed explicitly, so hide it.
     with warnings.catch_warnings(), tqdm(total=len(tiles), unit="tile", desc="imagery (geotiff)", disable=None if progress else True) as bar:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with store.staged_layer(LAYER) as staging, ThreadPoolExecutor(max_workers=workers) as pool:
+        # GDAL_CACHEMAX resizes GDAL's one, process-wide block cache: set it once, here, around
+        # all the threads (set per thread, a resize under another thread's reads and writes
+        # corrupts pixels of the shards).
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), store.staged_layer(LAYER) as staging, ThreadPoolExecutor(
+            max_workers=workers
+        ) as pool:
             futures = [pool.submit(one, staging, s) for s in groups]
             try:
                 for fut in futures:
