@@ -40,7 +40,8 @@ PAD = 4
 #: Resampling methods accepted by ``imagery.resampling``.
 RESAMPLING = ("bilinear", "cubic", "lanczos", "average", "nearest")
 #: GDAL block cache, MB. Each source block is read about once, so a big cache
-#: only adds memory (GDAL's default is 5 % of RAM).
+#: only adds memory (GDAL's default is 5 % of RAM). Passed in bytes: rasterio hands
+#: a small number to GDAL as bytes (64 meant a 64-byte cache).
 GDAL_CACHEMAX_MB = 64
 
 
@@ -407,7 +408,7 @@ def build_from_geotiff(
         # GDAL_CACHEMAX resizes GDAL's one, process-wide block cache: set it once, here, around
         # all the threads (set per thread, a resize under another thread's reads and writes
         # corrupts pixels of the shards).
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), store.staged_layer(LAYER) as staging, ThreadPoolExecutor(
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB * 2**20), store.staged_layer(LAYER) as staging, ThreadPoolExecutor(
             max_workers=workers
         ) as pool:
             futures = [pool.submit(one, staging, s) for s in groups]

@@ -116,13 +116,29 @@ def _quiet_opencv() -> None:
         logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
 
 
+#: The last chunk of every PNG (IEND, with its CRC).
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _truncated(data: bytes) -> bool:
+    """True for a PNG, JPEG or WebP cut short (a dropped connection, a full disk): the decoder's
+    own libraries would print their complaints straight to stderr, so such a body never reaches them."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return not data.rstrip(b"\x00").endswith(_PNG_END)
+    if data.startswith(b"\xff\xd8"):
+        return not data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9")
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    return False
+
+
 def decode_tile_valid(data: bytes, size: int) -> tuple[np.ndarray, np.ndarray] | None:
     """An encoded tile (PNG / JPEG / WebP) as RGB uint8 (3, size, size) and its valid-data mask
     (bool, size x size: False where the tile is transparent); ``None`` if ``data`` is not an image.
     Transparent pixels become 0; other sizes are resampled."""
     import cv2
 
-    if not data:
+    if not data or _truncated(data):
         return None
     _quiet_opencv()
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
