@@ -42,7 +42,7 @@ RESAMPLING = ("bilinear", "cubic", "lanczos", "average", "nearest")
 #: GDAL block cache, MB. Each source block is read about once, so a big cache
 #: only adds memory (GDAL's default is 5 % of RAM). Passed in bytes: rasterio hands
 #: a small number to GDAL as bytes (64 meant a 64-byte cache).
-GDAL_CACHEMAX_MB = 64
+GDAL_CACHEMAX_MB = 16
 
 
 #: Ways to bring the source's values to 8 bit (``imagery.stretch``).
@@ -296,19 +296,24 @@ def warp_shard(
         return out, valid
     h, w = int(rwin.height), int(rwin.width)
     oh, ow = max(1, math.ceil(h / dec)), max(1, math.ceil(w / dec))
-    data = np.empty((k + 1, oh, ow), dtype="float32")
+    # Warped in the source's own type (uint8 stays uint8: memory as for a plain RGB warp).
+    dtype = np.result_type(*(src.dtypes[b - 1] for b in band_indexes))
+    data = np.empty((k + 1, oh, ow), dtype=dtype)
     data[:k] = src.read(
         indexes=list(band_indexes),
         window=rwin,
         out_shape=(k, oh, ow),
         resampling=Resampling.average if dec > 1 else Resampling.nearest,
-        out_dtype="float32",
+        out_dtype=dtype,
     )
     # The source's valid pixels (nodata, alpha band or internal mask) travel as an alpha band:
     # the warper then never blends invalid pixels in, and writes the coverage of each output pixel.
-    data[k] = src.dataset_mask(window=rwin, out_shape=(oh, ow))
+    # Full alpha is GDAL's default for the type: 65535 for uint16, 32767 for int16, else 255.
+    full = {np.dtype("uint16"): 65535, np.dtype("int16"): 32767}.get(np.dtype(dtype), 255)
+    mask = src.dataset_mask(window=rwin, out_shape=(oh, ow))
+    data[k] = np.where(mask > 0, full, 0)
     src_transform = src.window_transform(rwin) @ Affine.scale(w / ow, h / oh)
-    dst = np.zeros((k + 1, box.height, box.width), dtype="float32")
+    dst = np.zeros((k + 1, box.height, box.width), dtype=dtype)
     reproject(
         source=data,
         destination=dst,
@@ -322,13 +327,14 @@ def warp_shard(
         num_threads=1,
         init_dest_nodata=False,
     )
+    del data
     # Keep only the listed tiles.
     size = grid.tile_size
     keep = np.zeros((box.height // size, box.width // size), dtype=bool)
     for t in tiles:
         keep[t.y - box.row // size, t.x - box.col // size] = True
-    ok = np.kron(keep, np.ones((size, size), dtype=bool)) & (dst[k] >= 255.0 * MIN_COVER)
-    img = to_uint8(dst[:k], scale) * ok[None]
+    ok = np.kron(keep, np.ones((size, size), dtype=bool)) & (dst[k] >= full * MIN_COVER)
+    img = (dst[:k] if scale is None and dst.dtype == np.uint8 else to_uint8(dst[:k], scale)) * ok[None]
     sw = shard_window(shard, grid)
     r0, c0 = box.row - sw.row, box.col - sw.col
     out[:, r0 : r0 + box.height, c0 : c0 + box.width] = img
