@@ -876,3 +876,51 @@ def test_truncated_png_tile_is_one_line_on_stderr(tmp_path, small_grid, server):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("navml: error: ") and f"/18/{bad.x}/{bad.y}.png: gave up after 4 attempt(s)" in lines[0]
     assert "not an image" in lines[0]
+
+
+def test_cli_reads_the_new_imagery_keys(tmp_path, small_grid):
+    from navml.cli.imagery import command
+    import typer
+
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 120.0, 0.5)
+    data = np.stack([np.full((n, n), v, "uint16") for v in (3000, 1000, 2000, 4000)])
+    data[1, :, : n // 2] = 1200  # R has two values: the stretch maps them to 0 and 255
+    write_tif(tmp_path / "nrgb.tif", data, UTM, transform)
+    tiles = tiles_around(lon0, lat0, 0.0004)
+    write_tiles_csv(tmp_path / "tiles.csv", tiles, small_grid)
+    (tmp_path / "params.yaml").write_text(
+        "grid: {zoom: 18, tile_size: 256, shard_zoom: 16}\n"
+        f"imagery: {{source: geotiff, geotiff: {tmp_path / 'nrgb.tif'}, band_indexes: [2, 3, 4], stretch: percentile, "
+        "percentiles: [1, 99], resampling: nearest, workers: 2}\n"
+    )
+    app = typer.Typer()
+    app.command()(command)
+    res = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "tiles.csv"),
+                                   "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+    store = Store(tmp_path / "store", small_grid)
+    values, valid = shard_pixels(store)
+    assert store.count("imagery") == 3 and valid.any()
+    assert set(np.unique(values[0, valid])) <= {0, 255} and {0, 255} <= set(np.unique(values[0, valid]))
+    with rasterio.open(store.path("imagery", store.shards("imagery")[0])) as src:
+        assert src.tags()["navml_band_indexes"] == "2,3,4" and src.tags()["navml_percentiles"] == "1,99"
+
+
+def test_staged_layer_repairs_a_swap_killed_between_its_renames(tmp_path, small_grid):
+    store = Store(tmp_path / "store", small_grid)
+    shard = Tile(13654, 24871, 16)
+    store.write_shard("imagery", shard, np.full((3, 1024, 1024), 7, "uint8"))
+    old_bytes = store.path("imagery", shard).read_bytes()
+    os.replace(tmp_path / "store" / "imagery", tmp_path / "store" / ".imagery.old")  # killed after the first rename
+    (tmp_path / "store" / ".imagery.partial").mkdir()  # and its staging folder left behind
+    with pytest.raises(RuntimeError):
+        with store.staged_layer("imagery") as staging:
+            store.write_shard(staging, shard, np.zeros((3, 1024, 1024), "uint8"))
+            raise RuntimeError("the new run fails too")
+    assert store.path("imagery", shard).read_bytes() == old_bytes
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]
+    with store.staged_layer("imagery") as staging:
+        store.write_shard(staging, shard, np.zeros((3, 1024, 1024), "uint8"))
+    assert not store.read_shard("imagery", shard).any()
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]
