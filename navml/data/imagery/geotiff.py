@@ -298,6 +298,8 @@ def warp_shard(
     oh, ow = max(1, math.ceil(h / dec)), max(1, math.ceil(w / dec))
     # Warped in the source's own type (uint8 stays uint8: memory as for a plain RGB warp).
     dtype = np.result_type(*(src.dtypes[b - 1] for b in band_indexes))
+    if dtype == np.int8:  # the alpha band's 255 needs more room
+        dtype = np.dtype("int16")
     data = np.empty((k + 1, oh, ow), dtype=dtype)
     data[:k] = src.read(
         indexes=list(band_indexes),
