@@ -16,15 +16,36 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _LOCK:  # elsewhere: set and restore (other threads must not create files meanwhile)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 def _umask_mode(directory: bool = False) -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def follow_umask(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give ``path`` (made by ``mkstemp``/``mkdtemp``: 0600/0700) the mode ``open()``/``mkdir`` would have: 0o666 (0o777) minus the umask."""
+    os.chmod(path, _umask_mode(directory))
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
 from navml.errors import ConfigError, FetchError, InputError
-from navml.geo.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, tile_window
+from navml.geo.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, shard_window, tile_window
 from navml.data.imagery import build_imagery
 from navml.data.imagery.xyz import TileUrl, _retry_after, decode_tile
 from navml.geo.store import Store
@@ -190,8 +190,11 @@ def test_16_bit_and_unplaced_geotiffs_get_concrete_advice(tmp_path, small_grid):
         dst.write(data)
     with pytest.raises(InputError) as err:
         build_imagery(store, tiles_around(lon0, lat0, 0.001), source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
-    lo, hi = np.percentile(data, [0.5, 99.5])
-    assert f"gdal_translate -ot Byte -scale {lo:g} {hi:g} 0 255 u16.tif u16_8bit.tif" in str(err.value)
+    msg = str(err.value)
+    assert "pixels are uint16, imagery is 8-bit; set imagery.stretch: percentile" in msg and "gdal" not in msg
+    for b in range(3):  # the numbers the stretch would use, per band
+        lo, hi = np.percentile(data[b], [2, 98])
+        assert f"band {b + 1}: {lo:g}..{hi:g}" in msg
     with rasterio.open(tmp_path / "raw.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
         dst.write(np.zeros((3, 8, 8), "uint8"))
     with pytest.raises(InputError, match=r"raw\.tif: GeoTIFF has no geotransform .* world file \(raw\.tfw\)"):
@@ -224,7 +227,7 @@ def test_geotiff_bad_inputs(tmp_path, small_grid):
     with rasterio.open(tmp_path / "u16.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint16",
                        crs="EPSG:32613", transform=from_origin(500000, 4400000, 1, 1)) as dst:
         dst.write(np.ones((3, 8, 8), "uint16"))
-    with pytest.raises(InputError, match="u16.tif: pixels are uint16.*gdal_translate"):
+    with pytest.raises(InputError, match="u16.tif: pixels are uint16.*set imagery.stretch: percentile"):
         build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "u16.tif", progress=False)
     make_geotiff(tmp_path / "rgb.tif", UTM, (lon0, lat0), (lon0, lat0))
     with pytest.raises(InputError, match="has 3 band"):
@@ -300,7 +303,8 @@ class TileServer:
     service): ``"500"``, ``"429"`` (Retry-After: 0), ``"slow"`` (answers after
     ``slow_s``), ``"garbage"`` (200 with bytes that are not an image),
     ``"interrupt"`` (sends SIGINT to this process, like Ctrl-C, then serves).
-    ``missing`` tiles always get 404, ``broken`` tiles always 503. With
+    ``missing`` tiles always get 404, ``broken`` tiles always 503, ``truncated``
+    tiles always a PNG cut to a third of its bytes. With
     ``token`` set, a request without ``?access_token=<token>`` gets 403.
     Paths: ``/{z}/{x}/{y}.png`` and ``/tms/{z}/{x}/{y}.png`` (y counted from the south).
     """
@@ -310,6 +314,7 @@ class TileServer:
         self.faults: dict[tuple, list[str]] = {}
         self.missing: set[tuple] = set()
         self.broken: set[tuple] = set()
+        self.truncated: set[tuple] = set()
         self.token = token
         self.slow_s = slow_s
         self.lock = threading.Lock()
@@ -372,7 +377,10 @@ class TileServer:
         if action == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
         ok, png = cv2.imencode(".png", tile_rgb(z, x, y).transpose(1, 2, 0)[:, :, ::-1])
-        self.send(h, 200, png.tobytes(), {"Content-Type": "image/png"})
+        body = png.tobytes()
+        if key in self.truncated:
+            body = body[: len(body) // 3]
+        self.send(h, 200, body, {"Content-Type": "image/png"})
 
 
 @pytest.fixture
@@ -501,9 +509,8 @@ def test_xyz_resume_after_failure_fetches_only_missing(tmp_path, small_grid, ser
     kw = dict(source="xyz", url=url, retries=1, workers=2, cache_dir=tmp_path / "cache", **FAST)
     with pytest.raises(FetchError):
         build_imagery(store, tiles, **kw)
-    # The first shard is complete; the one with the failed tile was not written.
-    first, second = sorted({(t.x // 4, t.y // 4) for t in tiles})
-    assert [(s.x, s.y) for s in store.shards("imagery")] == [first]
+    # No layer is written unless every shard is (the first shard's tiles are cached all the same).
+    assert store.shards("imagery") == [] and not any((tmp_path / "store").glob(".imagery*"))
     assert len(list((tmp_path / "cache").rglob("*.png"))) == 5
     assert not list(tmp_path.rglob("*.part"))
     server.broken.clear()
@@ -514,7 +521,16 @@ def test_xyz_resume_after_failure_fetches_only_missing(tmp_path, small_grid, ser
     check_store(store, tiles)
 
 
-def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt for the test's duration, however pytest was started
+    (a script that starts it in the background leaves SIGINT ignored); restored afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server, ctrl_c):
     tiles = xyz_tiles(small_grid, 4, 2)
     stop_at = tiles[2]
     server.faults[(stop_at.z, stop_at.x, stop_at.y)] = ["interrupt"]
@@ -525,8 +541,7 @@ def test_xyz_resume_after_ctrl_c(tmp_path, small_grid, server):
     got = {tuple(int(v) for v in (p.parent.parent.name, p.parent.name, p.stem)) for p in (tmp_path / "cache").rglob("*.png")}
     assert 0 < len(got) < len(tiles)
     assert not list(tmp_path.rglob("*.part"))
-    for s in store.shards("imagery"):  # whatever was written is a whole, readable shard
-        assert store.read_shard("imagery", s).shape == (3, 1024, 1024)
+    assert store.shards("imagery") == [] and not list(tmp_path.rglob(".imagery*"))  # no half-written layer
     server.hits.clear()
     counts = build_imagery(store, tiles, **kw)
     assert set(server.hits) == {(t.z, t.x, t.y) for t in tiles} - got
@@ -567,7 +582,345 @@ def test_decode_tile_variants():
     assert big.shape == (3, 256, 256) and (big == 77).all()
     jpg = decode_tile(cv2.imencode(".jpg", bgr)[1].tobytes(), 256)
     assert jpg.shape == (3, 256, 256)
+    for cut in (png, cv2.imencode(".jpg", bgr)[1].tobytes()):  # truncated bodies are not images, silently
+        assert decode_tile(cut[: len(cut) // 2], 256) is None and decode_tile(cut[:-2], 256) is None
     assert decode_tile(b"<html>rate limited</html>", 256) is None
     assert decode_tile(b"", 256) is None
     assert _retry_after("3") == 3.0 and _retry_after(None) is None
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# --------------------------------------------------------------------------- GeoTIFFs as users have them
+
+
+def write_tif(path: Path, data: np.ndarray, crs: int, transform, nodata=None) -> None:
+    """A tiled GeoTIFF of ``data`` (bands, rows, cols) in EPSG ``crs``."""
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=str(data.dtype),
+                   crs=f"EPSG:{crs}", transform=transform, tiled=True, blockxsize=256, blockysize=256, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+def utm_frame(center: tuple[float, float], size_m: float, gsd_m: float):
+    """Transform and pixel count of a square UTM 13N raster of ``size_m`` centred on ``center`` (lon, lat)."""
+    cx, cy = Transformer.from_crs(4326, UTM, always_xy=True).transform(*center)
+    n = int(round(size_m / gsd_m))
+    return from_origin(cx - n * gsd_m / 2, cy + n * gsd_m / 2, gsd_m, gsd_m), n
+
+
+def source_position(tile: Tile, transform, step: int = 15):
+    """Sample pixels of ``tile`` (rows, cols in the tile) and their source (col, row) in the UTM raster."""
+    w = tile_window(tile)
+    rows, cols = np.mgrid[0:256:step, 0:256:step]
+    lon, lat = pixel_to_lonlat(w.col + cols + 0.5, w.row + rows + 0.5, 18)
+    x, y = Transformer.from_crs(4326, UTM, always_xy=True).transform(lon, lat)
+    sc, sr = ~transform @ (x, y)
+    return rows, cols, sc, sr
+
+
+def shard_pixels(store: Store) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel of layer imagery (bands, N) and its valid-data mask (N,), all shards."""
+    arrs, masks = [], []
+    for s in store.shards("imagery"):
+        arrs.append(store.read_shard("imagery", s).reshape(store.count("imagery"), -1))
+        masks.append(store.read_valid("imagery", shard_window(s, store.grid)).ravel())
+    return np.concatenate(arrs, axis=1), np.concatenate(masks)
+
+
+def test_rgb_with_nodata_255_gives_0_and_no_imagery_outside_its_footprint(tmp_path, small_grid):
+    """A real orthophoto in UTM: its footprint (a rotated square in Web Mercator) inside a nodata
+    frame of 255, and an AOI larger than the file. The store holds 0 outside the footprint and
+    the valid-data mask says where the imagery is."""
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 300.0, 0.3)
+    rr, cc = np.mgrid[0:n, 0:n]
+    data = np.empty((3, n, n), dtype="uint8")
+    data[0] = 20 + (200 * cc // n)  # 20..219: never 255 inside the footprint
+    data[1] = 20 + (200 * rr // n)
+    data[2] = 90
+    frame = (cc < n // 5) | (rr > n - n // 6)  # west and south strips: nodata
+    data[:, frame] = 255
+    write_tif(tmp_path / "ortho.tif", data, UTM, transform, nodata=255)
+    tiles = tiles_around(lon0, lat0, 0.003)  # ~500 m across: the file covers the middle
+    store = Store(tmp_path / "store", small_grid)
+
+    counts = build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "ortho.tif", progress=False)
+
+    values, valid = shard_pixels(store)
+    assert (values < 255).all()  # not one pixel of the nodata value
+    assert not values[:, ~valid].any()  # no imagery -> 0
+    assert (values[:, valid] >= 19).all() and (values[2, valid] == 90).all()
+    # The valid share is the footprint's share of the listed tiles, within 1 %.
+    px_m = 2 * 20037508.342789244 / (256 * 2**18) * np.cos(np.radians(lat0))
+    footprint_px = (~frame).sum() * (0.3 / px_m) ** 2
+    assert valid.sum() == pytest.approx(footprint_px, rel=0.01)
+    assert 0 < counts["tiles_empty"] < len(tiles)
+    # Pixel by pixel: valid exactly where the source position is inside the footprint (1.5 px of slack at the edges).
+    for t in (tiles[0], tiles[len(tiles) // 2], tiles[-1]):
+        rows, cols, sc, sr = source_position(t, transform)
+        ok = store.read_valid_tile("imagery", t)[rows, cols]
+        inside = (sc >= n // 5 + 1.5) & (sc < n - 1.5) & (sr >= 1.5) & (sr < n - n // 6 - 1.5)
+        outside = (sc < n // 5 - 1.5) | (sc >= n + 1.5) | (sr < -1.5) | (sr >= n - n // 6 + 1.5)
+        assert ok[inside].all() and not ok[outside].any()
+
+
+def test_rgba_alpha_band_is_the_mask_and_band_indexes_pick_rgb(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 240.0, 0.3)
+    data = np.full((4, n, n), 120, dtype="uint8")
+    data[3] = 255
+    data[3, :, : n // 2] = 0  # west half transparent
+    write_tif(tmp_path / "rgba.tif", data, UTM, transform)
+    with rasterio.open(tmp_path / "rgba.tif", "r+") as dst:
+        dst.colorinterp = [rasterio.enums.ColorInterp.red, rasterio.enums.ColorInterp.green,
+                           rasterio.enums.ColorInterp.blue, rasterio.enums.ColorInterp.alpha]
+    store = Store(tmp_path / "store", small_grid)
+    build_imagery(store, tiles_around(lon0, lat0, 0.0015), source="geotiff", geotiff=tmp_path / "rgba.tif",
+                  band_indexes=[1, 2, 3], progress=False)
+    values, valid = shard_pixels(store)
+    assert store.count("imagery") == 3
+    assert (values[:, valid] == 120).all() and not values[:, ~valid].any()
+    px_m = 2 * 20037508.342789244 / (256 * 2**18) * np.cos(np.radians(lat0))
+    assert valid.sum() == pytest.approx(n * n / 2 * (0.3 / px_m) ** 2, rel=0.02)
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_4_band_16_bit_geotiff_works_with_stretch_and_band_indexes(tmp_path, small_grid, dtype):
+    """A 4-band (NIR, R, G, B) 12-bit-in-uint16 orthophoto in UTM with nodata 0: band_indexes [2, 3, 4]
+    and a 2..98 percentile stretch, the same for every shard."""
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 300.0, 0.5)
+    rr, cc = np.mgrid[0:n, 0:n].astype("float64")
+    data = np.empty((4, n, n), dtype=dtype)
+    data[0] = 3000  # NIR, not asked for
+    data[1] = 400 + 3000 * cc / n  # R grows east
+    data[2] = 900 + 1500 * rr / n  # G grows south
+    data[3] = 100 + 2000 * (cc + rr) / (2 * n)
+    data[:, :10, :] = 0  # a nodata strip on the north edge
+    write_tif(tmp_path / "nrgb.tif", data, UTM, transform, nodata=0)
+    tiles = tiles_around(lon0, lat0, 0.0012)
+    store = Store(tmp_path / "store", small_grid)
+
+    counts = build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", band_indexes=[2, 3, 4],
+                           stretch="percentile", percentiles=[2, 98], workers=2, progress=False)
+
+    assert store.count("imagery") == 3 and counts["shards"] == 4
+    valid_src = data[1] != 0
+    scale = [np.percentile(data[b][valid_src].astype("float64"), [2, 98]) for b in (1, 2, 3)]
+    tags = set()
+    for s in store.shards("imagery"):
+        with rasterio.open(store.path("imagery", s)) as src:
+            tags.add(src.tags()["navml_scale"])
+    assert len(tags) == 1  # one stretch for all shards
+    got = [tuple(map(float, p.split(","))) for p in tags.pop().split(";")]
+    np.testing.assert_allclose(got, scale, rtol=1e-4)
+    home = tiles_around(lon0 + 1e-6, lat0 - 1e-6, 0.0)[0]  # SE of the shard corner
+    for t in (Tile(home.x - 1, home.y - 1, 18), home):  # tiles in two different shards
+        rows, cols, sc, sr = source_position(t, transform)
+        img = store.read_tile("imagery", t).astype("float64")[:, rows, cols]
+        ok = (sr > 12) & (sr < n - 2) & (sc > 2) & (sc < n - 2)
+        assert ok.sum() > 100
+        raw = [400 + 3000 * (sc - 0.5) / n, 900 + 1500 * (sr - 0.5) / n, 100 + 2000 * (sc + sr - 1) / (2 * n)]
+        for b in range(3):
+            lo, hi = scale[b]
+            want = np.clip((raw[b] - lo) / (hi - lo) * 255, 0, 255)
+            assert np.abs(img[b][ok] - want[ok]).max() < 1.6, b
+    values, valid = shard_pixels(store)
+    assert not values[:, ~valid].any() and values[:, valid].max() == 255 and values[:, valid].min() == 0
+
+
+def test_16_bit_problems_are_reported_together_before_writing(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 60.0, 0.5)
+    write_tif(tmp_path / "nrgb.tif", np.full((4, n, n), 1000, "uint16"), UTM, transform)
+    tiles = tiles_around(lon0, lat0, 0.0005)
+    store = Store(tmp_path / "store", small_grid)
+    with pytest.raises(InputError) as err:
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", band_indexes=[2, 3, 5], progress=False)
+    msg = str(err.value)
+    assert "imagery.band_indexes [2, 3, 5] asks for band(s) [5] but the file has 4 band(s)" in msg
+    assert "pixels are uint16, imagery is 8-bit; set imagery.stretch: percentile" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match=r"imagery.bands: 3 but imagery.band_indexes \[1\] picks 1 band"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", bands=3, band_indexes=[1], progress=False)
+    for bad, match in [([0, 1, 2], "numbered from 1"), ([1, 1, 2], "twice"), (["r", "g", "b"], "1-based band numbers")]:
+        with pytest.raises(ConfigError, match=match):
+            build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", band_indexes=bad, progress=False)
+    for bad in ([98, 2], [2], "2,98", [-1, 50]):
+        with pytest.raises(ConfigError, match="imagery.percentiles"):
+            build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", stretch="percentile", percentiles=bad, progress=False)
+    with pytest.raises(ConfigError, match="imagery.stretch: 'minmax' is not one of none, percentile"):
+        build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "nrgb.tif", stretch="minmax", progress=False)
+    assert not (tmp_path / "store").exists()
+
+
+def test_single_band_16_bit_orthophoto(tmp_path, small_grid):
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 120.0, 0.3)
+    data = (500 + 5000 * np.mgrid[0:n, 0:n][1][None] / n).astype("uint16")  # grows east
+    write_tif(tmp_path / "gray16.tif", data, UTM, transform)
+    store = Store(tmp_path / "store", small_grid)
+    with pytest.raises(InputError, match="has 1 band.*set imagery.bands: 1 and train.bands: 1.*imagery.stretch: percentile"):
+        build_imagery(store, tiles_around(lon0, lat0, 0.0008), source="geotiff", geotiff=tmp_path / "gray16.tif", progress=False)
+    build_imagery(store, tiles_around(lon0, lat0, 0.0008), source="geotiff", geotiff=tmp_path / "gray16.tif", bands=1,
+                  stretch="percentile", progress=False)
+    values, valid = shard_pixels(store)
+    assert store.count("imagery") == 1 and valid.any()
+    assert values[0, valid].min() == 0 and values[0, valid].max() == 255
+
+
+def test_outputs_follow_the_umask(tmp_path, small_grid, server):
+    from navml.post.josm import write_osm
+
+    lon0, lat0 = shard_corner(small_grid)
+    make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
+    old = os.umask(0o027)
+    try:
+        store = Store(tmp_path / "store", small_grid)
+        build_imagery(store, tiles_around(lon0, lat0, 0.0005), source="geotiff", geotiff=tmp_path / "src.tif", progress=False)
+        build_imagery(Store(tmp_path / "xyz", small_grid), xyz_tiles(small_grid, 1, 1), source="xyz",
+                      url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
+        write_osm([], {}, tmp_path / "josm" / "new.osm")
+    finally:
+        os.umask(old)
+    files = [*(tmp_path / "store").rglob("*.tif"), *(tmp_path / "xyz").rglob("*.tif"), *(tmp_path / "cache").rglob("*.png"),
+             tmp_path / "josm" / "new.osm"]
+    assert len(files) >= 4
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+    assert oct((tmp_path / "store" / "imagery").stat().st_mode & 0o777) == oct(0o750)
+
+
+def test_xyz_layer_switches_as_a_whole(tmp_path, small_grid, server):
+    """A new source that fails on one shard's tiles leaves the old layer byte for byte."""
+    tiles = xyz_tiles(small_grid, 3, 2)  # two shards
+    store = Store(tmp_path / "store", small_grid)
+    build_imagery(store, tiles, source="xyz", url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")}
+    assert len(before) == 2
+    last = tiles[-1]  # in the second shard; the first shard is done before it fails
+    server.broken.add((last.z, last.x, last.y))
+    new = dict(source="xyz", url=server.base + "/tms/{z}/{x}/{-y}.png", retries=1, workers=1, cache_dir=tmp_path / "cache", **FAST)
+    with pytest.raises(FetchError):
+        build_imagery(store, tiles, **new)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")} == before
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]
+    server.broken.clear()
+    build_imagery(store, tiles, **new)
+    for s in store.shards("imagery"):
+        with rasterio.open(store.path("imagery", s)) as src:
+            assert src.tags()["navml_url"].endswith("/tms/{z}/{x}/{-y}.png")
+    check_store(store, tiles)
+
+
+KILLED_RUN = """
+import sys
+from navml.geo.grid import Grid, Tile
+from navml.geo.store import Store
+from navml.data.imagery import build_imagery
+tiles = [Tile(int(x), int(y), 18) for x, y in (t.split(",") for t in sys.argv[3].split(";"))]
+build_imagery(Store(sys.argv[1], Grid(18, 256, 16)), tiles, source="xyz", url=sys.argv[2], workers=1,
+              cache_dir=sys.argv[4], progress=False, timeout_s=60)
+"""
+
+
+def test_xyz_kill_9_mid_fetch_leaves_the_old_layer(tmp_path, small_grid, server):
+    import subprocess
+    import sys
+    import time
+
+    tiles = xyz_tiles(small_grid, 3, 2)
+    store = Store(tmp_path / "store", small_grid)
+    build_imagery(store, tiles, source="xyz", url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")}
+    last = tiles[-1]
+    server.slow_s = 30.0
+    server.faults[(last.z, last.x, last.y)] = ["slow"]  # the new source hangs on the second shard's last tile
+    arg = ";".join(f"{t.x},{t.y}" for t in tiles)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "store"), server.base + "/tms/{z}/{x}/{-y}.png", arg,
+                             str(tmp_path / "cache2")], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    staging = tmp_path / "store" / ".imagery.partial"
+    deadline = time.monotonic() + 60
+    while not list(staging.glob("*.tif")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(staging.glob("*.tif")), "the new run wrote no shard into its staging layer"
+    proc.kill()  # kill -9 while the second shard's tiles are being fetched
+    proc.wait(timeout=10)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")} == before
+    # The next run cleans the staging folder up and resumes from the cache.
+    server.faults.clear()
+    server.hits.clear()
+    counts = build_imagery(store, tiles, source="xyz", url=server.base + "/tms/{z}/{x}/{-y}.png", cache_dir=tmp_path / "cache2", **FAST)
+    assert counts["cached"] == 5 and counts["fetched"] == 1
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]
+    check_store(store, tiles)
+
+
+def test_truncated_png_tile_is_one_line_on_stderr(tmp_path, small_grid, server):
+    """The CLI on a server that sends a truncated PNG for one tile: navml's one-line error, no OpenCV [ WARN] lines."""
+    import subprocess
+    import sys
+
+    tiles = xyz_tiles(small_grid, 2, 1)
+    bad = tiles[1]
+    server.truncated.add((bad.z, bad.x, bad.y))
+    write_tiles_csv(tmp_path / "tiles.csv", tiles, small_grid)
+    (tmp_path / "params.yaml").write_text(
+        "grid: {zoom: 18, tile_size: 256, shard_zoom: 16}\n"
+        f"imagery: {{source: xyz, url: '{server.base}/{{z}}/{{x}}/{{y}}.png', retries: 3, timeout_s: 2, cache_dir: {tmp_path / 'cache'}}}\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "navml", "imagery", "--params", str(tmp_path / "params.yaml"), "--tiles",
+                           str(tmp_path / "tiles.csv"), "--store", str(tmp_path / "store")], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}, timeout=120)
+    assert proc.returncode == 1
+    assert server.hits[(bad.z, bad.x, bad.y)] == 4  # the first attempt and 3 retries
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("navml: error: ") and f"/18/{bad.x}/{bad.y}.png: gave up after 4 attempt(s)" in lines[0]
+    assert "not an image" in lines[0]
+
+
+def test_cli_reads_the_new_imagery_keys(tmp_path, small_grid):
+    from navml.cli.imagery import command
+    import typer
+
+    lon0, lat0 = shard_corner(small_grid)
+    transform, n = utm_frame((lon0, lat0), 120.0, 0.5)
+    data = np.stack([np.full((n, n), v, "uint16") for v in (3000, 1000, 2000, 4000)])
+    data[1, :, : n // 2] = 1200  # R has two values: the stretch maps them to 0 and 255
+    write_tif(tmp_path / "nrgb.tif", data, UTM, transform)
+    tiles = tiles_around(lon0, lat0, 0.0004)
+    write_tiles_csv(tmp_path / "tiles.csv", tiles, small_grid)
+    (tmp_path / "params.yaml").write_text(
+        "grid: {zoom: 18, tile_size: 256, shard_zoom: 16}\n"
+        f"imagery: {{source: geotiff, geotiff: {tmp_path / 'nrgb.tif'}, band_indexes: [2, 3, 4], stretch: percentile, "
+        "percentiles: [1, 99], resampling: nearest, workers: 2}\n"
+    )
+    app = typer.Typer()
+    app.command()(command)
+    res = CliRunner().invoke(app, ["--params", str(tmp_path / "params.yaml"), "--tiles", str(tmp_path / "tiles.csv"),
+                                   "--store", str(tmp_path / "store")])
+    assert res.exit_code == 0, res.output
+    store = Store(tmp_path / "store", small_grid)
+    values, valid = shard_pixels(store)
+    assert store.count("imagery") == 3 and valid.any()
+    assert set(np.unique(values[0, valid])) <= {0, 255} and {0, 255} <= set(np.unique(values[0, valid]))
+    with rasterio.open(store.path("imagery", store.shards("imagery")[0])) as src:
+        assert src.tags()["navml_band_indexes"] == "2,3,4" and src.tags()["navml_percentiles"] == "1,99"
+
+
+def test_staged_layer_repairs_a_swap_killed_between_its_renames(tmp_path, small_grid):
+    store = Store(tmp_path / "store", small_grid)
+    shard = Tile(13654, 24871, 16)
+    store.write_shard("imagery", shard, np.full((3, 1024, 1024), 7, "uint8"))
+    old_bytes = store.path("imagery", shard).read_bytes()
+    os.replace(tmp_path / "store" / "imagery", tmp_path / "store" / ".imagery.old")  # killed after the first rename
+    (tmp_path / "store" / ".imagery.partial").mkdir()  # and its staging folder left behind
+    with pytest.raises(RuntimeError):
+        with store.staged_layer("imagery") as staging:
+            store.write_shard(staging, shard, np.zeros((3, 1024, 1024), "uint8"))
+            raise RuntimeError("the new run fails too")
+    assert store.path("imagery", shard).read_bytes() == old_bytes
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]
+    with store.staged_layer("imagery") as staging:
+        store.write_shard(staging, shard, np.zeros((3, 1024, 1024), "uint8"))
+    assert not store.read_shard("imagery", shard).any()
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["imagery"]

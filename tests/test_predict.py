@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 
@@ -214,3 +215,78 @@ def test_fold_batchnorm_is_exact_and_removes_every_batchnorm():
     assert a.shape == b.shape == (2, 96, 128, 3)
     assert np.abs(a - b).max() < 1e-4
     assert np.abs(a - 1 / 3).max() > 0.05  # the BN statistics matter
+
+
+def dark_is_parking(seed: int = 0):
+    """A 1x1-conv model that calls dark pixels parking: p = 0.88 on black (like a U-Net on the black
+    frame outside an orthophoto), 0.82 on an asphalt-dark 30, 0.24 on a bright 200."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((None, None, 3))
+    x = layers.Rescaling(1 / 255)(inp)
+    conv = layers.Conv2D(2, 1, activation="softmax")
+    model = keras.Model(inp, conv(x))
+    kernel = np.zeros((1, 1, 3, 2), "float32")
+    kernel[0, 0, :, 0] = 4 / 3  # background logit: 4 x mean brightness
+    conv.set_weights([kernel, np.array([0.0, 2.0], "float32")])
+    return model
+
+
+def test_no_prediction_and_no_polygon_where_there_is_no_imagery(tmp_path, small_grid):
+    """A GeoTIFF covering the west half of the AOI; the model says 0.88 on black. The east half
+    gets probability 0 and vectorize at threshold 0.5 draws only the real lot, in the west half."""
+    import rasterio
+    import shapely
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+    from shapely.geometry import box, shape
+
+    from navml.config import ClassSpec, PostProcess
+    from navml.data.imagery import build_imagery
+    from navml.geo.grid import pixel_to_lonlat, shard_window
+    from navml.segment.vectorize import vectorize_store
+
+    grid = small_grid
+    shards = [Tile(SHARD0.x, SHARD0.y, 16), Tile(SHARD0.x + 1, SHARD0.y, 16)]
+    tiles = [t for s in shards for t in tiles_of_shard(s, grid)]
+    west, east = shard_window(shards[0], grid), shard_window(shards[1], grid)
+    # The orthophoto: UTM 13N, 0.5 m, covering the west shard (and a little margin north, west, south).
+    lon_w, lat_n = pixel_to_lonlat(west.col - 40, west.row - 40, grid.zoom)
+    lon_e, lat_s = pixel_to_lonlat(west.col + west.width, west.row + west.height + 40, grid.zoom)
+    lon_c, lat_c = pixel_to_lonlat(west.col + west.width / 2, west.row + west.height / 2, grid.zoom)
+    to_utm = Transformer.from_crs(4326, 32613, always_xy=True)
+    x0, y1 = to_utm.transform(float(lon_w), float(lat_n))
+    x1, y0 = to_utm.transform(float(lon_e), float(lat_s))
+    xc, yc = to_utm.transform(float(lon_c), float(lat_c))
+    w, h = int((x1 - x0) / 0.5), int((y1 - y0) / 0.5)
+    img = np.full((3, h, w), 200, "uint8")
+    r, c = int((y1 - yc) / 0.5), int((xc - x0) / 0.5)
+    img[:, r - 40 : r + 40, c - 40 : c + 40] = 30  # a dark 40 m x 40 m lot
+    with rasterio.open(tmp_path / "west.tif", "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:32613", transform=from_origin(x0, y1, 0.5, 0.5)) as dst:
+        dst.write(img)
+    store = Store(tmp_path / "store", grid)
+    build_imagery(store, tiles, source="geotiff", geotiff=tmp_path / "west.tif", progress=False)
+    assert not store.read_valid("imagery", east).any()  # the east shard has no imagery at all
+    folder = save(tmp_path, dark_is_parking(), stride=1, receptive_field=1)
+    out = Store(tmp_path / "pred", grid)
+
+    predict_store(store, tiles, folder, out, ["parking"], window=1024, progress=False)
+
+    assert not out.read_window(PROBS, east, bands=1).any()
+    both = Window(west.col, west.row, 2 * west.width, west.height)
+    np.testing.assert_array_equal(out.read_valid(PROBS, both), store.read_valid("imagery", both))
+    pw = out.read_window(PROBS, west, bands=1)[0]
+    assert (pw[store.read_valid("imagery", west)] > 0).all()  # the imagery half is predicted
+    spec = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.5, close_m=2.0, simplify_m=1.0, min_area_m2=20))
+    counts = vectorize_store(out, PROBS, [spec], tmp_path / "pred.geojson", progress=False)
+    feats = json.loads((tmp_path / "pred.geojson").read_text())["features"]
+    assert counts == {"parking": 1} and len(feats) == 1
+    lot = shape(feats[0]["geometry"])
+    assert feats[0]["properties"]["area_m2"] == pytest.approx(1600, rel=0.1)
+    assert lot.centroid.distance(shapely.Point(float(lon_c), float(lat_c))) < 2e-5  # ~2 m
+    lon_mid, _ = pixel_to_lonlat(east.col, east.row, grid.zoom)
+    assert lot.bounds[2] < float(lon_mid)
+    assert not lot.intersects(box(float(lon_mid), float(lat_s) - 1, float(lon_mid) + 1, float(lat_n) + 1))

@@ -284,3 +284,37 @@ def test_probs_of_other_classes_are_refused(tmp_path, small_grid, city_shards):
         vectorize_store(store, "probs", [PARKING], tmp_path / "o.geojson", progress=False)
     with pytest.raises(InputError, match="1 band.*2 segmentation"):
         vectorize_store(store, "probs", [PARKING, PARKING], tmp_path / "o.geojson", progress=False)
+
+
+def test_no_polygon_where_the_layer_has_no_data(tmp_path, small_grid, city_shards):
+    """High probabilities on both sides of a 3 px strip without data (an orthophoto's edge seam):
+    closing would bridge it into one polygon; with the valid-data mask no polygon covers a pixel
+    without data, and the shard-by-shard result equals the mosaic's."""
+    w = city_shards
+    n = small_grid.shard_size
+    g = small_grid
+    probs = np.zeros((1, 2 * n, 2 * n), "uint8")
+    probs[0, :, : n - 3] = 230  # p = 0.9 over the west shards
+    probs[0, n - 100 : n + 100, n : n + 200] = 230  # a 200 px lot just east of the strip, across the shard corner
+    valid = np.ones((2 * n, 2 * n), bool)
+    valid[:, n - 3 : n] = False  # the strip: no data, probability 0
+    store = Store(tmp_path / "p", g)
+    for sy in (0, 1):
+        for sx in (0, 1):
+            rows, cols = slice(sy * n, (sy + 1) * n), slice(sx * n, (sx + 1) * n)
+            store.write_shard("probs", Tile(w.col // n + sx, w.row // n + sy, g.shard_zoom), probs[:, rows, cols], valid=valid[rows, cols])
+    spec = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.0, close_m=4.0, simplify_m=0.0, min_area_m2=1))
+    # Without the mask, closing (4 m = 9 px) joins the lot to the west area across the strip.
+    assert len(vectorize_array(probs, w, g, [spec])) == 1
+
+    vectorize_store(store, "probs", [spec], tmp_path / "o.geojson", progress=False)
+
+    feats = read_features(tmp_path / "o.geojson")
+    ref = vectorize_array(probs, w, g, [spec], valid=valid)
+    assert len(feats) == len(ref) == 2
+    lot, west = sorted((to_pixels(f["geometry"], g.zoom) for f in feats), key=lambda p: p.area)
+    assert lot.area == pytest.approx(200 * 200, rel=0.01)
+    assert west.area == pytest.approx((n - 3) * 2 * n, rel=0.01)
+    assert not (pixel_poly_to_mask([lot, west], w).astype(bool) & ~valid).any()
+    for a, b in zip(sorted(feats, key=lambda f: f["properties"]["area_m2"]), sorted(ref, key=lambda f: f["properties"]["area_m2"])):
+        assert match_iou(a["geometry"], b["geometry"]) > 0.999

@@ -10,8 +10,11 @@ from navml.cli._common import exits, load_params
 from navml.cli.grid import grid_from
 from navml.cli.options import Params, StoreDir, TilesCsv
 
-#: Keys of the ``imagery`` params section (bands, resampling, cache_dir optional).
-KEYS = {"source", "geotiff", "url", "token_env", "workers", "retries", "timeout_s", "bands", "resampling", "cache_dir"}
+#: Keys of the ``imagery`` params section (bands, band_indexes, stretch, percentiles, resampling, cache_dir optional).
+KEYS = {
+    "source", "geotiff", "url", "token_env", "workers", "retries", "timeout_s", "bands", "band_indexes", "stretch",
+    "percentiles", "resampling", "cache_dir",
+}
 
 
 @exits
@@ -43,7 +46,10 @@ def command(
         retries=int(s.get("retries", 5)),
         timeout_s=float(s.get("timeout_s", 20)),
         cache_dir=s.get("cache_dir") or None,
-        bands=int(s.get("bands", 3)),
+        bands=int(s["bands"]) if s.get("bands") is not None else None,
+        band_indexes=s.get("band_indexes") or None,
+        stretch=str(s.get("stretch") or "none"),
+        percentiles=s.get("percentiles") or (2.0, 98.0),
         resampling=str(s.get("resampling", "bilinear")),
     )
     extra = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("source", "shards", "tiles"))

@@ -5,19 +5,37 @@ style GeoTIFFs, ``<root>/<layer>/<z>-<x>-<y>.tif``, one per shard, each on the
 exact EPSG:3857 pixel grid of the tile zoom; a tile is a window of its shard.
 DVC then tracks a few files per shard instead of one file per tile.
 Pixels of a shard outside the area of interest stay 0.
+
+*Valid-data mask*: a shard may carry a GDAL internal mask (a 1-bit band of the
+GeoTIFF, read with :meth:`Store.read_valid`, shown by QGIS as transparency):
+255 where the layer holds data, 0 where it holds none (outside the orthophoto's
+footprint, nodata or transparent source pixels, outside the AOI tiles). The
+pixel values there are 0. A shard without a mask is valid everywhere; a shard
+that does not exist is valid nowhere. ``imagery`` shards carry one, and predict
+copies it into ``probs``.
+
+A stage replaces a layer as a whole: it writes into a hidden staging layer and
+:meth:`Store.staged_layer` swaps the folders at the end, so an interrupted or
+failed run leaves the previous layer exactly as it was.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.windows import Window as RioWindow
 
 from navml.errors import InputError
+from navml.io import follow_umask
 from navml.geo.grid import (
     EPSG, Grid, Tile, Window, intersection, parse_tile, shard_window, shards_of_window, tile_key, tile_window, window_transform,
 )
@@ -65,22 +83,45 @@ class Store:
             "nodata": None,
         }
 
-    def write_shard(self, layer: str, shard: Tile, array: np.ndarray, tags: dict | None = None) -> Path:
-        """Write ``array`` (bands, rows, cols) as the whole shard, atomically."""
+    def write_shard(
+        self, layer: str, shard: Tile, array: np.ndarray, tags: dict | None = None, valid: np.ndarray | None = None
+    ) -> Path:
+        """Write ``array`` (bands, rows, cols) as the whole shard, atomically, mode 0o666 minus the umask.
+
+        ``valid`` (rows, cols; bool or 0/255) is stored as the shard's internal
+        valid-data mask; ``None`` writes no mask (valid everywhere).
+        """
         if array.ndim == 2:
             array = array[None]
         n = self.grid.shard_size
         if array.shape[1:] != (n, n):
             raise ValueError(f"shard array is {array.shape[1:]}, expected {(n, n)}")
+        if valid is not None and valid.shape != (n, n):
+            raise ValueError(f"shard mask is {valid.shape}, expected {(n, n)}")
         target = self.path(layer, shard)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tif.part", dir=target.parent)
         os.close(fd)
         try:
-            with rasterio.open(tmp, "w", **self.profile(shard, array.shape[0], str(array.dtype))) as dst:
-                dst.write(array)
-                if tags:
-                    dst.update_tags(**{k: str(v) for k, v in tags.items()})
+            profile = self.profile(shard, array.shape[0], str(array.dtype))
+            mem = f"/vsimem/navml-{uuid.uuid4().hex}.tif"
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                # Built in memory, then copied in one pass (GDAL CreateCopy, blocks in order):
+                # the file's layout, not only its pixels, then never depends on when GDAL's
+                # process-wide block cache flushes, so the same shard is the same bytes.
+                try:
+                    with rasterio.open(mem, "w", **{**profile, "compress": None, "predictor": 1}) as dst:
+                        dst.write(array)
+                        if valid is not None:
+                            dst.write_mask(np.where(np.asarray(valid) > 0, 255, 0).astype("uint8"))
+                        if tags:
+                            dst.update_tags(**{k: str(v) for k, v in tags.items()})
+                    options = {k: profile[k] for k in ("tiled", "blockxsize", "blockysize", "compress", "predictor")}
+                    rasterio.shutil.copy(mem, tmp, driver="GTiff", **options)
+                finally:
+                    if rasterio.shutil.exists(mem):
+                        rasterio.shutil.delete(mem)
+            follow_umask(tmp)
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -131,6 +172,68 @@ class Store:
         if out is None:
             out = np.full((bands, window.height, window.width), fill, dtype="uint8")
         return out
+
+    def read_valid(self, layer: str, window: Window) -> np.ndarray:
+        """Valid-data mask (bool, height x width) of any global pixel window of ``layer``.
+
+        True where the layer holds data: inside an existing shard and not masked
+        by its internal mask (a shard without one is valid everywhere).
+        """
+        g = self.grid
+        out = np.zeros((window.height, window.width), dtype=bool)
+        for shard in shards_of_window(window, g):
+            path = self.path(layer, shard)
+            if not path.exists():
+                continue
+            sw = shard_window(shard, g)
+            part_win = intersection(window, sw)
+            try:
+                with rasterio.open(path) as src:
+                    part = src.dataset_mask(window=RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
+            except rasterio.errors.RasterioIOError as exc:
+                raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
+            r, c = part_win.row - window.row, part_win.col - window.col
+            out[r : r + part_win.height, c : c + part_win.width] = part > 0
+        return out
+
+    def read_valid_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
+        """Valid-data mask (bool, size x size) of one tile of ``layer``, optionally with ``halo`` pixels around it."""
+        w = tile_window(tile, self.grid.tile_size)
+        if halo:
+            w = Window(w.col - halo, w.row - halo, w.width + 2 * halo, w.height + 2 * halo)
+        return self.read_valid(layer, w)
+
+    @contextmanager
+    def staged_layer(self, layer: str) -> Iterator[str]:
+        """Build a new ``layer`` as a whole: yields the name of a hidden staging layer to write to.
+
+        On normal exit the staging folder replaces ``<root>/<layer>`` (the old
+        folder is renamed aside first and removed only after the new one is in
+        place); on any error, Ctrl-C included, the staging folder is removed
+        and the old layer is left exactly as it was. A run killed between the
+        two renames is repaired at the next start (the old folder comes back).
+        """
+        target = self.root / layer
+        staging = f".{layer}.partial"
+        old = self.root / f".{layer}.old"
+        if not target.exists() and old.exists():
+            os.replace(old, target)
+        shutil.rmtree(self.root / staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        new_root = not self.root.exists()
+        (self.root / staging).mkdir(parents=True)
+        done = False
+        try:
+            yield staging
+            if target.exists():
+                os.replace(target, old)
+            os.replace(self.root / staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+            done = True
+        finally:
+            shutil.rmtree(self.root / staging, ignore_errors=True)
+            if new_root and not done and not any(self.root.iterdir()):
+                self.root.rmdir()  # a failed first run leaves no empty store behind
 
     def read_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """One tile of ``layer`` (bands, size, size), optionally with ``halo`` pixels around it."""

@@ -25,13 +25,19 @@ model is compiled once for any window shape.
 Probabilities are written per shard as the ``probs`` layer of a
 :class:`~navml.geo.store.Store`: uint8, one band per class (``round(p * 255)``,
 so 1.0 is 255), 0 outside the AOI tiles.
+
+No imagery, no prediction: where the imagery's valid-data mask says there is
+no imagery (outside an orthophoto's footprint, its nodata, transparent XYZ
+pixels) the probabilities are 0, whatever the model outputs on the black
+frame, and the ``probs`` shards carry the same valid-data mask, so
+:mod:`navml.segment.vectorize` never draws a polygon there. A window without a
+single valid pixel is not run at all.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -362,58 +368,62 @@ def predict_with_model(
     run = _runner(fold_batchnorm(_flexible(model, bands)), bands)
 
     work = Store(out.root, grid)
-    tmp_layer = f".{PROBS}.partial"
-    shutil.rmtree(work.root / tmp_layer, ignore_errors=True)
     n = grid.shard_size
     n_cls = len(classes)
     tags = {"classes": ",".join(classes), "scale": "1/255", "model": Path(where).name, "halo_px": halo}
     remaining = Counter(s for j in jobs for s in shards_of_window(j.core, grid) if s in groups)
-    buffers: dict[Tile, np.ndarray] = {}
+    buffers: dict[Tile, tuple[np.ndarray, np.ndarray]] = {}
 
-    def read(job: Job) -> np.ndarray:
+    def read(job: Job) -> tuple[np.ndarray | None, np.ndarray]:
+        """The model input of ``job`` (None when its core has no imagery at all) and the core's valid-data mask."""
+        valid = store.read_valid(layer, job.core)
+        if not valid.any():
+            return None, valid
         x = store.read_window(layer, job.input, bands=bands)
-        return np.moveaxis(x, 0, -1)[None].astype("float32")
+        return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
 
-    try:
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, tqdm(
-            total=len(tiles), desc="predict", unit="tile", disable=None if progress else True
-        ) as bar:
-            writes: deque[Future] = deque()
-            next_x = reader.submit(read, jobs[0])
-            for i, job in enumerate(jobs):
-                x = next_x.result()
-                if i + 1 < len(jobs):
-                    next_x = reader.submit(read, jobs[i + 1])
+    with work.staged_layer(PROBS) as tmp_layer, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, tqdm(
+        total=len(tiles), desc="predict", unit="tile", disable=None if progress else True
+    ) as bar:
+        writes: deque[Future] = deque()
+        next_x = reader.submit(read, jobs[0])
+        for i, job in enumerate(jobs):
+            x, valid = next_x.result()
+            if i + 1 < len(jobs):
+                next_x = reader.submit(read, jobs[i + 1])
+            if x is None:  # no imagery in the whole core: nothing to predict
+                core = np.zeros((n_cls, job.core.height, job.core.width), dtype="uint8")
+            else:
                 y = run(x)
                 if y.ndim != 4 or y.shape[-1] != n_cls + 1:
                     raise ModelError(f"{where}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
                 r0 = job.core.row - job.input.row
                 c0 = job.core.col - job.input.col
                 core = np.moveaxis(to_uint8(y[0, r0 : r0 + job.core.height, c0 : c0 + job.core.width, 1:]), -1, 0)
+                core *= valid[None]
                 del x, y
-                for shard in shards_of_window(job.core, grid):
-                    if shard not in groups:
-                        continue
-                    sw = shard_window(shard, grid)
-                    part = intersection(job.core, sw)
-                    buf = buffers.setdefault(shard, np.zeros((n_cls, n, n), dtype="uint8"))
-                    r, c = part.row - job.core.row, part.col - job.core.col
-                    buf[:, part.row - sw.row : part.row - sw.row + part.height, part.col - sw.col : part.col - sw.col + part.width] = core[
-                        :, r : r + part.height, c : c + part.width
-                    ]
-                    remaining[shard] -= 1
-                    if remaining[shard] == 0:
-                        done = buffers.pop(shard)
-                        _keep_tiles(done, shard, groups[shard], grid)
-                        writes.append(writer.submit(work.write_shard, tmp_layer, shard, done, tags))
-                        while len(writes) > 3:  # at most 3 finished shards wait for the disk
-                            writes.popleft().result()  # re-raises a failed write
-                bar.update(job.tiles)
-            while writes:
-                writes.popleft().result()
-        _swap_layer(work.root, tmp_layer, PROBS)
-    finally:
-        shutil.rmtree(work.root / tmp_layer, ignore_errors=True)
+            for shard in shards_of_window(job.core, grid):
+                if shard not in groups:
+                    continue
+                sw = shard_window(shard, grid)
+                part = intersection(job.core, sw)
+                buf, ok = buffers.setdefault(shard, (np.zeros((n_cls, n, n), dtype="uint8"), np.zeros((n, n), dtype=bool)))
+                r, c = part.row - job.core.row, part.col - job.core.col
+                rows = slice(part.row - sw.row, part.row - sw.row + part.height)
+                cols = slice(part.col - sw.col, part.col - sw.col + part.width)
+                buf[:, rows, cols] = core[:, r : r + part.height, c : c + part.width]
+                ok[rows, cols] = valid[r : r + part.height, c : c + part.width]
+                remaining[shard] -= 1
+                if remaining[shard] == 0:
+                    done, done_ok = buffers.pop(shard)
+                    _keep_tiles(done, shard, groups[shard], grid)
+                    _keep_tiles(done_ok[None], shard, groups[shard], grid)
+                    writes.append(writer.submit(work.write_shard, tmp_layer, shard, done, tags, done_ok))
+                    while len(writes) > 3:  # at most 3 finished shards wait for the disk
+                        writes.popleft().result()  # re-raises a failed write
+            bar.update(job.tiles)
+        while writes:
+            writes.popleft().result()
     return PredictReport(
         tiles=len(tiles),
         shards=len(groups),
@@ -435,14 +445,3 @@ def _keep_tiles(arr: np.ndarray, shard: Tile, members: Sequence[Tile], grid: Gri
         return
     full = np.repeat(np.repeat(keep, size, axis=0), size, axis=1)
     arr[:, ~full] = 0
-
-
-def _swap_layer(root: Path, tmp_layer: str, layer: str) -> None:
-    """Replace ``root/layer`` by ``root/tmp_layer`` (old folder removed only after the swap)."""
-    target = root / layer
-    old = root / f".{layer}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(root / tmp_layer, target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,9 @@ a halo):
 2. threshold (probabilities: ``p >= threshold`` and ``p > 0``; label masks:
    ``value == class index + 1``), morphological opening (removes specks) then
    closing (fills small holes and gaps), disk kernels sized in metres at the
-   shard's latitude;
+   shard's latitude; then pixels outside the layer's valid-data mask (no
+   imagery: see :meth:`navml.geo.store.Store.read_valid`) are cleared, so no
+   polygon ever reaches where there is no imagery, whatever the threshold;
 3. 4-connected components, traced as exact pixel-edge polygons with holes in
    global pixel coordinates (``rasterio.features.shapes``);
 4. pieces that touch the shard edge are kept aside and, after the last shard,
@@ -306,14 +308,20 @@ def _bands_for(kind: str, count: int, classes: Sequence[ClassSpec], where: str) 
         raise InputError(f"{where}: a label layer must have 1 band (class index), it has {count}")
 
 
-def _pieces_of(values: np.ndarray, halo: int, core: Window, classes: Sequence[ClassSpec], kind: str, lat: float, grid: Grid):
-    """Per class: pieces inside ``core`` from ``values`` = core + ``halo`` on each side (bands, rows, cols)."""
+def _pieces_of(
+    values: np.ndarray, halo: int, core: Window, classes: Sequence[ClassSpec], kind: str, lat: float, grid: Grid,
+    valid: np.ndarray | None = None,
+):
+    """Per class: pieces inside ``core`` from ``values`` = core + ``halo`` on each side (bands, rows, cols);
+    ``valid`` (rows, cols bool, same extent) clears the pixels without data after the morphology."""
     out = []
     for i, spec in enumerate(classes):
         band = values[i] if kind == "probs" else values[0]
         mask = class_mask(band, i, kind, spec.post.threshold)
         if mask.any():
             mask = clean_mask(mask, kernel_px(spec.post.open_m, lat, grid), kernel_px(spec.post.close_m, lat, grid))
+            if valid is not None:
+                mask &= valid
         m = mask[halo : halo + core.height, halo : halo + core.width]
         w = None if kind == "labels" else band[halo : halo + core.height, halo : halo + core.width]
         out.append(trace(m, w, core.col, core.row))
@@ -335,8 +343,12 @@ def _sorted(features: list[dict[str, Any]], classes: Sequence[ClassSpec]) -> lis
     return sorted(features, key=key)
 
 
-def vectorize_array(values: np.ndarray, window: Window, grid: Grid, classes: Sequence[ClassSpec], kind: str = "probs") -> list[dict[str, Any]]:
-    """Vectorize a whole mosaic at once: ``values`` (bands, rows, cols) covering global ``window``.
+def vectorize_array(
+    values: np.ndarray, window: Window, grid: Grid, classes: Sequence[ClassSpec], kind: str = "probs",
+    valid: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Vectorize a whole mosaic at once: ``values`` (bands, rows, cols) covering global ``window``;
+    ``valid`` (rows, cols bool; None = everywhere) its valid-data mask.
 
     Pixels outside ``window`` count as background. This is the reference the
     shard-by-shard :func:`vectorize_store` reproduces.
@@ -348,8 +360,9 @@ def vectorize_array(values: np.ndarray, window: Window, grid: Grid, classes: Seq
     lat = _window_lat(window, grid)
     halo = morph_halo(classes, lat, grid)
     padded = np.pad(values, ((0, 0), (halo, halo), (halo, halo)))
+    ok = None if valid is None else np.pad(np.asarray(valid, dtype=bool), halo)
     feats = []
-    for spec, pieces in zip(classes, _pieces_of(padded, halo, window, classes, kind, lat, grid)):
+    for spec, pieces in zip(classes, _pieces_of(padded, halo, window, classes, kind, lat, grid, ok)):
         for p in pieces:
             f = polygon_feature(p, spec, grid, kind)
             if f is not None:
@@ -369,8 +382,9 @@ def vectorize_store(
     """Vectorize every shard of ``layer`` into a GeoJSON file ``out`` (WGS84), atomically.
 
     ``classes`` are the segmentation classes in registry order: band ``i`` of a
-    ``probs`` layer, value ``i + 1`` of a ``labels`` layer. Returns the number
-    of features per class.
+    ``probs`` layer, value ``i + 1`` of a ``labels`` layer. No polygon covers a
+    pixel outside the layer's valid-data mask. Returns the number of features
+    per class.
     """
     _check_kind(kind)
     _check_thresholds(classes)
@@ -397,8 +411,10 @@ def vectorize_store(
         core = shard_window(shard, grid)
         lat = _window_lat(core, grid)
         halo = morph_halo(classes, lat, grid)
-        values = store.read_window(layer, Window(core.col - halo, core.row - halo, n + 2 * halo, n + 2 * halo), bands=count)
-        for ci, pieces in enumerate(_pieces_of(values, halo, core, classes, kind, lat, grid)):
+        win = Window(core.col - halo, core.row - halo, n + 2 * halo, n + 2 * halo)
+        values = store.read_window(layer, win, bands=count)
+        valid = store.read_valid(layer, win)
+        for ci, pieces in enumerate(_pieces_of(values, halo, core, classes, kind, lat, grid, valid)):
             for p in pieces:
                 x0, y0, x1, y1 = p.geom.bounds
                 if x0 <= core.col or y0 <= core.row or x1 >= core.col + n or y1 >= core.row + n:

@@ -40,8 +40,19 @@ PAD = 4
 #: Resampling methods accepted by ``imagery.resampling``.
 RESAMPLING = ("bilinear", "cubic", "lanczos", "average", "nearest")
 #: GDAL block cache, MB. Each source block is read about once, so a big cache
-#: only adds memory (GDAL's default is 5 % of RAM).
-GDAL_CACHEMAX_MB = 64
+#: only adds memory (GDAL's default is 5 % of RAM). Passed in bytes: rasterio hands
+#: a small number to GDAL as bytes (64 meant a 64-byte cache).
+GDAL_CACHEMAX_MB = 16
+
+
+#: Ways to bring the source's values to 8 bit (``imagery.stretch``).
+STRETCHES = ("none", "percentile")
+#: Default ``imagery.percentiles``: the part of each band's histogram mapped onto 0..255.
+DEFAULT_PERCENTILES = (2.0, 98.0)
+#: Longest side of the decimated read the percentiles are computed from, pixels.
+SAMPLE_PX = 1024
+#: A warped pixel is valid when at least this share of its resampling kernel had valid source pixels.
+MIN_COVER = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,10 @@ class SourceInfo:
     bands: int
     #: Footprint in WGS84 degrees: west, south, east, north.
     lonlat_bounds: tuple[float, float, float, float]
+    #: Source bands read into the store, 1-based, in store order.
+    band_indexes: tuple[int, ...] = (1, 2, 3)
+    #: Per store band, the source values mapped to 0 and 255 (``None``: values kept as they are).
+    scale: tuple[tuple[float, float], ...] | None = None
 
 
 def _is_remote(path: str) -> bool:
@@ -76,26 +91,47 @@ def _corners(src) -> list[tuple[float, float]]:
     return [t @ (c, r) for c, r in ((0, 0), (src.width, 0), (0, src.height), (src.width, src.height))]
 
 
-def _value_range(src, bands: int) -> tuple[float, float]:
-    """0.5 and 99.5 percentiles of the first ``bands`` bands, from a decimated read (at most 512 x 512 px)."""
-    scale = max(src.width, src.height) / 512.0
-    shape = (bands, max(1, int(src.height / max(scale, 1.0))), max(1, int(src.width / max(scale, 1.0))))
-    sample = src.read(list(range(1, bands + 1)), out_shape=shape, masked=True).compressed()
-    if not sample.size:
-        return 0.0, 255.0
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    return float(lo), float(hi)
+def band_percentiles(src, band_indexes: Sequence[int], percentiles: Sequence[float]) -> list[tuple[float, float]]:
+    """Per band of ``band_indexes``, the ``percentiles`` (low, high) of its valid pixels, from one decimated
+    read of the whole source (at most :data:`SAMPLE_PX` px a side; a COG's overviews serve it).
+
+    Computed once per source, so every shard is stretched the same way. A band
+    whose two values coincide gets ``high = low + 1``. Raises :class:`InputError`
+    when the source has no valid pixel.
+    """
+    scale = max(1.0, max(src.width, src.height) / SAMPLE_PX)
+    shape = (len(band_indexes), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+    sample = src.read(list(band_indexes), out_shape=shape, masked=True)
+    out = []
+    for i, b in enumerate(band_indexes):
+        values = sample[i].compressed().astype("float64")
+        values = values[np.isfinite(values)]
+        if not values.size:
+            raise InputError(f"{src.name}: band {b} has no valid pixel (all nodata); check the file or imagery.band_indexes")
+        lo, hi = (float(v) for v in np.percentile(values, list(percentiles)))
+        out.append((lo, hi if hi > lo else lo + 1.0))
+    return out
 
 
 def _fmt(b: Sequence[float]) -> str:
     return f"lon {b[0]:.6f}..{b[2]:.6f}, lat {b[1]:.6f}..{b[3]:.6f}"
 
 
-def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
+def inspect_geotiff(
+    path: str | os.PathLike,
+    bands: int = 3,
+    *,
+    band_indexes: Sequence[int] | None = None,
+    stretch: str = "none",
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+) -> SourceInfo:
     """Open ``path`` and check it can feed the store; raises :class:`InputError`.
 
-    Checks: the file exists and is a raster GDAL reads, has a CRS, has at
-    least ``bands`` bands and 8-bit (uint8) pixels.
+    Checks: the file exists and is a raster GDAL reads, has a geotransform and
+    a CRS; then, reported together in one message, that the bands to read
+    exist (``band_indexes``, 1-based, default the first ``bands``) and that
+    their pixels are 8-bit unless ``stretch`` is ``"percentile"``. With a
+    stretch, the per-band ``percentiles`` are computed here, once.
     """
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -104,6 +140,7 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
     name = str(path)
     if not _is_remote(name) and not Path(name).is_file():
         raise InputError(f"{name}: GeoTIFF not found; check imagery.geotiff in params.yaml")
+    wanted = tuple(int(b) for b in band_indexes) if band_indexes else tuple(range(1, bands + 1))
     try:
         with rasterio.open(name) as src:
             if src.transform.is_identity:
@@ -113,19 +150,34 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
                 )
             if src.crs is None:
                 raise InputError(f"{name}: GeoTIFF has no CRS; {_crs_advice(name, _corners(src))}")
-            if src.count < bands:
-                raise InputError(
-                    f"{name}: has {src.count} band(s), imagery needs {bands}; "
-                    f"give an RGB file or set imagery.bands: {src.count}"
+            problems = []
+            present = [b for b in wanted if b <= src.count]
+            if len(present) < len(wanted):
+                if band_indexes:
+                    problems.append(
+                        f"imagery.band_indexes {list(wanted)} asks for band(s) {[b for b in wanted if b > src.count]} "
+                        f"but the file has {src.count} band(s) (numbered 1..{src.count})"
+                    )
+                else:
+                    problems.append(
+                        f"has {src.count} band(s), imagery needs {bands}; set imagery.bands: {src.count} and train.bands: {src.count}, "
+                        f"or pick {bands} bands with imagery.band_indexes"
+                    )
+            dtypes = sorted({src.dtypes[b - 1] for b in present})
+            scale = None
+            if stretch == "percentile" and present:
+                if len(present) == len(wanted):
+                    scale = tuple(band_percentiles(src, wanted, percentiles))
+            elif present and dtypes != ["uint8"]:
+                lo, hi = DEFAULT_PERCENTILES
+                ranges = band_percentiles(src, present, DEFAULT_PERCENTILES)
+                shown = ", ".join(f"band {b}: {a:g}..{z:g}" for b, (a, z) in zip(present, ranges))
+                problems.append(
+                    f"pixels are {'/'.join(dtypes)}, imagery is 8-bit; set imagery.stretch: percentile to map each band's "
+                    f"{lo:g}..{hi:g} percentiles onto 0..255 ({shown})"
                 )
-            dtypes = set(src.dtypes[:bands])
-            if dtypes != {"uint8"}:
-                lo, hi = _value_range(src, bands)
-                raise InputError(
-                    f"{name}: pixels are {'/'.join(sorted(dtypes))}, imagery must be 8-bit; convert with "
-                    f"gdal_translate -ot Byte -scale {lo:g} {hi:g} 0 255 {Path(name).name} {Path(name).stem}_8bit.tif "
-                    f"(the 0.5..99.5 percentiles of its first {bands} band(s))"
-                )
+            if problems:
+                raise InputError(f"{name}: " + "; ".join(problems))
             xs, ys = zip(*_corners(src))
             try:
                 west, south, east, north = transform_bounds(
@@ -137,7 +189,7 @@ def inspect_geotiff(path: str | os.PathLike, bands: int = 3) -> SourceInfo:
             count = src.count
     except RasterioIOError as exc:
         raise InputError(f"{name}: cannot read as GeoTIFF ({exc}); check the file") from exc
-    return SourceInfo(name, crs, count, (west, max(south, -85.0511), east, min(north, 85.0511)))
+    return SourceInfo(name, crs, count, (west, max(south, -85.0511), east, min(north, 85.0511)), wanted, scale)
 
 
 def check_overlap(info: SourceInfo, tiles: Sequence[Tile], grid: Grid) -> int:
@@ -207,50 +259,89 @@ def _source_window(src, win: Window, grid: Grid):
     return RioWindow(c0, r0, c1 - c0, r1 - r0), dec
 
 
-def warp_shard(src, shard: Tile, tiles: Sequence[Tile], grid: Grid, bands: int, resampling: str) -> np.ndarray:
-    """The shard (bands, n, n) uint8 warped from the open dataset ``src``; only
-    ``tiles`` (all inside ``shard``) are filled, every other pixel is 0."""
+def to_uint8(values: np.ndarray, scale: Sequence[tuple[float, float]] | None) -> np.ndarray:
+    """Warped values (bands, rows, cols) as uint8: each band's ``scale`` (low, high) mapped linearly onto
+    0..255 and clipped; without ``scale`` the values are rounded and clipped to 0..255."""
+    v = np.asarray(values, dtype="float32")
+    if scale is not None:
+        lo = np.array([a for a, _ in scale], dtype="float32")[:, None, None]
+        hi = np.array([b for _, b in scale], dtype="float32")[:, None, None]
+        v = (v - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(v), 0, 255).astype("uint8")
+
+
+def warp_shard(
+    src, shard: Tile, tiles: Sequence[Tile], grid: Grid, band_indexes: Sequence[int], resampling: str,
+    scale: Sequence[tuple[float, float]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The shard warped from the open dataset ``src``: uint8 (bands, n, n) of ``band_indexes``
+    (stretched by ``scale``, see :func:`to_uint8`) and its valid-data mask (bool, n, n).
+
+    Valid means: inside a listed tile (all inside ``shard``) and covered by
+    valid source pixels (the source's nodata, alpha band or mask, as GDAL's
+    dataset mask gives it; at least :data:`MIN_COVER` of the resampling
+    kernel). Every other pixel is 0 and invalid.
+    """
     from affine import Affine
     from rasterio.enums import Resampling
     from rasterio.warp import reproject
 
     n = grid.shard_size
-    out = np.zeros((bands, n, n), dtype="uint8")
+    k = len(band_indexes)
+    out = np.zeros((k, n, n), dtype="uint8")
+    valid = np.zeros((n, n), dtype=bool)
     box = _tiles_bbox(tiles, grid)
     rwin, dec = _source_window(src, box, grid)
     if rwin is None:
-        return out
+        return out, valid
     h, w = int(rwin.height), int(rwin.width)
     oh, ow = max(1, math.ceil(h / dec)), max(1, math.ceil(w / dec))
-    data = src.read(
-        indexes=list(range(1, bands + 1)),
+    # Warped in the source's own type (uint8 stays uint8: memory as for a plain RGB warp).
+    dtype = np.result_type(*(src.dtypes[b - 1] for b in band_indexes))
+    if dtype == np.int8:  # the alpha band's 255 needs more room
+        dtype = np.dtype("int16")
+    data = np.empty((k + 1, oh, ow), dtype=dtype)
+    data[:k] = src.read(
+        indexes=list(band_indexes),
         window=rwin,
-        out_shape=(bands, oh, ow),
+        out_shape=(k, oh, ow),
         resampling=Resampling.average if dec > 1 else Resampling.nearest,
+        out_dtype=dtype,
     )
+    # The source's valid pixels (nodata, alpha band or internal mask) travel as an alpha band:
+    # the warper then never blends invalid pixels in, and writes the coverage of each output pixel.
+    # Full alpha is GDAL's default for the type: 65535 for uint16, 32767 for int16, else 255.
+    full = {np.dtype("uint16"): 65535, np.dtype("int16"): 32767}.get(np.dtype(dtype), 255)
+    mask = src.dataset_mask(window=rwin, out_shape=(oh, ow))
+    data[k] = np.where(mask > 0, full, 0)
     src_transform = src.window_transform(rwin) @ Affine.scale(w / ow, h / oh)
-    dst = np.zeros((bands, box.height, box.width), dtype="uint8")
+    dst = np.zeros((k + 1, box.height, box.width), dtype=dtype)
     reproject(
         source=data,
         destination=dst,
         src_transform=src_transform,
         src_crs=src.crs,
-        src_nodata=src.nodata,
+        src_alpha=k + 1,
         dst_transform=window_transform(box, grid.zoom, grid.tile_size),
         dst_crs=f"EPSG:{EPSG}",
-        dst_nodata=0 if src.nodata is not None else None,
+        dst_alpha=k + 1,
         resampling=Resampling[resampling],
         num_threads=1,
+        init_dest_nodata=False,
     )
+    del data
     # Keep only the listed tiles.
     size = grid.tile_size
     keep = np.zeros((box.height // size, box.width // size), dtype=bool)
     for t in tiles:
         keep[t.y - box.row // size, t.x - box.col // size] = True
-    dst *= np.kron(keep, np.ones((size, size), dtype=bool)).astype("uint8")[None]
+    ok = np.kron(keep, np.ones((size, size), dtype=bool)) & (dst[k] >= full * MIN_COVER)
+    img = (dst[:k] if scale is None and dst.dtype == np.uint8 else to_uint8(dst[:k], scale)) * ok[None]
     sw = shard_window(shard, grid)
-    out[:, box.row - sw.row : box.row - sw.row + box.height, box.col - sw.col : box.col - sw.col + box.width] = dst
-    return out
+    r0, c0 = box.row - sw.row, box.col - sw.col
+    out[:, r0 : r0 + box.height, c0 : c0 + box.width] = img
+    valid[r0 : r0 + box.height, c0 : c0 + box.width] = ok
+    return out, valid
 
 
 def build_from_geotiff(
@@ -259,17 +350,27 @@ def build_from_geotiff(
     path: str | os.PathLike,
     *,
     bands: int = 3,
+    band_indexes: Sequence[int] | None = None,
+    stretch: str = "none",
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     resampling: str = "bilinear",
     workers: int = 2,
     progress: bool = True,
 ) -> dict:
     """Warp ``path`` into layer ``imagery`` of ``store`` for every shard of ``tiles``.
 
+    ``band_indexes`` (1-based; default the first ``bands``) are read, brought
+    to 8 bit by ``stretch`` (``"none"``: the source must be uint8;
+    ``"percentile"``: each band's ``percentiles`` of the whole source, computed
+    once, map onto 0..255). Each shard carries the valid-data mask of the
+    source (see :func:`warp_shard`).
+
     All checks (file, CRS, bands, dtype, overlap) run before the first shard
     is written. Shards are warped in parallel (at most ``workers`` at once,
-    each holding about one shard of memory) and written atomically.
+    each holding about one shard of memory) into a staging layer that
+    replaces the old layer as a whole at the end (an error leaves the old one).
     Returns counts: ``shards``, ``tiles``, ``tiles_in_footprint``, ``tiles_empty``
-    (listed tiles that came out all 0).
+    (listed tiles without a single valid pixel).
     """
     import rasterio
     from tqdm import tqdm
@@ -277,16 +378,25 @@ def build_from_geotiff(
     if resampling not in RESAMPLING:
         raise ConfigError(f"imagery.resampling: '{resampling}' is not one of {', '.join(RESAMPLING)}")
     grid: Grid = store.grid
-    info = inspect_geotiff(path, bands)
+    info = inspect_geotiff(path, bands, band_indexes=band_indexes, stretch=stretch, percentiles=percentiles)
     inside = check_overlap(info, tiles, grid)
     groups = group_by_shard(tiles, grid)
     workers = max(1, min(workers, os.cpu_count() or 1, len(groups) or 1))
-    tags = {"navml_source": "geotiff", "navml_file": Path(info.path).name, "navml_resampling": resampling}
+    tags = {
+        "navml_source": "geotiff",
+        "navml_file": Path(info.path).name,
+        "navml_resampling": resampling,
+        "navml_band_indexes": ",".join(map(str, info.band_indexes)),
+        "navml_stretch": stretch,
+    }
+    if info.scale is not None:
+        tags["navml_percentiles"] = ",".join(f"{v:g}" for v in percentiles)
+        tags["navml_scale"] = ";".join(f"{lo:g},{hi:g}" for lo, hi in info.scale)
 
-    def one(shard: Tile) -> tuple[Tile, int]:
+    def one(layer: str, shard: Tile) -> tuple[Tile, int]:
         try:
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB), rasterio.open(info.path) as src:
-                arr = warp_shard(src, shard, groups[shard], grid, bands, resampling)
+            with rasterio.open(info.path) as src:
+                arr, valid = warp_shard(src, shard, groups[shard], grid, info.band_indexes, resampling, info.scale)
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{info.path}: read failed while warping shard {shard.z}/{shard.x}/{shard.y} ({exc})") from exc
         size = grid.tile_size
@@ -294,8 +404,8 @@ def build_from_geotiff(
         empty = 0
         for t in groups[shard]:
             r, c = t.y * size - sw.row, t.x * size - sw.col
-            empty += not arr[:, r : r + size, c : c + size].any()
-        store.write_shard(LAYER, shard, arr, tags=tags)
+            empty += not valid[r : r + size, c : c + size].any()
+        store.write_shard(layer, shard, arr, tags=tags, valid=valid)
         return shard, empty
 
     empty = 0
@@ -303,8 +413,13 @@ def build_from_geotiff(
     # inside reproject(); the georeferencing is passed explicitly, so hide it.
     with warnings.catch_warnings(), tqdm(total=len(tiles), unit="tile", desc="imagery (geotiff)", disable=None if progress else True) as bar:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(one, s) for s in groups]
+        # GDAL_CACHEMAX resizes GDAL's one, process-wide block cache: set it once, here, around
+        # all the threads (set per thread, a resize under another thread's reads and writes
+        # corrupts pixels of the shards).
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB * 2**20), store.staged_layer(LAYER) as staging, ThreadPoolExecutor(
+            max_workers=workers
+        ) as pool:
+            futures = [pool.submit(one, staging, s) for s in groups]
             try:
                 for fut in futures:
                     shard, e = fut.result()

@@ -10,8 +10,9 @@ Tiles are fetched concurrently over one pooled :class:`requests.Session`;
 retried with exponential back-off and jitter (``Retry-After`` honoured).
 Every decoded tile is cached atomically under the cache folder, so a run that
 was interrupted fetches only what is still missing. Shards are assembled from
-the tiles one after the other (memory: about two shards) and written
-atomically by :meth:`navml.geo.store.Store.write_shard`.
+the tiles one after the other (memory: about two shards) into a staging layer
+that replaces the ``imagery`` layer as a whole at the end
+(:meth:`navml.geo.store.Store.staged_layer`): the layer is never half old, half new.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from navml.errors import ConfigError, FetchError
 from navml.geo.grid import Grid, Tile, group_by_shard, shard_window
+from navml.io import follow_umask
 
 LAYER = "imagery"
 PLACEHOLDERS = ("z", "x", "y", "-y", "tms_y", "token")
@@ -105,13 +107,40 @@ class TileUrl:
         return ext if ext in ("png", "jpg", "jpeg", "webp") else "png"
 
 
-def decode_tile(data: bytes, size: int) -> np.ndarray | None:
-    """An encoded tile (PNG / JPEG / WebP) as RGB uint8 (3, size, size); ``None`` if
-    ``data`` is not an image. Transparent pixels become 0; other sizes are resampled."""
+def _quiet_opencv() -> None:
+    """Keep OpenCV's own ``[ WARN]`` lines (one per broken image) off stderr: navml reports the tile itself."""
     import cv2
 
-    if not data:
+    logging_ = cv2.utils.logging
+    if logging_.getLogLevel() > logging_.LOG_LEVEL_ERROR:
+        logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
+
+
+#: The last chunk of every PNG (IEND, with its CRC).
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _truncated(data: bytes) -> bool:
+    """True for a PNG, JPEG or WebP cut short (a dropped connection, a full disk): the decoder's
+    own libraries would print their complaints straight to stderr, so such a body never reaches them."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return not data.rstrip(b"\x00").endswith(_PNG_END)
+    if data.startswith(b"\xff\xd8"):
+        return not data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9")
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    return False
+
+
+def decode_tile_valid(data: bytes, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """An encoded tile (PNG / JPEG / WebP) as RGB uint8 (3, size, size) and its valid-data mask
+    (bool, size x size: False where the tile is transparent); ``None`` if ``data`` is not an image.
+    Transparent pixels become 0; other sizes are resampled."""
+    import cv2
+
+    if not data or _truncated(data):
         return None
+    _quiet_opencv()
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         return None
@@ -119,10 +148,12 @@ def decode_tile(data: bytes, size: int) -> np.ndarray | None:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:
         return None
+    valid = None
     if img.ndim == 2:
         rgb = np.repeat(img[:, :, None], 3, axis=2)
     elif img.shape[2] == 4:
-        rgb = img[:, :, 2::-1] * (img[:, :, 3:4] > 0)
+        valid = img[:, :, 3] > 0
+        rgb = img[:, :, 2::-1] * valid[:, :, None]
     elif img.shape[2] == 3:
         rgb = img[:, :, ::-1]
     else:
@@ -130,7 +161,19 @@ def decode_tile(data: bytes, size: int) -> np.ndarray | None:
     if rgb.shape[:2] != (size, size):
         shrink = rgb.shape[0] > size
         rgb = cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+        if valid is not None:
+            valid = cv2.resize(valid.astype("uint8"), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+            rgb = rgb * valid[:, :, None]
+    if valid is None:
+        valid = np.ones((size, size), dtype=bool)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)), valid
+
+
+def decode_tile(data: bytes, size: int) -> np.ndarray | None:
+    """An encoded tile (PNG / JPEG / WebP) as RGB uint8 (3, size, size); ``None`` if
+    ``data`` is not an image. Transparent pixels become 0; other sizes are resampled."""
+    out = decode_tile_valid(data, size)
+    return None if out is None else out[0]
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -153,6 +196,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -232,12 +276,12 @@ class TileFetcher:
     def close(self) -> None:
         self.session.close()
 
-    def get(self, tile: Tile) -> np.ndarray:
-        """The tile as (3, size, size) uint8, from the cache or the server."""
+    def get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        """The tile as (3, size, size) uint8 and its valid-data mask (size x size bool), from the cache or the server."""
         path = self.cache_path(tile)
         if path.exists():
             try:
-                arr = decode_tile(path.read_bytes(), self.size)
+                arr = decode_tile_valid(path.read_bytes(), self.size)
             except OSError:
                 arr = None
             if arr is not None:
@@ -255,7 +299,7 @@ class TileFetcher:
         if self.stop.wait(seconds):
             raise _Stopped()
 
-    def _download(self, tile: Tile) -> tuple[bytes, np.ndarray]:
+    def _download(self, tile: Tile) -> tuple[bytes, tuple[np.ndarray, np.ndarray]]:
         import requests
 
         url = self.url.url(tile)
@@ -279,7 +323,7 @@ class TileFetcher:
                 status = resp.status_code
                 body = resp.content
                 if status == 200:
-                    arr = decode_tile(body, self.size)
+                    arr = decode_tile_valid(body, self.size)
                     if arr is not None:
                         self._count("bytes", len(body))
                         return body, arr
@@ -330,6 +374,11 @@ def build_from_xyz(
 ) -> dict:
     """Fetch every tile of ``tiles`` and write the shards of layer ``imagery``.
 
+    The shards go to a staging layer that replaces the old ``imagery`` layer as
+    a whole once every shard is written: a failed tile or Ctrl-C leaves the old
+    layer exactly as it was (the tiles fetched so far stay in the cache).
+    Transparent tile pixels are marked invalid in the shards' valid-data mask.
+
     Returns counts: ``shards``, ``tiles``, ``fetched`` (downloaded now),
     ``cached`` (taken from the cache), ``requests``, ``retries``, ``bytes``,
     ``cache_corrupt`` (cached tiles that did not decode and were refetched).
@@ -352,7 +401,7 @@ def build_from_xyz(
             pending[i] = [(t, pool.submit(fetcher.get, t)) for t in groups[shards[i]]]
 
     try:
-        with _redacting_logs(url), tqdm(
+        with _redacting_logs(url), store.staged_layer(LAYER) as staging, tqdm(
             total=len(tiles), unit="tile", desc="imagery (xyz)", disable=None if progress else True
         ) as bar:
             for i in range(LOOKAHEAD + 1):
@@ -361,11 +410,12 @@ def build_from_xyz(
                 submit(i + LOOKAHEAD)
                 sw = shard_window(shard, grid)
                 arr = np.zeros((3, grid.shard_size, grid.shard_size), dtype="uint8")
+                valid = np.zeros((grid.shard_size, grid.shard_size), dtype=bool)
                 for t, fut in pending.pop(i):
                     r, c = t.y * size - sw.row, t.x * size - sw.col
-                    arr[:, r : r + size, c : c + size] = fut.result()
+                    arr[:, r : r + size, c : c + size], valid[r : r + size, c : c + size] = fut.result()
                     bar.update(1)
-                store.write_shard(LAYER, shard, arr, tags=tags)
+                store.write_shard(staging, shard, arr, tags=tags, valid=valid)
     except BaseException:
         # Stop retries and queued tiles; tiles in flight finish and land in the
         # cache (atomically), so the next run resumes where this one stopped.
