@@ -207,7 +207,7 @@ class SynthParams(Section):
 
     seed: int = Field(42, ge=0, description="random seed of the city")
     center: tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-80, le=84)]] = Field(
-        (-104.9903, 39.7392), description="city centre [lon, lat] in degrees"
+        (-104.9903, 39.7392), description="city centre (lon, lat) in degrees"
     )
     size_km: float = Field(1.6, ge=0.2, le=20, description="side of the square city, km")
     gsd_m: float = Field(0.3, ge=0.05, le=2.0, description="ground sample distance of the orthophoto, metres")
@@ -224,7 +224,7 @@ class ClassParams(Section):
     osm_tags: OsmTags = Field({}, description="tags written on new features; default: the first value of each filter tag")
     color: tuple[
         Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]
-    ] = Field(ClassSpec.color, description="display colour [R, G, B], 0..255")
+    ] = Field(ClassSpec.color, description="display colour (R, G, B), 0..255")
     labels: Annotated[str | None, BeforeValidator(_empty_none)] = Field(None, description="own labels (GeoJSON/GeoPackage) instead of OSM")
     label_field: str | None = Field(None, description="attribute of `labels` holding the sub-class name (detection)")
     names: list[str] = Field([], description="sub-class names of a detection class, in class-id order")
@@ -467,7 +467,7 @@ class ScoreParams(Section):
 class Registry(Section):
     """The class registry (``classes``) with the vectorization settings of its segmentation classes (``post``)."""
 
-    classes: dict[str, ClassParams] = Field(min_length=1, description="the class registry: one entry per class")
+    classes: dict[str, ClassParams] = Field({}, description="the class registry: one entry per class")
     post: dict[str, PostProcess] = Field({}, description="vectorization per segmentation class")
 
     @field_validator("classes", "post", mode="before")
@@ -486,7 +486,13 @@ class Registry(Section):
         return self
 
     def class_specs(self) -> list[ClassSpec]:
-        """The class registry in declared order, with ``post`` settings per segmentation class."""
+        """The class registry in declared order, with ``post`` settings per segmentation class.
+
+        An empty registry is an error here, not in validation: commands that
+        need no class (synth, imagery) run with a params file without one.
+        """
+        if not self.classes:
+            raise ConfigError(f"params: classes: declare at least one class ({type(self).model_fields['classes'].description})")
         return [c.spec(name, self.post.get(name)) for name, c in self.classes.items()]
 
 class Params(Registry):
@@ -508,7 +514,7 @@ class Params(Registry):
 
     @model_validator(mode="after")
     def _across(self) -> Params:
-        if self.score.class_ not in self.classes:
+        if self.classes and self.score.class_ not in self.classes:
             raise ValueError(f"score.class: '{self.score.class_}' is not a class of 'classes' ({', '.join(self.classes)})")
         g = self.grid
         if not g.shard_zoom <= self.cover.split_zoom <= g.zoom:
@@ -603,7 +609,7 @@ def one_line(exc: ValidationError, where: str = "params.yaml", model: Any = Para
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     name = key.rsplit(".", 1)[-1].split("[", 1)[0]
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
-        return f"{where}: {key}: unknown key; fix the spelling or remove it (allowed: {', '.join(k for k in allowed if k != name)})"
+        return f"{where}: unknown key '{key}' (allowed: {', '.join(k for k in allowed if k != name)}); fix the spelling or remove it"
     if kind in ("missing", "missing_argument", "missing_keyword_argument"):
         text = "is missing"
     elif kind in _PHRASES:
@@ -647,9 +653,10 @@ def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = N
     after prediction, not the whole pipeline.
     """
     try:
-        return Registry.model_validate({"classes": section, "post": post or {}}).class_specs()
+        registry = Registry.model_validate({"classes": section, "post": post or {}})
     except ValidationError as exc:
         raise ConfigError(one_line(exc, where, model=Registry)) from None
+    return registry.class_specs()
 
 
 def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
@@ -660,3 +667,40 @@ def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
 def detection_names(classes: list[ClassSpec]) -> list[tuple[str, str]]:
     """``(class, sub-class name)`` of every detection label, in box class-id order."""
     return [(c.name, n) for c in classes if c.task == "detection" for n in c.names]
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both relative to the project root, or absolute)."""
+    import os
+
+    p, f = os.path.normpath(path), os.path.normpath(folder)
+    return p == f or p.startswith(f + os.sep)
+
+
+def tracked_inputs(params: Params) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(key, path, folders)`` of every own input file the params name, with the folders dvc.yaml tracks for it.
+
+    dvc.yaml cannot list files that come from a params list or may be empty
+    (``rasterize.complete: ""``), so it depends on folders instead: labels
+    and completeness areas under ``<paths.inputs>/labels`` (or the synthetic
+    city's ``truth``), GeoTIFFs under ``<paths.inputs>/imagery`` (or the
+    synthetic orthophoto).
+    """
+    synth, inputs = params.paths.synth, params.paths.inputs
+    labels = (f"{synth}/truth", f"{inputs}/labels")
+    out = [(f"classes.{name}.labels", c.labels, labels) for name, c in params.classes.items() if c.labels]
+    if params.rasterize.complete:
+        out.append(("rasterize.complete", params.rasterize.complete, labels))
+    if params.imagery.source == "geotiff":
+        out.append(("imagery.geotiff", params.imagery.geotiff, (f"{synth}/ortho.tif", f"{inputs}/imagery")))
+    return out
+
+
+def check_tracked_inputs(params: Params, where: str = "params.yaml") -> None:
+    """Refuse an own input file outside the folders dvc.yaml tracks: DVC would not rerun a stage when it changes."""
+    for key, path, folders in tracked_inputs(params):
+        if not any(_under(path, f) for f in folders):
+            raise ConfigError(
+                f"{where}: {key}: {path} lies outside what dvc.yaml tracks for it ({', '.join(folders)}); "
+                f"move or link it into {folders[-1]} so that DVC reruns the pipeline when it changes"
+            )

@@ -11,7 +11,10 @@ ground resolution matches its true area (within 1% for lots of 400 m² and more)
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,7 @@ from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
+from navml.config import ClassSpec
 from navml.geo.grid import Grid, Tile, group_by_shard, shard_window, tile_polygon, tile_window
 from navml.geo.store import Store
 from navml.geo.features import to_pixels
@@ -149,3 +153,73 @@ def tile_boxes(
                     )
     df = pd.DataFrame(rows, columns=BOX_COLUMNS)
     return df.sort_values(["z", "y", "x", "class_id", "ymin", "xmin"], kind="stable").reset_index(drop=True)
+
+
+def label_features(labels: Path, name: str) -> list[dict]:
+    """Features of class ``name`` in the extract folder ``labels`` that are labels (``label`` not false)."""
+    from navml.errors import InputError
+    from navml.geo.features import read_features
+
+    path = Path(labels) / f"{name}.geojson"
+    if not path.exists():
+        raise InputError(f"{path}: labels of class '{name}' not found; run the extract stage first")
+    return [f for f in read_features(path) if f["properties"].get("label", True)]
+
+
+def rasterize_labels(
+    labels: str | os.PathLike,
+    tiles: Sequence[Tile],
+    store: Store,
+    classes: Sequence[ClassSpec],
+    complete: str | os.PathLike | None,
+    roads: bool,
+) -> dict:
+    """Masks of the segmentation classes and boxes of the detection classes of ``tiles``, written to ``store``.
+
+    ``labels``: the extract folder (``<class>.geojson``, ``roads.geojson``).
+    ``complete``: GeoJSON of the areas where OSM mapping is complete, or None
+    for complete everywhere; with ``roads``, mapped road surfaces are
+    background. Writes ``masks/``, ``boxes.csv`` and ``labels.json`` (the
+    legend, returned) in the store root.
+    """
+    from navml.config import detection_names, segmentation_classes
+    from navml.errors import InputError
+    from navml.geo.features import read_features
+
+    labels = Path(labels)
+    seg = segmentation_classes(list(classes))
+    layers = [[f["geometry"] for f in label_features(labels, c.name)] for c in seg]
+    areas = [f["geometry"] for f in read_features(complete)] if complete else None
+    background = []
+    if areas is not None and roads:
+        from navml.data.roads import read_road_surfaces
+
+        background = read_road_surfaces(labels, "set rasterize.roads: false")
+    counts = write_masks(store, tiles, layers, complete=areas, background=background)
+
+    ids = {pair: i for i, pair in enumerate(detection_names(list(classes)))}
+    det: dict[int, list] = {i: [] for i in ids.values()}
+    for c in classes:
+        if c.task != "detection":
+            continue
+        for f in label_features(labels, c.name):
+            name = str(f["properties"].get("kind") or c.name if len(c.names) > 1 else c.names[0])
+            if (c.name, name) not in ids:
+                raise InputError(f"{labels / (c.name + '.geojson')}: label kind '{name}' is not in classes.{c.name}.names {list(c.names)}")
+            det[ids[(c.name, name)]].append((f["geometry"], c.name, name))
+    boxes = tile_boxes(tiles, store.grid, det)
+    root = Path(store.root)
+    tmp = root / ".boxes.csv.part"
+    boxes.to_csv(tmp, index=False, lineterminator="\n")
+    tmp.replace(root / "boxes.csv")
+    legend = {
+        "mask_values": {**{str(i + 1): c.name for i, c in enumerate(seg)}, str(IGNORE): "ignore"},
+        "box_class_ids": {str(i): f"{cls}:{name}" for (cls, name), i in ids.items()},
+        "pixels": {("ignore" if int(k[7:]) == IGNORE else seg[int(k[7:]) - 1].name): v for k, v in counts.items() if k.startswith("pixels_")},
+        "boxes": int(len(boxes)),
+        "shards": int(counts["shards"]),
+    }
+    tmp = root / ".labels.json.part"
+    tmp.write_text(json.dumps({k: v for k, v in legend.items() if k != "shards"}, indent=2, sort_keys=True) + "\n")
+    tmp.replace(root / "labels.json")
+    return legend
