@@ -514,7 +514,8 @@ class Params(Registry):
 
     @model_validator(mode="after")
     def _across(self) -> Params:
-        if self.classes and self.score.class_ not in self.classes:
+        # score.class defaults to the synthetic city's class: checked where the file has a score section
+        if self.classes and "score" in self.model_fields_set and self.score.class_ not in self.classes:
             raise ValueError(f"score.class: '{self.score.class_}' is not a class of 'classes' ({', '.join(self.classes)})")
         g = self.grid
         if not g.shard_zoom <= self.cover.split_zoom <= g.zoom:
