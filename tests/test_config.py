@@ -203,3 +203,18 @@ def test_empty_registry_is_an_error_only_where_classes_are_needed():
     assert p.synth.seed == 42
     with pytest.raises(ConfigError, match="declare at least one class"):
         p.class_specs()
+
+
+def test_augment_false_true_or_a_mapping():
+    assert validate_params(with_value("train.augment", False)).train.augment is None
+    assert validate_params(with_value("train.augment", True)).train.augment == AugmentParams()
+    assert validate_params(with_value("train.augment", {"hue": 0.0})).train.augment == AugmentParams(hue=0.0)
+
+
+def test_optional_values_left_empty():
+    p = validate_params(with_value("rasterize.complete", ""))
+    assert p.rasterize.complete == ""
+    data = with_value("imagery.geotiff", "")
+    assert "imagery.geotiff" in error_of(data)  # source: geotiff needs one
+    data["imagery"].update(source="xyz", url="https://tiles.example.invalid/{z}/{x}/{y}.png")
+    assert validate_params(data).imagery.geotiff == ""
