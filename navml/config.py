@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args, get_type_hints
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from navml.errors import ConfigError
 
@@ -359,8 +359,19 @@ class AugmentParams(Section):
     hue: float = Field(0.02, ge=0.0, le=1.0, description="max hue rotation, share of the colour circle")
 
 
-#: Loss term names of ``train.loss`` (aliases -> canonical), as navml.segment.losses reads them.
-LOSS_TERMS = {"crossentropy": "crossentropy", "bce": "crossentropy", "dice": "dice", "iou": "iou", "jaccard": "iou", "focal": "focal"}
+#: Loss term names of ``train.loss`` (aliases -> canonical); equal to navml.segment.losses.LOSS_NAMES
+#: (tests/test_config.py checks), kept here so that validation does not import Keras.
+LOSS_TERMS = {
+    "crossentropy": "crossentropy",
+    "ce": "crossentropy",
+    "bce": "crossentropy",
+    "binary_crossentropy": "crossentropy",
+    "dice": "dice",
+    "iou": "iou",
+    "soft_iou": "iou",
+    "jaccard": "iou",
+    "focal": "focal",
+}
 
 
 def _augment(value: Any) -> Any:
@@ -381,7 +392,7 @@ class TrainParams(Section):
     base_filters: int = Field(8, ge=1, le=512, description="filters of the first level, doubling per level")
     encoder: Literal["plain", "residual"] = Field("plain", description="encoder blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the bottleneck, 0..1")
-    loss: str = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+'")
+    loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent (only with focal)")
     class_weighting: Literal["none", "inverse", "sqrt"] = Field("sqrt", description="class weights from pixel frequencies")
     epochs: int = Field(40, ge=1, description="upper bound of epochs; early stopping on val IoU usually ends sooner")
@@ -399,8 +410,8 @@ class TrainParams(Section):
 
     @field_validator("loss")
     @classmethod
-    def _loss(cls, value: str) -> str:
-        terms = [t.strip().lower() for t in value.split("+")]
+    def _loss(cls, value: str | list[str]) -> str | list[str]:
+        terms = [t.strip().lower() for t in (value.split("+") if isinstance(value, str) else value)]
         bad = [t for t in terms if t not in LOSS_TERMS]
         if bad:
             raise ValueError(f"term '{bad[0]}' is unknown; use crossentropy, dice, iou, focal joined with '+'")

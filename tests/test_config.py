@@ -73,12 +73,22 @@ def test_library_defaults_agree_with_the_model():
     from navml.segment.dataset import Augment
     from navml.segment.train import train_segmentation
 
+    from navml.data.extract import extract
+    from navml.post.score import score_outputs
+    from navml.segment.evaluate import evaluate_segmentation
+    from navml.segment.predict import predict_store
+
     p = Params()
-    checks = [(make_city, p.synth), (build_imagery, p.imagery), (dedupe, p.dedupe), (train_segmentation, p.train)]
-    for fn, section in checks:
-        for name, param in inspect.signature(fn).parameters.items():
+    checks = [
+        (make_city, p.synth, {}), (build_imagery, p.imagery, {}), (dedupe, p.dedupe, {}), (train_segmentation, p.train, {}),
+        (extract, p.extract, {}), (evaluate_segmentation, p.evaluate, {}), (predict_store, p.predict, {"window": "window_px"}),
+        (score_outputs, p.score, {"class_name": "class_", "iou_threshold": "iou"}),
+    ]
+    for fn, section, renamed in checks:
+        for arg, param in inspect.signature(fn).parameters.items():
+            name = renamed.get(arg, arg)
             # None means "not given" (a path, an optional limit): the CLI always passes the params value
-            if name in section.model_fields and param.default not in (inspect.Parameter.empty, None) and name != "augment":
+            if name in type(section).model_fields and param.default not in (inspect.Parameter.empty, None) and name != "augment":
                 want = getattr(section, name)
                 got = tuple(param.default) if isinstance(want, tuple) else param.default
                 assert got == want, f"{fn.__name__}({name}={param.default!r}) but params model {want!r}"
@@ -218,3 +228,13 @@ def test_optional_values_left_empty():
     assert "imagery.geotiff" in error_of(data)  # source: geotiff needs one
     data["imagery"].update(source="xyz", url="https://tiles.example.invalid/{z}/{x}/{y}.png")
     assert validate_params(data).imagery.geotiff == ""
+
+
+def test_loss_names_agree_with_the_losses_module():
+    from navml.config import LOSS_TERMS
+    from navml.segment.losses import LOSS_NAMES, WEIGHTINGS
+    from navml.config import TrainParams
+    from typing import get_args
+
+    assert LOSS_TERMS == LOSS_NAMES
+    assert get_args(TrainParams.model_fields["class_weighting"].annotation) == WEIGHTINGS
