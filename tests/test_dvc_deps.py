@@ -163,3 +163,21 @@ def test_optional_inputs_left_empty_keep_dvc_working(tmp_path):
     assert "imagery" in proc.stdout and "rasterize" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "check"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_stops_at_the_check_stage_on_a_late_mistake(tmp_path):
+    copy_project(tmp_path)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["dedupe"]["min_overlap"] = 0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Running stage 'check'" in out and "Running stage 'synth'" not in out
+    assert [ln for ln in out.splitlines() if ln.startswith("navml: error:")] == [
+        "navml: error: params.yaml: dedupe.min_overlap: 0 is out of range; it must be > 0.0 "
+        "(min_overlap: a prediction at or above this overlap is already in OSM)"
+    ]
+    assert not (tmp_path / "data").exists()
