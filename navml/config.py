@@ -273,6 +273,16 @@ class ExtractParams(Section):
     index: str = Field("flex_mem", min_length=1, description="pyosmium node-location index; sparse_file_array for countries")
     lane_width_m: float = Field(3.5, gt=0.0, le=10.0, description="road surface width per lane, metres, for roads without `width`")
 
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        import osmium.index
+
+        kinds = osmium.index.map_types()
+        if value.split(",", 1)[0] not in kinds:
+            raise ValueError(f"'{value}' is no pyosmium node-location index; use one of {', '.join(sorted(kinds))}")
+        return value
+
 
 class GridParams(Section):
     """The tile grid of the store."""
@@ -556,6 +566,7 @@ _PHRASES = {
     "dataclass_args_type": "is not a mapping (key: value)",
     "list_type": "is not a list",
     "tuple_type": "is not a list",
+    "string_too_short": "is empty",
 }
 
 

@@ -46,7 +46,7 @@ def test_bad_option_value_is_one_line(tmp_path):
     proc = navml("synth", "--params", str(ROOT / "params.yaml"), "--size-km", "50", "--out", "o", cwd=tmp_path)
     assert proc.returncode == 1 and not (tmp_path / "o").exists()
     assert proc.stderr.splitlines() == [
-        "navml: error: command-line option: size_km: 50.0 is out of range; it must be <= 20.0 (size_km: side of the square city, km)"
+        "navml: error: --size-km: 50.0 is out of range; it must be <= 20.0 (size_km: side of the square city, km)"
     ]
 
 

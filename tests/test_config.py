@@ -130,6 +130,8 @@ def test_every_field_has_help_text():
         ("score.class", "roads", "score.class: 'roads' is not a class"),
         ("predict.window_px", 128, "predict.window_px: 128 must be at least grid.tile_size 256"),
         ("train", 5, "params.yaml: train: 5 is not a mapping"),
+        ("extract.index", "flexmem", "extract.index: 'flexmem' is no pyosmium node-location index; use one of"),
+        ("cover.aoi", "", "cover.aoi: '' is empty"),
     ],
 )
 def test_wrong_values_are_one_line_errors(key, value, expect):

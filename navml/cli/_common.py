@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,8 @@ def with_overrides(section: S, **given: Any) -> S:
     try:
         return type(section).model_validate({**section.model_dump(by_alias=True), **changes})
     except ValidationError as exc:
-        raise ConfigError(one_line(exc, "command-line option", model=type(section))) from None
+        line = one_line(exc, "option", model=type(section))
+        raise ConfigError(re.sub(r"^option: (\w+)", lambda m: "--" + m.group(1).replace("_", "-"), line)) from None
 
 
 def exits(fn: Callable) -> Callable:
