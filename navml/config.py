@@ -491,6 +491,17 @@ class Registry(Section):
     classes: dict[str, ClassParams] = Field({}, description="the class registry: one entry per class")
     post: dict[str, PostProcess] = Field({}, description="vectorization per segmentation class")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """An empty section (``train:`` with every key commented out) takes the defaults, as does an empty ``post.<class>``."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {k: ({} if v is None and k in cls.model_fields else v) for k, v in data.items()}
+        if isinstance(data.get("post"), Mapping):
+            data["post"] = {k: ({} if v is None else v) for k, v in data["post"].items()}
+        return data
+
     @field_validator("classes", "post", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:

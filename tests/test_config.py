@@ -240,3 +240,8 @@ def test_loss_names_agree_with_the_losses_module():
 
     assert LOSS_TERMS == LOSS_NAMES
     assert get_args(TrainParams.model_fields["class_weighting"].annotation) == WEIGHTINGS
+
+
+def test_empty_sections_take_the_defaults():
+    p = validate_params(yaml.safe_load("classes: {p: {task: segmentation, tags: {amenity: parking}}}\ntrain:\npost: {p: }\n"))
+    assert p.train == Params.model_fields["train"].default and p.post["p"] == PostProcess()
