@@ -1,19 +1,33 @@
-"""Validated parameters: the class registry and key checks for params sections.
+"""The params model: one typed definition per ``params.yaml`` section.
 
-The library never reads ``params.yaml``; the stages load it and hand sections
-(plain dicts) to these functions, which turn typos into a one-line
-:class:`~navml.errors.ConfigError` naming the key.
+Each section is a pydantic model holding its keys, types, defaults, ranges
+and help text; :class:`Params` validates the whole file at once, before any
+work starts. :func:`validate_params` turns the first problem into a one-line
+:class:`~navml.errors.ConfigError` naming the file and the key, e.g.
+``params.yaml: train.epochs: 'ten' is not an integer (epochs: upper bound ...)``.
+
+The defaults of the models are the values of the shipped ``params.yaml``
+(``tests/test_config.py`` checks it), so every default is written here once;
+the CLI takes its option defaults and help texts from these fields.
+
+The library never reads ``params.yaml``: stages and CLI commands validate it
+here and hand typed sections (or the runtime :class:`ClassSpec` registry) to
+library functions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_type_hints
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from navml.errors import ConfigError
 
 TASKS = ("segmentation", "detection")
+SPLITS = ("train", "val", "test")
 
 
 def check_keys(section: Mapping[str, Any] | None, allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> dict:
@@ -34,20 +48,107 @@ def check_keys(section: Mapping[str, Any] | None, allowed: Iterable[str], where:
     return dict(section)
 
 
+# --- OSM tag values as people write them in YAML ------------------------------
+
+
+def osm_value(value: Any) -> str:
+    """An OSM tag value from YAML: ``yes``/``no`` (YAML booleans) back to "yes"/"no", numbers as text.
+
+    ``~`` (null) is refused: it is no OSM value and would silently match nothing.
+    """
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    if value is None:
+        raise ValueError("~ (null) is no OSM tag value; write the value, quoted if in doubt (\"yes\")")
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError(f"{value!r} is no OSM tag value; write a text such as \"yes\" (or a list of them in a filter)")
+
+
+def _tag_filter(value: Any) -> dict[str, list[str]]:
+    """``{key: value or [values]}`` -> ``{key: [values]}`` with OSM strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("must map OSM keys to a value or a list of values, e.g. {amenity: parking}")
+    out = {}
+    for k, v in value.items():
+        key = osm_value(k)
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        if not vals:
+            raise ValueError(f"{key}: the list of values is empty")
+        try:
+            out[key] = [osm_value(x) for x in vals]
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return out
+
+
+def _osm_tags(value: Any) -> dict[str, str]:
+    """``{key: value}`` written on new features, with OSM strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("must map OSM keys to one value each, e.g. {amenity: parking}")
+    out = {}
+    for k, v in value.items():
+        key = osm_value(k)
+        if isinstance(v, (list, tuple)):
+            raise ValueError(f"{key}: needs one value, not a list")
+        try:
+            out[key] = osm_value(v)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return out
+
+
+TagFilter = Annotated[dict[str, list[str]], BeforeValidator(_tag_filter)]
+OsmTags = Annotated[dict[str, str], BeforeValidator(_osm_tags)]
+
+
+def _box_m(value: Any) -> Any:
+    """``box_m``: one number (a square) or ``[east-west, north-south]``, metres."""
+    if isinstance(value, bool):
+        raise ValueError("give metres > 0: one number or [east-west, north-south], e.g. [5.0, 2.0]")
+    if isinstance(value, (int, float)):
+        return (value, value)
+    return value
+
+
+BoxMetres = Annotated[
+    tuple[Annotated[float, Field(gt=0.0, le=1000.0)], Annotated[float, Field(gt=0.0, le=1000.0)]], BeforeValidator(_box_m)
+]
+
+
+def _empty_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# --- runtime objects of the library --------------------------------------------
+
+
 @dataclass(frozen=True)
 class PostProcess:
-    """Vectorization settings of a segmentation class; sizes in ground metres."""
+    """Vectorization settings of a segmentation class (``post.<class>``); sizes in ground metres.
 
-    threshold: float = 0.5
-    open_m: float = 1.0
-    close_m: float = 2.0
-    simplify_m: float = 1.0
-    min_area_m2: float = 100.0
+    A plain frozen dataclass for the library; pydantic validates it (types,
+    ranges, unknown keys) when it comes from ``params.yaml``.
+    """
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    threshold: Annotated[float, Field(ge=0.0, le=1.0, description="probability 0..1 above which a pixel belongs to the class")] = 0.6
+    open_m: Annotated[float, Field(ge=0.0, description="morphological opening, metres: removes specks narrower than this")] = 3.0
+    close_m: Annotated[float, Field(ge=0.0, description="closing, metres: fills gaps narrower than this")] = 2.0
+    simplify_m: Annotated[float, Field(ge=0.0, description="Douglas-Peucker tolerance, metres")] = 1.5
+    min_area_m2: Annotated[float, Field(ge=0.0, description="smaller polygons are dropped, m²")] = 500.0
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    """One entry of the class registry (``classes:`` in params.yaml)."""
+    """One entry of the class registry (``classes:`` in params.yaml), as the library uses it."""
 
     name: str
     task: str
@@ -66,7 +167,6 @@ class ClassSpec:
     #: Sub-class names of a detection class, in class-id order.
     names: tuple[str, ...] = ()
     post: PostProcess = PostProcess()
-    # --- class registry on real data (issue 7, osm): see docs/classes.md ---
     #: GeoJSON of the areas where this class is completely mapped; "" = everywhere;
     #: None = the ``rasterize.complete`` default. Segmentation classes only.
     complete: str | None = None
@@ -99,137 +199,580 @@ class ClassSpec:
         return any(k in tags and ("*" in v or tags[k] in v) for k, v in self.exclude.items())
 
 
-_CLASS_KEYS = {"task", "tags", "exclude", "osm_tags", "color", "labels", "label_field", "names"}
-#: Keys of a class entry added for real data (issue 7, osm); parsed by :func:`_registry_extras`.
-_EXTRA_KEYS = {"complete", "box_m", "name_tag", "name_map"}
+# --- the sections ----------------------------------------------------------------
 
 
-def _tag_filter(value: Any, where: str) -> dict[str, list[str]]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"params: '{where}' must map OSM keys to a value or a list of values")
-    out = {}
-    for k, v in value.items():
-        vals = v if isinstance(v, list) else [v]
-        out[str(k)] = [str(x) for x in vals]
-    return out
+class Section(BaseModel):
+    """A params section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of field ``name`` (for CLI option help)."""
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """The help text of field ``name``."""
+        return cls.model_fields[name].description or name
 
 
-def parse_post(entry: Mapping[str, Any] | None, where: str) -> PostProcess:
-    """Vectorization settings of one class from ``post.<class>`` (missing keys take the defaults)."""
-    post = PostProcess(**{k: float(v) for k, v in check_keys(entry, PostProcess.__dataclass_fields__, where).items()})
-    if not 0.0 <= post.threshold <= 1.0:
-        raise ConfigError(f"params: '{where}.threshold' is {post.threshold}; it must lie in 0..1")
-    for key in ("open_m", "close_m", "simplify_m", "min_area_m2"):
-        if getattr(post, key) < 0:
-            raise ConfigError(f"params: '{where}.{key}' is {getattr(post, key)}; it must be 0 or more")
-    return post
+class PathsParams(Section):
+    """Where each stage writes (used by dvc.yaml; own input files go under ``inputs``)."""
+
+    synth: str = Field("data/synth", description="synthetic city (synth stage)")
+    extract: str = Field("data/extract", description="per-class GeoJSON (extract stage)")
+    cover: str = Field("data/cover", description="tile index (cover stage)")
+    store: str = Field("data/store", description="shard store: imagery, masks (imagery, rasterize stages)")
+    models: str = Field("data/models", description="trained models (train stage)")
+    metrics: str = Field("data/metrics", description="metrics and plots (train, evaluate, score stages)")
+    predict: str = Field("data/predict", description="probability store (predict stage)")
+    output: str = Field("data/output", description="polygons, new features, JOSM file (vectorize, dedupe stages)")
+    inputs: str = Field(
+        "inputs",
+        description="own input files DVC tracks: <inputs>/labels (labels, complete areas), <inputs>/imagery (GeoTIFFs)",
+    )
+    check: str = Field("data/check", description="stamp of the params check (check stage)")
 
 
-def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = None) -> list[ClassSpec]:
-    """The class registry from the ``classes`` params section, in declared order.
+class SynthParams(Section):
+    """The built-in synthetic city."""
 
-    ``post`` is the ``post`` params section: vectorization settings per
-    segmentation class. It is a section of its own so that tuning it reruns
-    only the stages after prediction, not the whole pipeline.
-    """
-    if not isinstance(section, Mapping) or not section:
-        raise ConfigError("params: 'classes' must declare at least one class")
-    post = post or {}
-    if not isinstance(post, Mapping):
-        raise ConfigError("params: 'post' must map segmentation class names to their settings")
-    specs = []
-    for name, entry in section.items():
-        where = f"classes.{name}"
-        entry = check_keys(entry, _CLASS_KEYS | _EXTRA_KEYS, where, required=("task",))
-        if entry["task"] not in TASKS:
-            raise ConfigError(f"params: '{where}.task' is '{entry['task']}'; use one of {', '.join(TASKS)}")
-        tags = _tag_filter(entry.get("tags"), f"{where}.tags")
-        if not tags and not entry.get("labels"):
-            raise ConfigError(f"params: '{where}' needs 'tags' (an OSM tag filter) or 'labels' (a vector file)")
-        osm_tags = {str(k): str(v) for k, v in (entry.get("osm_tags") or {}).items()}
-        if not osm_tags:
-            osm_tags = {k: v[0] for k, v in tags.items() if v and v[0] != "*"}
-        color = tuple(int(c) for c in entry.get("color", (255, 0, 0)))
-        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
-            raise ConfigError(f"params: '{where}.color' must be three integers 0..255")
-        names = tuple(str(n) for n in entry.get("names") or ())
-        if entry["task"] == "detection" and not names:
-            names = (name,)
-        specs.append(
-            ClassSpec(
-                name=str(name),
-                task=entry["task"],
-                tags=tags,
-                exclude=_tag_filter(entry.get("exclude"), f"{where}.exclude"),
-                osm_tags=osm_tags,
-                color=color,  # type: ignore[arg-type]
-                labels=entry.get("labels") or None,
-                label_field=entry.get("label_field"),
-                names=names,
-                post=parse_post(post.get(name), f"post.{name}"),
-                **_registry_extras(entry, where, names),
-            )
+    seed: int = Field(42, ge=0, description="random seed of the city")
+    center: tuple[Annotated[float, Field(ge=-180, le=180)], Annotated[float, Field(ge=-80, le=84)]] = Field(
+        (-104.9903, 39.7392), description="city centre (lon, lat) in degrees"
+    )
+    size_km: float = Field(1.6, ge=0.2, le=20, description="side of the square city, km")
+    gsd_m: float = Field(0.3, ge=0.05, le=2.0, description="ground sample distance of the orthophoto, metres")
+    unmapped_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of visible lots left out of OSM")
+    shift_m: float = Field(2.0, ge=0.0, le=50.0, description="max offset of mapped outlines, metres")
+
+
+class ClassParams(Section):
+    """One entry of ``classes``: what to learn and how to label it."""
+
+    task: Literal["segmentation", "detection"] = Field(description="segmentation (masks, a U-Net) or detection (boxes)")
+    tags: TagFilter = Field({}, description="OSM tag filter: key -> value or list of values ('*' = any value)")
+    exclude: TagFilter = Field({}, description="OSM tags that drop a matching feature (not visible from above)")
+    osm_tags: OsmTags = Field({}, description="tags written on new features; default: the first value of each filter tag")
+    color: tuple[
+        Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)], Annotated[int, Field(ge=0, le=255)]
+    ] = Field(ClassSpec.color, description="display colour (R, G, B), 0..255")
+    labels: Annotated[str | None, BeforeValidator(_empty_none)] = Field(None, description="own labels (GeoJSON/GeoPackage) instead of OSM")
+    label_field: str | None = Field(None, description="attribute of `labels` holding the sub-class name (detection)")
+    names: list[str] = Field([], description="sub-class names of a detection class, in class-id order")
+    complete: str | None = Field(
+        None, description="segmentation: areas (GeoJSON) where this class is completely mapped; \"\" = everywhere; null = rasterize.complete"
+    )
+    box_m: BoxMetres | None = Field(None, description="detection: box size of point labels, metres: one number or [east-west, north-south]")
+    name_tag: str | None = Field(None, min_length=1, description="detection: OSM key whose value names the sub-class, e.g. turn")
+    name_map: OsmTags = Field({}, description="detection: OSM value of name_tag -> one of names")
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [osm_value(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _source(self) -> ClassParams:
+        if not self.tags and not self.labels:
+            raise ValueError("needs 'tags' (an OSM tag filter) or 'labels' (a vector file)")
+        if self.complete is not None and self.task != "segmentation":
+            raise ValueError("complete: applies to segmentation classes only; remove it")
+        for key in ("box_m", "name_tag"):
+            if getattr(self, key) is not None and self.task != "detection":
+                raise ValueError(f"{key}: applies to detection classes only; remove it")
+        if self.name_map:
+            if self.task != "detection":
+                raise ValueError("name_map: applies to detection classes only; remove it")
+            if not self.name_tag:
+                raise ValueError("name_map: needs name_tag (the OSM key it reads)")
+            bad = sorted(v for v in self.name_map.values() if v not in self.names)
+            if bad:
+                raise ValueError(f"name_map: maps to '{bad[0]}', not one of names {list(self.names)}")
+        if self.task == "detection" and len(self.names) > 1 and self.tags and not self.labels and not self.name_tag:
+            raise ValueError("has several names and takes OSM features: set name_tag (the OSM key naming each)")
+        if not self.osm_tags:
+            wild = [k for k, v in self.tags.items() if "*" in v]
+            if wild:
+                raise ValueError(
+                    f"tags {wild[0]}: '*' accepts any value, so new features would get no {wild[0]} tag; set osm_tags (the tags to write)"
+                )
+        return self
+
+    def spec(self, name: str, post: PostProcess | None = None) -> ClassSpec:
+        """The runtime :class:`ClassSpec` of this entry, named ``name``."""
+        osm_tags = dict(self.osm_tags) or {k: v[0] for k, v in self.tags.items()}
+        names = tuple(self.names) or ((name,) if self.task == "detection" else ())
+        return ClassSpec(
+            name=name,
+            task=self.task,
+            tags={k: list(v) for k, v in self.tags.items()},
+            exclude={k: list(v) for k, v in self.exclude.items()},
+            osm_tags=osm_tags,
+            color=tuple(self.color),  # type: ignore[arg-type]
+            labels=self.labels,
+            label_field=self.label_field,
+            names=names,
+            post=post or PostProcess(),
+            complete=self.complete,
+            box_m=self.box_m,
+            name_tag=self.name_tag,
+            name_map=dict(self.name_map),
         )
-    seg = [c.name for c in specs if c.task == "segmentation"]
-    for name in post:
-        if name not in seg:
-            raise ConfigError(f"params: 'post.{name}' names no segmentation class of 'classes' (those are: {', '.join(seg) or 'none'})")
-    return specs
 
 
-def _registry_extras(entry: Mapping[str, Any], where: str, names: tuple[str, ...]) -> dict[str, Any]:
-    """``complete``, ``box_m``, ``name_tag`` and ``name_map`` of one class entry, checked."""
-    task = entry["task"]
-    out: dict[str, Any] = {}
-    if "complete" in entry:
-        value = entry["complete"]
-        if task != "segmentation":
-            raise ConfigError(f"params: '{where}.complete' applies to segmentation classes only; remove it")
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"params: '{where}.complete' must be a GeoJSON path or \"\" (complete everywhere)")
-        out["complete"] = value or ""
-    for key in ("box_m", "name_tag", "name_map"):
-        if entry.get(key) is not None and task != "detection":
-            raise ConfigError(f"params: '{where}.{key}' applies to detection classes only; remove it")
-    if entry.get("box_m") is not None:
-        value = entry["box_m"]
-        sizes = value if isinstance(value, (list, tuple)) else [value]
+class ExtractParams(Section):
+    """OSM file -> per-class GeoJSON."""
+
+    pbf: str = Field("data/synth/city.osm.pbf", description="OSM file (.osm.pbf, .osm, .osm.bz2); \"\" when every class has its own labels")
+    index: str = Field("flex_mem", min_length=1, description="pyosmium node-location index; sparse_file_array for countries")
+    lane_width_m: float = Field(3.5, gt=0.0, le=10.0, description="road surface width per lane, metres, for roads without `width`")
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        import osmium.index
+
+        kinds = osmium.index.map_types()
+        if value.split(",", 1)[0] not in kinds:
+            raise ValueError(f"'{value}' is no pyosmium node-location index; use one of {', '.join(sorted(kinds))}")
+        return value
+
+
+class GridParams(Section):
+    """The tile grid of the store."""
+
+    zoom: int = Field(18, ge=0, le=24, description="tile zoom of the store")
+    tile_size: int = Field(256, ge=16, le=4096, description="tile side, pixels (a power of two)")
+    shard_zoom: int = Field(15, ge=0, le=24, description="one shard file per tile of this zoom")
+
+    @model_validator(mode="after")
+    def _valid(self) -> GridParams:
         try:
-            box_m = tuple(float(v) for v in sizes)
-        except (TypeError, ValueError):
-            box_m = ()
-        if len(box_m) == 1:
-            box_m = (box_m[0], box_m[0])
-        if len(box_m) != 2 or not all(0.0 < v <= 1000.0 for v in box_m) or isinstance(value, bool):
-            raise ConfigError(f"params: '{where}.box_m' is {value!r}; give metres > 0: one number or [east-west, north-south], e.g. [5.0, 2.0]")
-        out["box_m"] = box_m
-    tag = entry.get("name_tag")
-    if tag is not None:
-        if not isinstance(tag, str) or not tag:
-            raise ConfigError(f"params: '{where}.name_tag' must be an OSM key, e.g. turn")
-        out["name_tag"] = tag
-    mapping = entry.get("name_map")
-    if mapping:
-        if not isinstance(mapping, Mapping):
-            raise ConfigError(f"params: '{where}.name_map' must map OSM values of name_tag to names")
-        if not tag:
-            raise ConfigError(f"params: '{where}.name_map' needs '{where}.name_tag' (the OSM key it reads)")
-        out["name_map"] = {_osm_str(k): str(v) for k, v in mapping.items()}
-        bad = sorted(v for v in out["name_map"].values() if v not in names)
+            self.grid()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def grid(self):
+        """The :class:`navml.geo.grid.Grid` of these settings."""
+        from navml.geo.grid import make_grid
+
+        return make_grid(self.zoom, self.tile_size, self.shard_zoom)
+
+
+class CoverParams(Section):
+    """Tile index of the area of interest and its train/val/test split."""
+
+    aoi: str = Field("data/synth/aoi.geojson", min_length=1, description="AOI GeoJSON or 'west,south,east,north' in degrees")
+    split_zoom: int = Field(16, ge=0, le=24, description="zoom of the spatial blocks of the split")
+    split: dict[Literal["train", "val", "test"], Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        {"train": 0.7, "val": 0.15, "test": 0.15}, description="share of blocks per split, adding up to 1"
+    )
+    seed: int = Field(0, description="seed of the block shuffle")
+
+    @field_validator("split")
+    @classmethod
+    def _adds_up(cls, value: dict[str, float]) -> dict[str, float]:
+        if not math.isclose(sum(value.values()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"shares {dict(value)} must add up to 1")
+        return value
+
+
+class RasterizeParams(Section):
+    """Burning labels on the tile grid."""
+
+    complete: str = Field(
+        "data/synth/truth/complete_aoi.geojson",
+        description="areas (GeoJSON) where OSM mapping is complete; outside, unlabelled pixels are unknown; \"\" = complete everywhere",
+    )
+    roads: bool = Field(True, description="mapped road surfaces are background everywhere")
+
+
+class ImageryParams(Section):
+    """Imagery into the shard store."""
+
+    source: Literal["geotiff", "xyz"] = Field("geotiff", description="geotiff (a GeoTIFF/COG file) or xyz (a tile URL)")
+    geotiff: str = Field("data/synth/ortho.tif", description="GeoTIFF/COG (source: geotiff)")
+    url: str = Field("", description="tile URL with {z}/{x}/{y}, optionally {token} (source: xyz)")
+    token_env: str = Field("NAVML_TILE_TOKEN", description="environment variable holding the {token} of the URL")
+    workers: int = Field(8, ge=1, le=64, description="parallel downloads or warps")
+    retries: int = Field(5, ge=0, le=50, description="attempts per tile after the first")
+    timeout_s: float = Field(20.0, gt=0.0, description="timeout per tile request, seconds")
+    bands: int = Field(3, ge=1, le=16, description="bands kept in the store: band_indexes, else the first ones of the source")
+    band_indexes: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="source bands to keep, numbered from 1 as in GDAL (e.g. [1, 2, 3] of an RGBN file); null = the first `bands`"
+    )
+    stretch: Literal["none", "percentile"] = Field(
+        "none", description="none (the source must be 8-bit) | percentile: each band's percentiles onto 0..255 (16-bit, float)"
+    )
+    percentiles: tuple[Annotated[float, Field(ge=0.0, le=100.0)], Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+        (2.0, 98.0), description="low and high percentile of the stretch, computed once per source"
+    )
+    resampling: Literal["bilinear", "cubic", "lanczos", "average", "nearest"] = Field(
+        "bilinear", description="warp resampling of a GeoTIFF"
+    )
+    cache_dir: str = Field("", description="tile cache folder of xyz; \"\" = the default cache")
+
+    @model_validator(mode="after")
+    def _source_given(self) -> ImageryParams:
+        if self.source == "geotiff" and not self.geotiff:
+            raise ValueError("source: geotiff needs imagery.geotiff (a GeoTIFF path)")
+        if self.source == "xyz" and not self.url:
+            raise ValueError("source: xyz needs imagery.url (a tile URL with {z}/{x}/{y})")
+        if self.band_indexes is not None:
+            if len(set(self.band_indexes)) != len(self.band_indexes):
+                raise ValueError(f"band_indexes: {self.band_indexes} names a band twice")
+            if len(self.band_indexes) != self.bands:
+                raise ValueError(f"band_indexes: {len(self.band_indexes)} bands but bands is {self.bands}; set bands: {len(self.band_indexes)}")
+        if not self.percentiles[0] < self.percentiles[1]:
+            raise ValueError(f"percentiles: low {self.percentiles[0]} must be below high {self.percentiles[1]}")
+        if self.source == "xyz" and (self.stretch != "none" or self.bands != 3):
+            raise ValueError("source: xyz tiles are 8-bit RGB; keep stretch: none and bands: 3")
+        return self
+
+
+class AugmentParams(Section):
+    """Training augmentation (``train.augment``; ``false`` turns all of it off)."""
+
+    flip: bool = Field(True, description="horizontal and vertical flips")
+    rotate: bool = Field(True, description="rotations by multiples of 90 degrees")
+    brightness: float = Field(0.1, ge=0.0, le=1.0, description="max brightness shift, share of 255")
+    contrast: float = Field(0.1, ge=0.0, le=1.0, description="max relative change of the spread around the tile mean")
+    hue: float = Field(0.02, ge=0.0, le=1.0, description="max hue rotation, share of the colour circle")
+
+
+#: Loss term names of ``train.loss`` (aliases -> canonical); equal to navml.segment.losses.LOSS_NAMES
+#: (tests/test_config.py checks), kept here so that validation does not import Keras.
+LOSS_TERMS = {
+    "crossentropy": "crossentropy",
+    "ce": "crossentropy",
+    "bce": "crossentropy",
+    "binary_crossentropy": "crossentropy",
+    "dice": "dice",
+    "iou": "iou",
+    "soft_iou": "iou",
+    "jaccard": "iou",
+    "focal": "focal",
+}
+
+
+def _augment(value: Any) -> Any:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, (Mapping, AugmentParams)):
+        return value
+    raise ValueError("use true, false or a mapping of flip, rotate, brightness, contrast, hue")
+
+
+class TrainParams(Section):
+    """The segmentation U-Net of every `task: segmentation` class."""
+
+    bands: int = Field(3, ge=1, le=16, description="imagery bands the model takes (3 = RGB)")
+    depth: int = Field(4, ge=1, le=7, description="2x poolings: input a multiple of 2**depth px")
+    base_filters: int = Field(8, ge=1, le=512, description="filters of the first level, doubling per level")
+    encoder: Literal["plain", "residual"] = Field("plain", description="encoder blocks")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the bottleneck, 0..1")
+    loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent (only with focal)")
+    class_weighting: Literal["none", "inverse", "sqrt"] = Field("sqrt", description="class weights from pixel frequencies")
+    epochs: int = Field(40, ge=1, description="upper bound of epochs; early stopping on val IoU usually ends sooner")
+    batch_size: int = Field(8, ge=1, description="tiles per training step")
+    learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam learning rate, cosine decay over `epochs`")
+    patience: int = Field(8, ge=0, description="epochs without a better val IoU before stopping")
+    negative_share: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        0.25, description="share of training tiles without a labelled pixel; null keeps all tiles"
+    )
+    augment: Annotated[AugmentParams | None, BeforeValidator(_augment)] = Field(
+        AugmentParams(), description="augmentation settings, or false for none"
+    )
+    threshold_metric: Literal["iou", "f1"] = Field("iou", description="metric of the per-class threshold chosen on val")
+    seed: int = Field(0, description="same seed + same data -> same weights")
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, value: str | list[str]) -> str | list[str]:
+        terms = [t.strip().lower() for t in (value.split("+") if isinstance(value, str) else value)]
+        bad = [t for t in terms if t not in LOSS_TERMS]
         if bad:
-            raise ConfigError(f"params: '{where}.name_map' maps to '{bad[0]}', not one of {where}.names {list(names)}")
-    if task == "detection" and len(names) > 1 and entry.get("tags") and not entry.get("labels") and not tag:
-        raise ConfigError(f"params: '{where}' has several names and takes OSM features: set '{where}.name_tag' (the OSM key naming each)")
+            raise ValueError(f"term '{bad[0]}' is unknown; use crossentropy, dice, iou, focal joined with '+'")
+        return value
+
+
+def _threshold(value: Any) -> Any:
+    return None if value in (None, "auto") else value
+
+
+class EvaluateParams(Section):
+    """Scores on the held-out test split."""
+
+    threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
+        "auto", description="auto = per-class thresholds chosen on val; or a probability 0..1"
+    )
+    batch_size: int = Field(8, ge=1, description="tiles per model call")
+    overlays: int = Field(6, ge=0, description="test tiles drawn as imagery | truth | prediction PNGs")
+    bins: int = Field(100, ge=2, le=100000, description="probability bins of the PR curve (threshold step 1/bins)")
+
+
+class PredictParams(Section):
+    """Probabilities over every tile of the AOI."""
+
+    window_px: int = Field(2048, ge=16, description="largest core of one model call, px (at least grid.tile_size)")
+    halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the model's receptive field")
+
+
+class VectorizeParams(Section):
+    """Probabilities (or label masks) -> polygons."""
+
+    layer: str = Field("probs", min_length=1, description="store layer: probs (data/predict) or masks (data/store)")
+    kind: Literal["auto", "probs", "labels"] = Field("auto", description="probs | labels | auto (masks -> labels)")
+
+    def resolved_kind(self, layer: str | None = None) -> str:
+        """``kind`` with ``auto`` resolved for ``layer`` (default: this section's layer)."""
+        if self.kind != "auto":
+            return self.kind
+        return "labels" if (layer or self.layer) == "masks" else "probs"
+
+
+class DedupeParams(Section):
+    """Dropping predictions already in OSM."""
+
+    match: Literal["share", "iou"] = Field("share", description="share: covered share of the prediction | iou: IoU with OSM areas")
+    min_overlap: float = Field(0.5, gt=0.0, le=1.0, description="a prediction at or above this overlap is already in OSM")
+    source: str = Field("navml", description="`source` tag on new features (\"\" for none)")
+    max_road_share: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        0.15, description="drop a prediction with this share of its area on mapped roads; null keeps them"
+    )
+
+
+class ScoreParams(Section):
+    """Scoring the vector output against truth polygons."""
+
+    truth: str | dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        "data/synth/truth/lots.geojson",
+        description="truth polygons with a boolean `mapped` (and `class` when several classes share a file), or {class: path}",
+    )
+    classes: list[str] = Field([], description="segmentation classes to score; [] = every segmentation class with truth polygons")
+    iou: float = Field(0.5, gt=0.0, le=1.0, description="match threshold (IoU)")
+    split: Literal["train", "val", "test"] = Field("test", description="tiles.csv split for the polygon F1")
+
+
+
+class Registry(Section):
+    """The class registry (``classes``) with the vectorization settings of its segmentation classes (``post``)."""
+
+    classes: dict[str, ClassParams] = Field({}, description="the class registry: one entry per class")
+    post: dict[str, PostProcess] = Field({}, description="vectorization per segmentation class")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """An empty section (``train:`` with every key commented out) takes the defaults, as does an empty ``post.<class>``."""
+        if not isinstance(data, Mapping):
+            return data
+        data = {k: ({} if v is None and k in cls.model_fields else v) for k, v in data.items()}
+        if isinstance(data.get("post"), Mapping):
+            data["post"] = {k: ({} if v is None else v) for k, v in data["post"].items()}
+        return data
+
+    @field_validator("classes", "post", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {osm_value(k): v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _post_names(self) -> Registry:
+        seg = [n for n, c in self.classes.items() if c.task == "segmentation"]
+        for name in self.post:
+            if name not in seg:
+                raise ValueError(f"post.{name}: names no segmentation class of 'classes' (those are: {', '.join(seg) or 'none'})")
+        return self
+
+    def class_specs(self) -> list[ClassSpec]:
+        """The class registry in declared order, with ``post`` settings per segmentation class.
+
+        An empty registry is an error here, not in validation: commands that
+        need no class (synth, imagery) run with a params file without one.
+        """
+        if not self.classes:
+            raise ConfigError(f"params: classes: declare at least one class ({type(self).model_fields['classes'].description})")
+        return [c.spec(name, self.post.get(name)) for name, c in self.classes.items()]
+
+class Params(Registry):
+    """The whole ``params.yaml``."""
+
+    paths: PathsParams = PathsParams()
+    synth: SynthParams = SynthParams()
+    extract: ExtractParams = ExtractParams()
+    grid: GridParams = GridParams()
+    cover: CoverParams = CoverParams()
+    rasterize: RasterizeParams = RasterizeParams()
+    imagery: ImageryParams = ImageryParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    predict: PredictParams = PredictParams()
+    vectorize: VectorizeParams = VectorizeParams()
+    dedupe: DedupeParams = DedupeParams()
+    score: ScoreParams = ScoreParams()
+
+    @model_validator(mode="after")
+    def _across(self) -> Params:
+        # score.class defaults to the synthetic city's class: checked where the file has a score section
+        seg = [n for n, c in self.classes.items() if c.task == "segmentation"]
+        if self.classes and "score" in self.model_fields_set:
+            for name in self.score.classes:
+                if name not in seg:
+                    raise ValueError(f"score.classes: '{name}' is not a segmentation class of 'classes' ({', '.join(seg)})")
+        g = self.grid
+        if not g.shard_zoom <= self.cover.split_zoom <= g.zoom:
+            raise ValueError(f"cover.split_zoom: {self.cover.split_zoom} must lie between grid.shard_zoom {g.shard_zoom} and grid.zoom {g.zoom}")
+        if self.predict.window_px < g.tile_size:
+            raise ValueError(f"predict.window_px: {self.predict.window_px} must be at least grid.tile_size {g.tile_size}")
+        if g.tile_size % (2**self.train.depth):
+            raise ValueError(f"train.depth: {self.train.depth} needs tiles of a multiple of {2**self.train.depth} px; grid.tile_size is {g.tile_size}")
+        return self
+
+# --- one-line errors ---------------------------------------------------------------
+
+_PHRASES = {
+    "int_parsing": "is not an integer",
+    "int_type": "is not an integer",
+    "int_from_float": "is not an integer",
+    "float_parsing": "is not a number",
+    "float_type": "is not a number",
+    "finite_number": "is not a finite number",
+    "bool_parsing": "is not true or false",
+    "bool_type": "is not true or false",
+    "string_type": "is not a text",
+    "dict_type": "is not a mapping (key: value)",
+    "model_type": "is not a mapping (key: value)",
+    "model_attributes_type": "is not a mapping (key: value)",
+    "dataclass_type": "is not a mapping (key: value)",
+    "dataclass_args_type": "is not a mapping (key: value)",
+    "list_type": "is not a list",
+    "tuple_type": "is not a list",
+    "string_too_short": "is empty",
+}
+
+
+def _model_of(annotation: Any) -> Any:
+    """The first model or dataclass inside ``annotation`` (through Annotated, unions, dict values, lists)."""
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or hasattr(annotation, "__dataclass_fields__")):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _fields(model: Any) -> dict[str, tuple[str | None, Any]]:
+    """``key -> (help text, annotation)`` of a model or dataclass (keys as written in YAML)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return {(f.alias or n): (f.description, f.annotation) for n, f in model.model_fields.items()}
+    out = {}
+    for n, hint in get_type_hints(model, include_extras=True).items():
+        if n.startswith("__"):
+            continue
+        desc = next((m.description for m in getattr(hint, "__metadata__", ()) if getattr(m, "description", None)), None)
+        out[n] = (desc, hint)
     return out
 
 
-def _osm_str(value: Any) -> str:
-    """An OSM tag value as written in OSM (YAML reads an unquoted yes/no as a boolean)."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+def _is_tag(item: str) -> bool:
+    """Whether a location item is pydantic's tag of a union member or validator, not a key."""
+    return "[" in item or item[:1].isupper()
+
+
+def _describe(model: Any, loc: tuple) -> tuple[str, str | None, list[str]]:
+    """Dotted key of ``loc``, the help text of its field and the keys allowed where it sits."""
+    parts: list[str] = []
+    desc, allowed = None, []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            continue
+        fields = _fields(model) if model is not None else {}
+        if item in fields:
+            desc, annotation = fields[item]
+            allowed = sorted(fields)
+            model = _model_of(annotation)
+        elif _is_tag(item):
+            continue
+        else:  # a name of the user's (class name) or an unknown key
+            desc, allowed = None, sorted(fields)
+        parts.append(("." if parts else "") + item)
+    return "".join(parts), desc, allowed
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def one_line(exc: ValidationError, where: str = "params.yaml", model: Any = Params) -> str:
+    """The first error of ``exc`` as one line: ``<where>: <key>: <value> <problem> (<key>: <help>)``."""
+    err = exc.errors(include_url=False)[0]
+    key, desc, allowed = _describe(model, tuple(err["loc"]))
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    name = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return f"{where}: unknown key '{key}' (allowed: {', '.join(k for k in allowed if k != name)}); fix the spelling or remove it"
+    if kind in ("missing", "missing_argument", "missing_keyword_argument"):
+        text = "is missing"
+    elif kind in _PHRASES:
+        text = f"{_short(value)} {_PHRASES[kind]}"
+    elif kind == "literal_error":
+        text = f"{_short(value)} is not one of {ctx.get('expected')}"
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        text = f"{_short(value)} is out of range; it must be {op} {bound}"
+    elif kind == "too_short":
+        text = f"{_short(value)} needs at least {ctx.get('min_length')} item(s)"
+    elif kind == "too_long":
+        text = f"{_short(value)} has more than {ctx.get('max_length')} item(s)"
+    elif kind in ("value_error", "assertion_error"):
+        msg = str(ctx.get("error", err["msg"]))
+        if key and not msg.startswith(key.split(".")[0]):
+            return f"{where}: {key}: {msg}" + (f" ({name}: {desc})" if desc else "")
+        return f"{where}: {msg}"
+    else:
+        text = f"{_short(value)}: {err['msg'][0].lower() + err['msg'][1:]}"
+    if not key:
+        return f"{where}: {text}"
+    return f"{where}: {key}: {text}" + (f" ({name}: {desc})" if desc else "")
+
+
+def validate_params(data: Any, where: str = "params.yaml") -> Params:
+    """The validated :class:`Params` of a loaded params file; a :class:`ConfigError` of one line otherwise."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, where)) from None
+
+
+def parse_classes(section: Mapping[str, Any], post: Mapping[str, Any] | None = None, where: str = "params") -> list[ClassSpec]:
+    """The class registry from the ``classes`` params section (and ``post`` per segmentation class), in declared order.
+
+    ``post`` is a section of its own so that tuning it reruns only the stages
+    after prediction, not the whole pipeline.
+    """
+    try:
+        registry = Registry.model_validate({"classes": section, "post": post or {}})
+    except ValidationError as exc:
+        raise ConfigError(one_line(exc, where, model=Registry)) from None
+    return registry.class_specs()
 
 
 def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
@@ -240,3 +783,41 @@ def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
 def detection_names(classes: list[ClassSpec]) -> list[tuple[str, str]]:
     """``(class, sub-class name)`` of every detection label, in box class-id order."""
     return [(c.name, n) for c in classes if c.task == "detection" for n in c.names]
+
+
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both relative to the project root, or absolute)."""
+    import os
+
+    p, f = os.path.normpath(path), os.path.normpath(folder)
+    return p == f or p.startswith(f + os.sep)
+
+
+def tracked_inputs(params: Params) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(key, path, folders)`` of every own input file the params name, with the folders dvc.yaml tracks for it.
+
+    dvc.yaml cannot list files that come from a params list or may be empty
+    (``rasterize.complete: ""``), so it depends on folders instead: labels
+    and completeness areas under ``<paths.inputs>/labels`` (or the synthetic
+    city's ``truth``), GeoTIFFs under ``<paths.inputs>/imagery`` (or the
+    synthetic orthophoto).
+    """
+    synth, inputs = params.paths.synth, params.paths.inputs
+    labels = (f"{synth}/truth", f"{inputs}/labels")
+    out = [(f"classes.{name}.labels", c.labels, labels) for name, c in params.classes.items() if c.labels]
+    if params.rasterize.complete:
+        out.append(("rasterize.complete", params.rasterize.complete, labels))
+    out += [(f"classes.{name}.complete", c.complete, labels) for name, c in params.classes.items() if c.complete]
+    if params.imagery.source == "geotiff":
+        out.append(("imagery.geotiff", params.imagery.geotiff, (f"{synth}/ortho.tif", f"{inputs}/imagery")))
+    return out
+
+
+def check_tracked_inputs(params: Params, where: str = "params.yaml") -> None:
+    """Refuse an own input file outside the folders dvc.yaml tracks: DVC would not rerun a stage when it changes."""
+    for key, path, folders in tracked_inputs(params):
+        if not any(_under(path, f) for f in folders):
+            raise ConfigError(
+                f"{where}: {key}: {path} lies outside what dvc.yaml tracks for it ({', '.join(folders)}); "
+                f"move or link it into {folders[-1]} so that DVC reruns the pipeline when it changes"
+            )

@@ -37,6 +37,29 @@ def test_help_lists_every_stage(tmp_path):
         assert sub.exit_code == 0 and "Usage:" in sub.output, (name, sub.output)
 
 
+def test_option_help_and_defaults_come_from_the_params_model(tmp_path):
+    out = navml("synth", "--help", cwd=tmp_path).stdout
+    assert "synth.size_km of params (1.6 as shipped)" in " ".join(out.replace("│", " ").split())
+    out = " ".join(navml("vectorize", "--help", cwd=tmp_path).stdout.replace("│", " ").split())
+    assert "post.<class>.threshold (0.6 as shipped)" in out and "vectorize.layer of params ('probs' as shipped)" in out
+
+
+def test_bad_option_value_is_one_line(tmp_path):
+    proc = navml("synth", "--params", str(ROOT / "params.yaml"), "--size-km", "50", "--out", "o", cwd=tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "o").exists()
+    assert proc.stderr.splitlines() == [
+        "navml: error: --size-km: 50.0 is out of range; it must be <= 20.0 (size_km: side of the square city, km)"
+    ]
+
+
+def test_check_validates_the_whole_file(tmp_path):
+    assert navml("check", "--params", str(ROOT / "params.yaml"), cwd=tmp_path).returncode == 0
+    params = write_params(tmp_path, imagery__workers="eight")
+    proc = navml("check", "--params", str(params), "--stamp", "ok", cwd=tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "ok").exists()
+    assert proc.stderr.splitlines() == [f"navml: error: {params}: imagery.workers: 'eight' is not an integer (workers: parallel downloads or warps)"]
+
+
 def test_unknown_params_key_is_one_line_naming_it(tmp_path):
     params = write_params(tmp_path, cover__splitt=0.3)
     (tmp_path / "data/cover").mkdir(parents=True)
@@ -44,7 +67,7 @@ def test_unknown_params_key_is_one_line_naming_it(tmp_path):
     proc = navml("cover", "--params", str(params), "--aoi", "10,50,10.01,50.01", "--out", "data/cover", cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cover.splitt" in lines[0] and lines[0].startswith("navml: error:")
+    assert len(lines) == 1 and "unknown key 'cover.splitt'" in lines[0] and lines[0].startswith(f"navml: error: {params}:")
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "data/cover/tiles.csv").read_text() == "earlier output\n"
 
@@ -59,7 +82,7 @@ def test_unknown_class_key_and_task(tmp_path):
     params["classes"]["parking"]["task"] = "instance"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = navml("rasterize", "--params", "params.yaml", cwd=tmp_path)
-    assert proc.returncode == 1 and "segmentation, detection" in proc.stderr.splitlines()[0]
+    assert proc.returncode == 1 and "'segmentation' or 'detection'" in proc.stderr.splitlines()[0]
 
 
 def test_missing_tile_index_says_which_stage_to_run(tmp_path):
@@ -74,8 +97,8 @@ def test_post_section_names_only_segmentation_classes(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = navml("vectorize", "--params", "params.yaml", cwd=tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.splitlines() == ["navml: error: params: 'post.turn_markings' names no segmentation class of 'classes' (those are: parking)"]
+    assert proc.stderr.splitlines() == ["navml: error: params.yaml: post.turn_markings: names no segmentation class of 'classes' (those are: parking)"]
     params["post"] = {"parking": {"open_m": -1}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = navml("vectorize", "--params", "params.yaml", cwd=tmp_path)
-    assert proc.returncode == 1 and "'post.parking.open_m' is -1.0" in proc.stderr
+    assert proc.returncode == 1 and "post.parking.open_m: -1 is out of range; it must be >= 0.0" in proc.stderr

@@ -62,3 +62,23 @@ def test_bad_split_and_aoi(tmp_path, parking):
     with pytest.raises(ConfigError, match="west < east"):
         read_aoi("10,5,9,6")
     assert read_aoi("-104.999,39.735,-104.985,39.745").equals(AOI)
+
+
+def test_write_cover_writes_index_and_outlines(tmp_path, parking):
+    import json
+
+    from navml.data.cover import cover_summary, write_cover
+    from navml.geo.features import write_features
+    from navml.geo.tile_index import read_index
+
+    lot = box(-104.995, 39.738, -104.994, 39.739)
+    write_features([{"geometry": lot, "properties": {}}, {"geometry": box(-104.99, 39.74, -104.989, 39.741), "properties": {"label": False}}],
+                   tmp_path / "extract/parking.geojson")
+    df = write_cover("-104.999,39.735,-104.985,39.745", tmp_path / "extract", Grid(18, 256, 15), [parking], tmp_path / "cover",
+                     split_zoom=16, fractions={"train": 0.7, "val": 0.15, "test": 0.15}, seed=0)
+    assert len(read_index(tmp_path / "cover/tiles.csv")) == len(df) == len(cover_tiles(AOI, 18))
+    outlines = json.loads((tmp_path / "cover/tiles.geojson").read_text())["features"]
+    assert len(outlines) == len(df) and {"tile", "split", "shard"} <= set(outlines[0]["properties"])
+    assert 1 <= df["pos_parking"].sum() <= 4  # the labelled lot only, not the one with label: false
+    line = cover_summary(df)
+    assert line.startswith(f"{len(df)} tiles in ") and f"positive tiles {{'parking': {df['pos_parking'].sum()}}}" in line

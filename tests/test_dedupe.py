@@ -182,7 +182,7 @@ def cli_params(tmp_path, **sections):
 
 def test_cli_dedupe_errors_are_one_line_and_keep_earlier_outputs(tmp_path, scene):
     existing, preds = scene
-    cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 0.45, "source": "navml"})
+    cli_params(tmp_path, dedupe={"match": "share", "min_overlap": 0.45, "source": "navml", "max_road_share": None})
     write_features(preds, tmp_path / "data/output/predictions.geojson")
     proc = navml("dedupe", cwd=tmp_path)
     assert proc.returncode == 1

@@ -185,3 +185,21 @@ def test_cli_export_split_with_one_band_imagery_and_unknown(tmp_path, small_grid
     t = tiles[0]
     m = read_png(out / "masks" / f"{t.z}/{t.x}/{t.y}.png")
     assert tuple(int(v) for v in m[20, 30]) == (250, 200, 40) and tuple(int(v) for v in m[70, 30]) == (200, 0, 0)
+
+
+def test_select_tiles_from_options_and_index(tmp_path):
+    from navml.data.export import read_boxes, select_tiles, tile_range
+
+    assert tile_range("18/10/20:18/11/22") == [Tile(x, y, 18) for y in (20, 21, 22) for x in (10, 11)]
+    with pytest.raises(ConfigError, match="same zoom"):
+        tile_range("18/10/20:17/11/22")
+    with pytest.raises(ConfigError, match="z/x0/y0:z/x1/y1"):
+        tile_range("18/10/20")
+    index = tmp_path / "tiles.csv"
+    index.write_text("z,x,y,shard,block,split\n18,54610,99480,15-6826-12435,b,train\n18,54611,99480,15-6826-12435,b,test\n")
+    assert select_tiles(18, index, split="test") == [Tile(54611, 99480, 18)]
+    assert select_tiles(18, index, tiles=["18/1/2"], range_="18/3/4:18/3/5") == [Tile(1, 2, 18), Tile(3, 4, 18), Tile(3, 5, 18)]
+    assert select_tiles(18, index, bbox="0,0,1,1") == []
+    with pytest.raises(ConfigError, match="store zoom 18"):
+        select_tiles(18, index, tiles=["17/1/2"])
+    assert read_boxes(tmp_path) is None

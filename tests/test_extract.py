@@ -245,7 +245,7 @@ def test_bad_input_keeps_earlier_outputs(city, classes, tmp_path):
 def test_unknown_index_and_reserved_name_are_config_errors(city, classes, tmp_path):
     with pytest.raises(ConfigError, match="sparse_file_array"):
         extract(city, classes, tmp_path / "out", index="nope", progress=False)
-    roads = parse_classes({"roads": {"task": "segmentation", "tags": {"highway": "*"}}})
+    roads = parse_classes({"roads": {"task": "segmentation", "tags": {"highway": "*"}, "osm_tags": {"highway": "service"}}})
     with pytest.raises(ConfigError, match="roads"):
         extract(city, roads, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()

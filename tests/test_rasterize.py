@@ -8,7 +8,7 @@ from pyproj import Geod
 from shapely import affinity
 from shapely.geometry import box
 
-from navml.data.rasterize import shard_mask, tile_boxes, write_masks
+from navml.data.rasterize import rasterize_labels, shard_mask, tile_boxes, write_masks
 from navml.geo.grid import Tile, lonlat_to_pixel, pixel_area_m2, tile_polygon, tiles_of_shard
 from navml.geo.store import Store
 
@@ -138,6 +138,42 @@ def test_mapped_road_surfaces_are_background_outside_complete_mapping(small_grid
     # a class pixel under a road stays the class: labels win over background
     under = shard_mask(shard, small_grid, [[lot]], tiles, complete=[west_half], background=[lot.buffer(0.0001)])
     assert (under == 1).sum() == (mask == 1).sum()
+
+
+def test_rasterize_labels_writes_masks_boxes_and_legend(tmp_path, small_grid):
+    import json
+
+    from navml.config import parse_classes
+    from navml.errors import InputError
+    from navml.geo.features import read_features, write_features
+
+    shard = Tile(8577, 6245, 16)
+    tiles = list(tiles_of_shard(shard, small_grid))
+    w, s, e, n = tile_polygon(tiles[0]).bounds
+    lot = box(w + (e - w) * 0.25, s + (n - s) * 0.25, w + (e - w) * 0.75, s + (n - s) * 0.75)  # the middle quarter of tile 0
+    mark = box(w + (e - w) * 0.1, s + (n - s) * 0.1, w + (e - w) * 0.2, s + (n - s) * 0.2)
+    labels = tmp_path / "extract"
+    write_features([{"geometry": lot, "properties": {}}, {"geometry": lot.buffer(1e-5), "properties": {"label": False}}], labels / "parking.geojson")
+    write_features([{"geometry": mark, "properties": {"kind": "left"}}], labels / "marks.geojson")
+    classes = parse_classes(
+        {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}}, "marks": {"task": "detection", "labels": "x.geojson", "names": ["left", "right"], "label_field": "kind"}}
+    )
+    store = Store(tmp_path / "store", small_grid)
+    legend = rasterize_labels(labels, tiles, store, classes, complete=None, roads=True)
+    assert legend["shards"] == 1 and legend["boxes"] == 1
+    assert legend["pixels"]["parking"] == pytest.approx(128 * 128, rel=0.02)  # half the tile side squared, px
+    assert legend["box_class_ids"] == {"0": "marks:left", "1": "marks:right"}
+    assert json.loads((tmp_path / "store/labels.json").read_text())["mask_values"] == {"1": "parking", "255": "ignore"}
+    boxes = pd.read_csv(tmp_path / "store/boxes.csv")
+    assert list(boxes["name"]) == ["left"] and boxes["xmin"][0] == pytest.approx(25.6, abs=1) and boxes["ymax"][0] == pytest.approx(230.4, abs=1)
+    assert (store.read_tile("masks", tiles[0])[0] == 1).sum() == legend["pixels"]["parking"]
+    write_features([{"geometry": mark, "properties": {"kind": "u_turn"}}], labels / "marks.geojson")
+    with pytest.raises(InputError, match="u_turn"):
+        rasterize_labels(labels, tiles, store, classes, complete=None, roads=True)
+    (labels / "parking.geojson").unlink()
+    with pytest.raises(InputError, match="run the extract stage"):
+        rasterize_labels(labels, tiles, store, classes, complete=None, roads=True)
+    assert len(read_features(labels / "marks.geojson")) == 1
 
 
 # --- per-class completeness, overlaps, boxes of points (issue 7) -----------

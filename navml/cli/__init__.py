@@ -1,22 +1,22 @@
-"""The ``navml`` command line: one thin module per command, assembled here.
+"""The ``navml`` command line: one thin module per command, assembled by :func:`main`.
 
 Each command module defines ``command`` (a typer-decorated function). The DVC
-stages in ``stages/`` run the very same functions.
+stages in ``stages/`` run the very same functions. The command modules are
+imported only when the full command line is built, so a stage that imports
+its own command module runs (and depends on) just that module.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 # TensorFlow's C++ info lines (oneDNN, CPU features) are noise on a command line;
 # set before any command module can import TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import typer  # noqa: E402
-
 #: command name -> module under navml.cli
 COMMANDS = {
+    "check": "check",
     "synth": "synth",
     "extract": "extract",
     "cover": "cover",
@@ -31,19 +31,34 @@ COMMANDS = {
     "score": "score",
 }
 
-app = typer.Typer(
-    name="navml",
-    help="Turn aerial imagery and OpenStreetMap into new, review-ready map features.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
-for _name, _module in COMMANDS.items():
-    _mod = importlib.import_module(f"navml.cli.{_module}")
-    app.command(_name, help=_mod.__doc__)(_mod.command)
+def build_app():
+    """The typer app with every command of :data:`COMMANDS`."""
+    import importlib
+
+    import typer
+
+    app = typer.Typer(
+        name="navml",
+        help="Turn aerial imagery and OpenStreetMap into new, review-ready map features.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f"navml.cli.{module}")
+        app.command(name, help=mod.__doc__)(mod.command)
+    return app
+
+
+def __getattr__(name: str):
+    """``navml.cli.app``: the whole command line, built on first use (tests and docs checks use it)."""
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    build_app()()

@@ -1,20 +1,28 @@
-"""What every stage shares: reading params.yaml and turning errors into exit codes."""
+"""What every stage shares: reading and validating params.yaml, and turning errors into exit codes."""
 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from navml.errors import ConfigError, NavmlError
 
+if TYPE_CHECKING:
+    from navml.config import Params
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The whole params file as a dict."""
+S = TypeVar("S")
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """The whole params file, validated (every section, before any work); a one-line ConfigError otherwise."""
+    from navml.config import validate_params
+
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
@@ -22,16 +30,23 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(f"{p}: params file not found; run from the project root or pass --params") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: expected a mapping of sections")
-    return data
+    return validate_params(data, str(path))
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    """One params section; a missing one is an error naming it."""
-    if name not in params:
-        raise ConfigError(f"params: missing section '{name}'")
-    return params[name] or {}
+def with_overrides(section: S, **given: Any) -> S:
+    """``section`` with the options the user gave (not None) in place of its values, validated like the file."""
+    from pydantic import ValidationError
+
+    from navml.config import one_line
+
+    changes = {k: v for k, v in given.items() if v is not None}
+    if not changes:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(by_alias=True), **changes})
+    except ValidationError as exc:
+        line = one_line(exc, "option", model=type(section))
+        raise ConfigError(re.sub(r"^option: (\w+)", lambda m: "--" + m.group(1).replace("_", "-"), line)) from None
 
 
 def exits(fn: Callable) -> Callable:

@@ -7,11 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.grid import classes_from, grid_from
 from navml.cli.options import Params, StoreDir, TilesCsv
-
-#: Keys of the ``evaluate`` params section.
-EVALUATE_KEYS = {"threshold", "batch_size", "overlays", "bins"}
 
 
 @exits
@@ -22,34 +18,25 @@ def command(
     out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for seg.json and seg_plots/."),
     params: Path = Params,
 ) -> None:
-    from navml.config import check_keys, segmentation_classes
-    from navml.errors import ConfigError
-    from navml.segment.evaluate import evaluate_segmentation
+    from navml.config import segmentation_classes
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
+    from navml.segment.evaluate import evaluate_segmentation
 
     p = load_params(params)
-    e = check_keys(p.get("evaluate"), EVALUATE_KEYS, "evaluate")
-    specs = segmentation_classes(classes_from(p))
-    threshold = e.get("threshold", "auto")
-    if threshold in (None, "auto"):
-        threshold = None
-    else:
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"params: 'evaluate.threshold' is '{threshold}'; use auto or a number in 0..1") from exc
+    e = p.evaluate
+    specs = segmentation_classes(p.class_specs())
     metrics = evaluate_segmentation(
-        Store(store, grid_from(p)),
+        Store(store, p.grid.grid()),
         read_index(tiles),
         model,
         out,
         classes=[c.name for c in specs],
         colors=[c.color for c in specs],
-        threshold=threshold,
-        batch_size=int(e.get("batch_size", 8)),
-        overlays=int(e.get("overlays", 6)),
-        bins=int(e.get("bins", 100)),
+        threshold=e.threshold,
+        batch_size=e.batch_size,
+        overlays=e.overlays,
+        bins=e.bins,
         progress=True,
         where=str(tiles),
     )

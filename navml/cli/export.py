@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.grid import classes_from, grid_from
 from navml.cli.options import Params, StoreDir, TilesCsv
 
 
@@ -25,49 +24,23 @@ def command(
     tiles: Path = TilesCsv,
     params: Path = Params,
 ) -> None:
-    import pandas as pd
-    import shapely
-
+    from navml.data.export import export_tiles, read_boxes, select_tiles
     from navml.palette import palette_of
-    from navml.data.cover import read_aoi
-    from navml.errors import ConfigError
-    from navml.data.export import export_tiles
-    from navml.geo.grid import Tile, parse_tile, tile_polygon
     from navml.geo.store import Store
-    from navml.geo.tile_index import read_index, tiles_from_index
 
     p = load_params(params)
-    grid = grid_from(p)
-    chosen = [parse_tile(t) for t in tile]
-    if tile_range:
-        try:
-            a, b = (parse_tile(s) for s in tile_range.split(":"))
-        except ValueError as exc:
-            raise ConfigError(f"--range '{tile_range}': write it as z/x0/y0:z/x1/y1") from exc
-        if a.z != b.z:
-            raise ConfigError(f"--range '{tile_range}': both ends need the same zoom")
-        chosen += [Tile(x, y, a.z) for y in range(min(a.y, b.y), max(a.y, b.y) + 1) for x in range(min(a.x, b.x), max(a.x, b.x) + 1)]
-    if not chosen:
-        df = read_index(tiles)
-        cand = tiles_from_index(df, split)
-        if bbox:
-            area = read_aoi(bbox)
-            cand = [t for t in cand if shapely.intersects(area, tile_polygon(t))]
-        chosen = cand
-    if any(t.z != grid.zoom for t in chosen):
-        raise ConfigError(f"export: tiles must be at the store zoom {grid.zoom}")
+    grid = p.grid.grid()
+    chosen = select_tiles(grid.zoom, tiles, tiles=tile, range_=tile_range, bbox=bbox, split=split)
     if limit and len(chosen) > limit:
         typer.echo(f"export: {len(chosen)} tiles, writing the first {limit} (--limit 0 for all)")
         chosen = chosen[:limit]
-    boxes_csv = store / "boxes.csv"
-    boxes = pd.read_csv(boxes_csv) if boxes_csv.exists() else None
     n = export_tiles(
         Store(store, grid),
         chosen,
         out,
         layers=[s.strip() for s in layers.split(",") if s.strip()],
-        palette=palette_of(classes_from(p)),
-        boxes=boxes,
+        palette=palette_of(p.class_specs()),
+        boxes=read_boxes(store),
         probs=Store(probs, grid) if probs else None,
     )
     typer.echo(f"export: wrote {n} PNGs for {len(chosen)} tiles; open {out / 'index.html'}")

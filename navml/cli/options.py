@@ -1,12 +1,27 @@
-"""Options shared by several commands (one definition each, like rasterio's)."""
+"""Options shared by several commands (one definition each, like rasterio's), and options built from the params model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read the command's section(s) from.")
+Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read (the whole file is validated first).")
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
 ExtractDir = typer.Option(Path("data/extract"), "--labels", help="Folder of per-class GeoJSON written by `navml extract`.")
+
+
+def override(section: str, model: Any, name: str, *flags: str, **kwargs: Any) -> Any:
+    """An option that overrides ``<section>.<name>`` of params.yaml; help and shown default come from the params model."""
+    flags = flags or (f"--{name.replace('_', '-')}",)
+    default = model.default(name)
+    text = model.help(name).replace("[", "\\[")  # not rich markup
+    return typer.Option(
+        None,
+        *flags,
+        help=f"{text[:1].upper()}{text[1:]}; default: {section}.{name} of params ({default!r} as shipped).",
+        show_default=False,
+        **kwargs,
+    )

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.grid import classes_from, grid_from
 from navml.cli.options import ExtractDir, Params, StoreDir, TilesCsv
 
 
@@ -18,21 +17,14 @@ def command(
     store: Path = StoreDir,
     params: Path = Params,
 ) -> None:
-    from navml.config import check_keys
     from navml.data.rasterize import rasterize_labels
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
     p = load_params(params)
-    r = check_keys(p.get("rasterize"), {"complete", "roads"}, "rasterize")
-    classes, grid = classes_from(p), grid_from(p)  # params first: a typo is reported before any file is read
+    r = p.rasterize
     legend = rasterize_labels(
-        labels,
-        tiles_from_index(read_index(tiles)),
-        Store(store, grid),
-        classes,
-        complete=r.get("complete") or None,
-        roads=bool(r.get("roads", True)),
+        labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads
     )
     for note in legend["notes"]:
         typer.echo(f"navml: note: {note}", err=True)

@@ -6,35 +6,32 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params, section
-from navml.cli.options import Params
-
-#: Keys of the ``synth`` params section.
-KEYS = ("seed", "center", "size_km", "gsd_m", "unmapped_share", "shift_m")
+from navml.cli._common import exits, load_params, with_overrides
+from navml.cli.options import Params, override
+from navml.config import SynthParams as S
 
 
 @exits
 def command(
     params: Path = Params,
     out: Path = typer.Option(Path("data/synth"), "--out", help="Output folder (replaced as a whole, atomically)."),
-    seed: int = typer.Option(None, "--seed", help="Random seed; default synth.seed."),
-    center: tuple[float, float] = typer.Option(None, "--center", help="City centre LON LAT in degrees; default synth.center."),
-    size_km: float = typer.Option(None, "--size-km", help="Side of the square city, km; default synth.size_km."),
-    gsd_m: float = typer.Option(None, "--gsd-m", help="Pixel size of the orthophoto, metres; default synth.gsd_m."),
-    unmapped_share: float = typer.Option(None, "--unmapped-share", help="Share of visible lots left out of OSM; default synth.unmapped_share."),
-    shift_m: float = typer.Option(None, "--shift-m", help="Largest offset of a mapped lot outline, metres; default synth.shift_m."),
+    seed: int = override("synth", S, "seed"),
+    center: tuple[float, float] = override("synth", S, "center", metavar="LON LAT"),
+    size_km: float = override("synth", S, "size_km"),
+    gsd_m: float = override("synth", S, "gsd_m"),
+    unmapped_share: float = override("synth", S, "unmapped_share"),
+    shift_m: float = override("synth", S, "shift_m"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    from navml.config import check_keys
     from navml.data.synth import make_city
 
-    s = check_keys(section(load_params(params), "synth"), KEYS, "synth")
-    given = {"seed": seed, "center": center, "size_km": size_km, "gsd_m": gsd_m, "unmapped_share": unmapped_share, "shift_m": shift_m}
-    args = {k: v for k, v in s.items()}
-    args.update({k: v for k, v in given.items() if v is not None and v != (None, None)})
-    if "center" in args:
-        args["center"] = tuple(args["center"])
-    counts = make_city(out, progress=not quiet, **args)
+    s = load_params(params).synth
+    if center == (None, None):
+        center = None
+    s = with_overrides(s, seed=seed, center=center, size_km=size_km, gsd_m=gsd_m, unmapped_share=unmapped_share, shift_m=shift_m)
+    counts = make_city(
+        out, seed=s.seed, center=s.center, size_km=s.size_km, gsd_m=s.gsd_m, unmapped_share=s.unmapped_share, shift_m=s.shift_m, progress=not quiet
+    )
     kinds = ", ".join(f"{k[9:]} {v}" for k, v in counts.items() if k.startswith("markings_"))
     typer.echo(
         f"synth: {counts['pixels']}x{counts['pixels']} px (EPSG:{counts['epsg']}); lots {counts['lots_visible']} visible "

@@ -7,14 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.grid import classes_from, grid_from
 from navml.cli.options import Params, StoreDir, TilesCsv
-
-#: Keys of the ``train`` params section (see docs/readme/segmentation.md).
-TRAIN_KEYS = {
-    "bands", "depth", "base_filters", "encoder", "dropout", "loss", "focal_gamma", "class_weighting",
-    "epochs", "batch_size", "learning_rate", "patience", "negative_share", "augment", "threshold_metric", "seed",
-}
 
 
 @exits
@@ -25,37 +18,21 @@ def command(
     live: Path = typer.Option(Path("data/metrics/train"), "--live", help="dvclive folder for per-epoch metrics and learning curves."),
     params: Path = Params,
 ) -> None:
-    from navml.config import check_keys, segmentation_classes
-    from navml.segment.dataset import Augment
+    from navml.config import segmentation_classes
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
+    from navml.segment.dataset import Augment
     from navml.segment.train import train_segmentation
 
     p = load_params(params)
-    t = check_keys(p.get("train"), TRAIN_KEYS, "train")
-    classes = [c.name for c in segmentation_classes(classes_from(p))]
-    share = t.get("negative_share", 0.25)
+    t = p.train
     result = train_segmentation(
-        Store(store, grid_from(p)),
+        Store(store, p.grid.grid()),
         read_index(tiles),
-        classes,
+        [c.name for c in segmentation_classes(p.class_specs())],
         out,
-        bands=int(t.get("bands", 3)),
-        depth=int(t.get("depth", 4)),
-        base_filters=int(t.get("base_filters", 8)),
-        encoder=str(t.get("encoder", "plain")),
-        dropout=float(t.get("dropout", 0.0)),
-        loss=t.get("loss", "crossentropy+dice"),
-        focal_gamma=float(t.get("focal_gamma", 2.0)),
-        class_weighting=str(t.get("class_weighting", "sqrt")),
-        epochs=int(t.get("epochs", 40)),
-        batch_size=int(t.get("batch_size", 8)),
-        learning_rate=float(t.get("learning_rate", 2e-3)),
-        patience=int(t.get("patience", 8)),
-        negative_share=None if share is None else float(share),
-        augment=Augment.from_params(t.get("augment", True)),
-        threshold_metric=str(t.get("threshold_metric", "iou")),
-        seed=int(t.get("seed", 0)),
+        **t.model_dump(exclude={"augment"}),
+        augment=Augment(**t.augment.model_dump()) if t.augment else None,
         live_dir=live,
         progress=True,
         where=str(tiles),

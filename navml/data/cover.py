@@ -152,3 +152,45 @@ def build_index(
     rows["split"] = [BUFFER if i in foreign else s for i, s in enumerate(split)]
     rows.update(flags)
     return pd.DataFrame(rows)
+
+
+def write_cover(
+    aoi: str | os.PathLike,
+    labels: str | os.PathLike,
+    grid: Grid,
+    classes: Sequence[ClassSpec],
+    out: str | os.PathLike,
+    *,
+    split_zoom: int,
+    fractions: Mapping[str, float],
+    seed: int,
+) -> pd.DataFrame:
+    """The tile index of ``aoi`` with the label flags of ``classes`` (from the extract folder ``labels``).
+
+    Writes ``<out>/tiles.csv`` (the index) and ``<out>/tiles.geojson`` (tile
+    outlines with split and shard, to look at); returns the index.
+    """
+    from navml.geo.features import write_features
+    from navml.geo.tile_index import write_index
+
+    out = Path(out)
+    area = read_aoi(aoi)
+    geoms = {}
+    for spec in classes:
+        path = Path(labels) / f"{spec.name}.geojson"
+        geoms[spec.name] = [f["geometry"] for f in read_features(path) if f["properties"].get("label", True)]
+    df = build_index(area, grid, classes, geoms, split_zoom=split_zoom, fractions=fractions, seed=seed)
+    write_index(df, out / "tiles.csv")
+    feats = [
+        {"geometry": tile_polygon(Tile(r.x, r.y, r.z)), "properties": {"tile": f"{r.z}/{r.x}/{r.y}", "split": r.split, "shard": r.shard}}
+        for r in df.itertuples()
+    ]
+    write_features(feats, out / "tiles.geojson")
+    return df
+
+
+def cover_summary(df: pd.DataFrame) -> str:
+    """One line about a tile index: tiles, shards, blocks, split counts and positive tiles per class."""
+    counts = df["split"].value_counts().to_dict()
+    pos = {col[4:]: int(df[col].sum()) for col in df.columns if col.startswith("pos_")}
+    return f"{len(df)} tiles in {df['shard'].nunique()} shards, {df['block'].nunique()} blocks; split {counts}; positive tiles {pos}"

@@ -158,3 +158,55 @@ def _write_index(out: Path, tiles: Sequence[Tile], layers: Sequence[str]) -> Non
         "<!doctype html><meta charset='utf-8'><title>navml export</title>"
         f"<table><tr><th>tile</th>{head}</tr>{''.join(rows)}</table>\n"
     )
+
+
+def tile_range(text: str) -> list[Tile]:
+    """Tiles of ``z/x0/y0:z/x1/y1``, both corners included, row by row."""
+    from navml.geo.grid import parse_tile
+
+    try:
+        a, b = (parse_tile(s) for s in text.split(":"))
+    except ValueError as exc:
+        raise ConfigError(f"--range '{text}': write it as z/x0/y0:z/x1/y1") from exc
+    if a.z != b.z:
+        raise ConfigError(f"--range '{text}': both ends need the same zoom")
+    return [Tile(x, y, a.z) for y in range(min(a.y, b.y), max(a.y, b.y) + 1) for x in range(min(a.x, b.x), max(a.x, b.x) + 1)]
+
+
+def select_tiles(
+    zoom: int,
+    index: str | Path,
+    *,
+    tiles: Sequence[str] = (),
+    range_: str | None = None,
+    bbox: str | None = None,
+    split: str | None = None,
+) -> list[Tile]:
+    """The tiles to export: ``tiles`` (``z/x/y``) and ``range_``, or else the tiles of the ``index``.
+
+    Index tiles can be narrowed to a ``split`` and to a ``bbox``
+    (``west,south,east,north`` in degrees). Every tile must be at ``zoom``.
+    """
+    import shapely
+
+    from navml.data.cover import read_aoi
+    from navml.geo.grid import parse_tile, tile_polygon
+    from navml.geo.tile_index import read_index, tiles_from_index
+
+    chosen = [parse_tile(t) for t in tiles]
+    if range_:
+        chosen += tile_range(range_)
+    if not chosen:
+        chosen = tiles_from_index(read_index(index), split)
+        if bbox:
+            area = read_aoi(bbox)
+            chosen = [t for t in chosen if shapely.intersects(area, tile_polygon(t))]
+    if any(t.z != zoom for t in chosen):
+        raise ConfigError(f"export: tiles must be at the store zoom {zoom}")
+    return chosen
+
+
+def read_boxes(store_root: str | Path) -> pd.DataFrame | None:
+    """``boxes.csv`` of a store written by rasterize, or None when there is none."""
+    path = Path(store_root) / "boxes.csv"
+    return pd.read_csv(path) if path.exists() else None

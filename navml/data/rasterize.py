@@ -45,6 +45,7 @@ from navml.errors import InputError
 from navml.geo.features import read_features, to_pixels
 from navml.geo.grid import Grid, Tile, ground_resolution, group_by_shard, shard_window, tile_polygon, tile_window
 from navml.geo.store import Store
+from navml.io import atomic_path, write_json
 
 #: Mask value of pixels whose class is unknown (outside complete mapping).
 IGNORE = 255
@@ -267,6 +268,14 @@ def complete_areas(classes: Sequence[ClassSpec], default: str | None) -> list[li
     return out
 
 
+def label_features(labels: str | os.PathLike, name: str) -> list[dict]:
+    """Features of class ``name`` in the extract folder ``labels`` that are labels (``label`` not false)."""
+    path = Path(labels) / f"{name}.geojson"
+    if not path.exists():
+        raise InputError(f"{path}: labels of class '{name}' not found; run the extract stage first")
+    return [f for f in read_features(path) if f["properties"].get("label", True)]
+
+
 def rasterize_labels(
     labels: str | os.PathLike,
     tiles: Sequence[Tile],
@@ -292,16 +301,10 @@ def rasterize_labels(
     notes: list[str] = []
     skipped = _skipped_classes(labels)
 
-    def label_features(name: str) -> list[dict]:
-        path = labels / f"{name}.geojson"
-        if not path.exists():
-            raise InputError(f"{path}: labels of class '{name}' not found; run the extract stage first")
-        return [f for f in read_features(path) if f["properties"].get("label", True)]
-
     for name, why in skipped.items():
         notes.append(f"class '{name}' has no labels: extract skipped it ({why})")
     seg = segmentation_classes(list(classes))
-    layers = [[f["geometry"] for f in label_features(c.name)] for c in seg]
+    layers = [[f["geometry"] for f in label_features(labels, c.name)] for c in seg]
     areas = complete_areas(classes, complete)
     background: list[BaseGeometry] = []
     if roads and any(a is not None for a in areas):
@@ -324,7 +327,7 @@ def rasterize_labels(
             continue
         for n in c.names:
             sizes[ids[(c.name, n)]] = c.box_m
-        for f in label_features(c.name):
+        for f in label_features(labels, c.name):
             name = str(f["properties"].get("kind") or c.name) if len(c.names) > 1 else c.names[0]
             if (c.name, name) not in ids:
                 raise InputError(f"{labels / (c.name + '.geojson')}: label kind '{name}' is not in classes.{c.name}.names {list(c.names)}")
@@ -334,10 +337,8 @@ def rasterize_labels(
     zero = {k.split(":", 1)[1]: v for k, v in box_stats.items() if k.startswith("zero_area:")}
     for cls, k in zero.items():
         notes.append(f"{k} labels of class '{cls}' are points or straight lines (zero-area box) and got no box; set classes.{cls}.box_m (metres)")
-    tmp = root / ".boxes.csv.part"
-    root.mkdir(parents=True, exist_ok=True)
-    boxes.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(root / "boxes.csv")
+    with atomic_path(root / "boxes.csv") as tmp:
+        boxes.to_csv(tmp, index=False, lineterminator="\n")
     legend: dict[str, Any] = {
         "mask_values": {**{str(i + 1): c.name for i, c in enumerate(seg)}, str(IGNORE): "ignore"},
         "box_class_ids": {str(i): f"{cls}:{name}" for (cls, name), i in ids.items()},
@@ -347,9 +348,7 @@ def rasterize_labels(
         "zero_area_boxes": zero,
         "complete": {c.name: ("everywhere" if a is None else (c.complete if c.complete is not None else complete)) for c, a in zip(seg, areas)},
     }
-    tmp = root / ".labels.json.part"
-    tmp.write_text(json.dumps(legend, indent=2, sort_keys=True) + "\n")
-    tmp.replace(root / "labels.json")
+    write_json(root / "labels.json", legend)
     legend["shards"] = counts["shards"]
     legend["notes"] = notes
     return legend
