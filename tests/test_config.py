@@ -127,7 +127,16 @@ def test_every_field_has_help_text():
         ("classes.parking.treshold", 0.4, "unknown key 'classes.parking.treshold'"),
         ("post.turn_markings", {"threshold": 0.5}, "post.turn_markings: names no segmentation class of 'classes' (those are: parking)"),
         ("post.parking.open_m", -1, "post.parking.open_m: -1 is out of range; it must be >= 0"),
-        ("score.class", "roads", "score.class: 'roads' is not a class"),
+        ("score.classes", ["roads"], "score.classes: 'roads' is not a segmentation class"),
+        ("score.class", "parking", "unknown key 'score.class' (allowed: classes, iou, split, truth)"),
+        ("classes.parking.box_m", 5.0, "classes.parking: box_m: applies to detection classes only"),
+        ("classes.turn_markings.box_m", [5.0, -1], "classes.turn_markings.box_m[1]: -1 is out of range"),
+        ("classes.turn_markings.complete", "a.geojson", "classes.turn_markings: complete: applies to segmentation classes only"),
+        ("classes.turn_markings.name_map", {"left": "sharp_left"}, "name_map: needs name_tag"),
+        ("imagery.band_indexes", [1, 1, 2], "band_indexes: [1, 1, 2] names a band twice"),
+        ("imagery.band_indexes", [1, 2, 3, 4], "band_indexes: 4 bands but bands is 3; set bands: 4"),
+        ("imagery.stretch", "linear", "imagery.stretch: 'linear' is not one of 'none' or 'percentile'"),
+        ("imagery.percentiles", [98, 2], "percentiles: low 98.0 must be below high 2.0"),
         ("predict.window_px", 128, "predict.window_px: 128 must be at least grid.tile_size 256"),
         ("train", 5, "params.yaml: train: 5 is not a mapping"),
         ("extract.index", "flexmem", "extract.index: 'flexmem' is no pyosmium node-location index; use one of"),
@@ -245,3 +254,28 @@ def test_loss_names_agree_with_the_losses_module():
 def test_empty_sections_take_the_defaults():
     p = validate_params(yaml.safe_load("classes: {p: {task: segmentation, tags: {amenity: parking}}}\ntrain:\npost: {p: }\n"))
     assert p.train == Params.model_fields["train"].default and p.post["p"] == PostProcess()
+
+
+def test_real_data_class_keys_reach_the_registry():
+    """box_m (one number = a square), name_tag/name_map as YAML writes them, per-class complete."""
+    data = yaml.safe_load(
+        """
+classes:
+  parking: {task: segmentation, tags: {amenity: parking}, complete: inputs/labels/parking_done.geojson}
+  arrows:
+    task: detection
+    tags: {road_marking: arrow}
+    osm_tags: {road_marking: arrow}
+    names: [left, right]
+    name_tag: arrow
+    name_map: {yes: left, 2: right}
+    box_m: 4
+"""
+    )
+    specs = {c.name: c for c in validate_params({**SHIPPED, **data}).class_specs()}
+    arrows = specs["arrows"]
+    assert arrows.box_m == (4.0, 4.0)
+    assert arrows.name_map == {"yes": "left", "2": "right"}  # YAML's True and 2 read as the OSM strings
+    assert arrows.name_of({"road_marking": "arrow", "arrow": "yes"}) == "left"
+    assert arrows.name_of({"road_marking": "arrow", "arrow": "u_turn"}) is None
+    assert specs["parking"].complete == "inputs/labels/parking_done.geojson"

@@ -16,7 +16,7 @@ SHARD = Tile(8577, 6245, 16)
 CLASSES = parse_classes(
     {
         "parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "color": [0, 255, 0]},
-        "building": {"task": "segmentation", "tags": {"building": "*"}, "color": [0, 255, 0]},  # same colour: gets another
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "osm_tags": {"building": "yes"}, "color": [0, 255, 0]},  # same colour: gets another
         "turn": {"task": "detection", "labels": "x.geojson", "label_field": "kind", "names": ["left", "right"], "color": [0, 0, 255]},
         "hydrant": {"task": "detection", "tags": {"emergency": "fire_hydrant"}, "color": [255, 128, 0]},
     }
@@ -171,7 +171,7 @@ def test_cli_export_split_with_one_band_imagery_and_unknown(tmp_path, small_grid
     ).to_csv(tmp_path / "tiles.csv", index=False)
     classes = {
         "parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "color": [250, 200, 40]},
-        "building": {"task": "segmentation", "tags": {"building": "*"}, "color": [200, 0, 0]},
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "osm_tags": {"building": "yes"}, "color": [200, 0, 0]},
     }
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"classes": classes, "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16}}, sort_keys=False))  # registry order

@@ -457,7 +457,7 @@ def test_several_names_from_osm_need_a_name_tag():
     del bad["arrow"]["name_tag"], bad["arrow"]["name_map"]
     with pytest.raises(ConfigError, match="name_tag"):
         parse_classes(bad)
-    with pytest.raises(ConfigError, match="not one of classes.arrow.names"):
+    with pytest.raises(ConfigError, match="not one of names"):
         parse_classes({"arrow": {**DET_CLASSES["arrow"], "name_map": {"slight_left": "sharp_left"}}})
     with pytest.raises(ConfigError, match="box_m"):
         parse_classes({"hydrant": {**DET_CLASSES["hydrant"], "box_m": [0, 2]}})

@@ -769,7 +769,8 @@ def test_single_band_16_bit_orthophoto(tmp_path, small_grid):
 
 
 def test_outputs_follow_the_umask(tmp_path, small_grid, server):
-    from navml.post.josm import write_osm
+    from navml.io import write_text
+    from navml.post.josm import osm_xml
 
     lon0, lat0 = shard_corner(small_grid)
     make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
@@ -779,7 +780,7 @@ def test_outputs_follow_the_umask(tmp_path, small_grid, server):
         build_imagery(store, tiles_around(lon0, lat0, 0.0005), source="geotiff", geotiff=tmp_path / "src.tif", progress=False)
         build_imagery(Store(tmp_path / "xyz", small_grid), xyz_tiles(small_grid, 1, 1), source="xyz",
                       url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
-        write_osm([], {}, tmp_path / "josm" / "new.osm")
+        write_text(tmp_path / "josm" / "new.osm", osm_xml([], {}))
     finally:
         os.umask(old)
     files = [*(tmp_path / "store").rglob("*.tif"), *(tmp_path / "xyz").rglob("*.tif"), *(tmp_path / "cache").rglob("*.png"),

@@ -212,7 +212,7 @@ def test_complete_areas_per_class_with_the_global_default(tmp_path):
     write_features([{"geometry": north, "properties": {}}], tmp_path / "north.geojson")
     classes = parse_classes({
         "parking": {"task": "segmentation", "tags": {"amenity": "parking"}},  # takes rasterize.complete
-        "building": {"task": "segmentation", "tags": {"building": "*"}, "complete": str(tmp_path / "north.geojson")},
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "osm_tags": {"building": "yes"}, "complete": str(tmp_path / "north.geojson")},
         "pitch": {"task": "segmentation", "tags": {"leisure": "pitch"}, "complete": ""},  # complete everywhere
         "marks": {"task": "detection", "labels": "m.geojson"},
     })
@@ -220,7 +220,7 @@ def test_complete_areas_per_class_with_the_global_default(tmp_path):
     assert [None if a is None else [g.bounds for g in a] for a in areas] == [[west.bounds], [north.bounds], None]
     assert complete_areas(classes, None)[0] is None
     with pytest.raises(InputError, match=r"classes.building.complete"):
-        complete_areas(parse_classes({"building": {"task": "segmentation", "tags": {"b": "*"}, "complete": "nope.geojson"}}), None)
+        complete_areas(parse_classes({"building": {"task": "segmentation", "tags": {"b": "*"}, "osm_tags": {"b": "yes"}, "complete": "nope.geojson"}}), None)
 
 
 def test_overlaps_are_counted_and_the_later_class_wins(tmp_path, small_grid):

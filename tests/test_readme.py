@@ -46,7 +46,7 @@ def test_sample_output_shows_the_committed_metrics():
     seg, features = committed("seg.json"), committed("features.json")
     out = json.loads((ROOT / "data" / "output" / "summary.json").read_text())
     p = seg["parking"]
-    nf, test = features["new_features"], features["test"]
+    nf, test = features["parking"]["new_features"], features["parking"]["test"]
     shown = quick_start()
     assert f"parking IoU {p['iou']:.4f} P {p['precision']:.3f} R {p['recall']:.3f} @ {p['threshold']:.2f}" in shown
     assert f"{out['predicted']} predicted, {out['matched_existing']} already in OSM" in shown

@@ -144,7 +144,7 @@ def test_score_cli_scores_every_segmentation_class(tmp_path):
     two_class_outputs(tmp_path)
     classes = {
         "parking": {"task": "segmentation", "tags": {"amenity": "parking"}},
-        "building": {"task": "segmentation", "tags": {"building": "*"}},
+        "building": {"task": "segmentation", "tags": {"building": "*"}, "osm_tags": {"building": "yes"}},
         "pitch": {"task": "segmentation", "tags": {"leisure": "pitch"}},
         "marks": {"task": "detection", "labels": "m.geojson"},
     }

@@ -13,9 +13,6 @@ export leaves the previous one whole.
 from __future__ import annotations
 
 import html
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from navml.io import staging_dir
 from navml.errors import ConfigError, InputError
 from navml.geo.grid import Tile
 from navml.geo.store import Store
@@ -79,17 +77,6 @@ def check_out(out: Path) -> None:
         raise InputError(f"{out}: holds files that are not a navml export; choose an empty or new folder (an export replaces the whole folder)")
 
 
-def replace_dir(tmp: Path, target: Path) -> None:
-    """Put folder ``tmp`` in place of ``target`` (renames; the old one is removed after the swap)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_tiles(
     store: Store,
     tiles: Sequence[Tile],
@@ -120,10 +107,8 @@ def export_tiles(
         boxes = pd.DataFrame(columns=["z", "x", "y", "class_id", "xmin", "ymin", "xmax", "ymax"])
     boxes = boxes.rename(columns={"class": "cls"})
     by_tile = {k: g for k, g in boxes.groupby(["z", "x", "y"])} if len(boxes) else {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
     written = 0
-    try:
+    with staging_dir(out) as tmp:
         for t in tqdm(tiles, desc="export", unit="tile", disable=not progress):
             image = np.moveaxis(store.read_tile("imagery", t), 0, -1)
             mask = store.read_tile("masks", t)[0]
@@ -140,9 +125,6 @@ def export_tiles(
                 _write_png(tmp / layer / name, rgb)
                 written += 1
         _write_index(tmp, tiles, layers)
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return written
 
 

@@ -36,7 +36,6 @@ written with sorted keys, so the same input gives byte-identical GeoJSON.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 import shapely
 
+from navml.io import write_json
 from navml.config import ClassSpec
 from navml.data.labels import Layer, read_labels
 from navml.data.osm import TURN_KEYS, OsmLayers, check_index, check_osm_file, read_osm
@@ -207,7 +207,7 @@ def write_outputs(out: Path, layers: Sequence[Layer], summary: dict[str, Any]) -
     try:
         for layer in layers:
             write_features(layer.sorted_features(), tmp / f"{layer.name}.geojson")
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        write_json(tmp / "summary.json", summary)
         written = []
         for name in [f"{layer.name}.geojson" for layer in layers] + ["summary.json"]:
             os.replace(tmp / name, out / name)

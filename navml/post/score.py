@@ -26,7 +26,6 @@ geometry}, iou_threshold, split}``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from navml.io import write_json
 from navml.errors import InputError
 from navml.geo.features import read_features, to_mercator
 from navml.geo.grid import tile_polygon
@@ -225,9 +225,5 @@ def score_outputs(
     metrics["split"] = split
     if unscored:
         metrics["unscored"] = sorted(unscored)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_json(out, metrics)
     return metrics
