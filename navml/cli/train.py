@@ -13,7 +13,7 @@ from navml.cli.options import Params, StoreDir, TilesCsv
 #: Keys of the ``train`` params section (see docs/readme/segmentation.md).
 TRAIN_KEYS = {
     "bands", "depth", "base_filters", "encoder", "dropout", "loss", "focal_gamma", "class_weighting",
-    "epochs", "batch_size", "learning_rate", "patience", "negative_share", "augment", "threshold_metric", "seed",
+    "steps", "eval_every", "warmup_steps", "crop", "batch_size", "learning_rate", "patience", "negative_share", "augment", "threshold_metric", "seed",
 }
 
 
@@ -48,7 +48,10 @@ def command(
         loss=t.get("loss", "crossentropy+dice"),
         focal_gamma=float(t.get("focal_gamma", 2.0)),
         class_weighting=str(t.get("class_weighting", "sqrt")),
-        epochs=int(t.get("epochs", 40)),
+        steps=int(t.get("steps", 400)),
+        eval_every=int(t.get("eval_every", 25)),
+        warmup_steps=int(t.get("warmup_steps", 25)),
+        crop=None if t.get("crop", 128) is None else int(t.get("crop", 128)),
         batch_size=int(t.get("batch_size", 8)),
         learning_rate=float(t.get("learning_rate", 2e-3)),
         patience=int(t.get("patience", 8)),
@@ -62,6 +65,6 @@ def command(
     )
     thr = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in result["thresholds"].items())
     typer.echo(
-        f"train: best val IoU {result['best_val_iou']:.4f} at epoch {result['best_epoch']}/{result['epochs_run']} "
-        f"({result['train_tiles']} train tiles, {result['seconds']:.0f} s); thresholds {thr}; model -> {out}"
+        f"train: best val IoU {result['best_val_iou']:.4f} at step {result['best_step']}/{result['steps_run']} "
+        f"({result['train_samples']} samples of {result['crop']} px from {result['train_tiles']} tiles, {result['seconds']:.0f} s); thresholds {thr}; model -> {out}"
     )
