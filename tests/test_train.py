@@ -110,7 +110,7 @@ def test_same_seed_gives_same_weights(tmp_path):
         # 256-px tiles: big enough for concurrent ops to change the sums when determinism is off
         store, df = make_store({str(tmp_path / "store")!r}, grid=Grid(18, 256, 16))
         for name in ("a", "b"):
-            train_segmentation(store, df, ["c1"], {str(tmp_path)!r} + "/" + name, steps=4, eval_every=2, seed=7, depth=2,
+            train_segmentation(store, df, ["c1"], {str(tmp_path)!r} + "/" + name, steps=4, eval_every=2, warmup_steps=1, seed=7, depth=2,
                                base_filters=4, batch_size=4, progress=False, live_dir={str(tmp_path)!r} + "/live_" + name)
             weights = load_model({str(tmp_path)!r} + "/" + name)[0].get_weights()
             print(name, hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest())
@@ -370,7 +370,7 @@ def test_step_budget_and_checks(tmp_path):
     assert len((tmp_path / "live" / "plots" / "metrics" / "eval" / "iou.tsv").read_text().splitlines()) == 1 + 3
     for bad, match in [
         (dict(steps=4, eval_every=5), "train.eval_every"),
-        (dict(steps=4, eval_every=2, warmup_steps=4), "train.warmup_steps"),
+        (dict(steps=4, eval_every=2, warmup_steps=-1), "train.warmup_steps"),
         (dict(steps=4, eval_every=2, crop=30), "train.crop"),  # not a multiple of the stride 4
         (dict(steps=4, eval_every=2, crop=128), "train.crop"),  # larger than the 64-px tiles
         (dict(steps=0, eval_every=1), "train.steps"),
@@ -378,3 +378,17 @@ def test_step_budget_and_checks(tmp_path):
         with pytest.raises(ConfigError, match=match):
             train_segmentation(store, df, ["c1"], tmp_path / "bad", **{**FAST, **bad})
     assert not (tmp_path / "bad").exists()
+
+
+def test_learning_rate_warms_up_then_decays():
+    from navml.segment.train import learning_rate_schedule
+
+    lr = learning_rate_schedule(0.01, steps=100, warmup_steps=20)
+    at = {s: float(lr(s)) for s in (0, 10, 20, 60, 100)}
+    assert at[0] == pytest.approx(0.001) and at[10] == pytest.approx(0.0055)
+    assert at[20] == pytest.approx(0.01) and at[60] == pytest.approx(0.01 * (0.05 + 0.95 * 0.5), rel=1e-4)
+    assert at[100] == pytest.approx(0.0005)
+    capped = learning_rate_schedule(0.01, steps=10, warmup_steps=50)  # warm-up at most half of the steps
+    assert float(capped(5)) == pytest.approx(0.01) and float(capped(10)) == pytest.approx(0.0005)
+    plain = learning_rate_schedule(0.01, steps=10)
+    assert float(plain(0)) == pytest.approx(0.01) and float(plain(10)) == pytest.approx(0.0005)

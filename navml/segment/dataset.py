@@ -92,8 +92,11 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast) if aug.contrast else 1.0
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0 if aug.brightness else 0.0
     if contrast != 1.0 or brightness:
-        mean = out.mean(axis=(0, 1), keepdims=True)
-        out = np.clip((out - mean) * contrast + mean + brightness, 0.0, 255.0)
+        # (x - mean) * contrast + mean + brightness, as one multiply-add in place
+        offset = out.mean(axis=(0, 1), keepdims=True) * np.float32(1.0 - contrast) + np.float32(brightness)
+        out *= np.float32(contrast)
+        out += offset.astype("float32")
+        np.clip(out, 0.0, 255.0, out=out)
     return out, mask
 
 

@@ -55,8 +55,8 @@ def _check_args(classes: Sequence[str], steps: int, eval_every: int, warmup_step
         raise ConfigError(f"params: 'train.steps' is {steps}; use 1 or more optimizer steps")
     if not 1 <= eval_every <= steps:
         raise ConfigError(f"params: 'train.eval_every' is {eval_every}; use 1..train.steps ({steps})")
-    if not 0 <= warmup_steps < steps:
-        raise ConfigError(f"params: 'train.warmup_steps' is {warmup_steps}; use 0..{steps - 1} (below train.steps)")
+    if warmup_steps < 0:
+        raise ConfigError(f"params: 'train.warmup_steps' is {warmup_steps}; use 0 or more steps")
     if batch_size < 1:
         raise ConfigError(f"params: 'train.batch_size' is {batch_size}; use 1 or more")
     if not learning_rate > 0:
@@ -66,9 +66,11 @@ def _check_args(classes: Sequence[str], steps: int, eval_every: int, warmup_step
 
 
 def learning_rate_schedule(learning_rate: float, steps: int, warmup_steps: int = 0, floor: float = 0.05):
-    """Linear warm-up from ``learning_rate / 10`` over ``warmup_steps``, then cosine decay to
-    ``floor * learning_rate`` at ``steps`` (a Keras ``LearningRateSchedule``)."""
+    """Linear warm-up from ``learning_rate / 10`` over ``warmup_steps`` (at most half of ``steps``),
+    then cosine decay to ``floor * learning_rate`` at ``steps`` (a Keras ``LearningRateSchedule``)."""
     import keras
+
+    warmup_steps = min(warmup_steps, steps // 2)
 
     if not warmup_steps:
         return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=floor)
@@ -154,7 +156,7 @@ def train_segmentation(
     ``crop`` px window of a tile (None: the whole tile); every ``eval_every``
     steps the val IoU is checked (``steps`` is rounded up to a multiple of it),
     the best check is kept, and ``patience`` checks without a better one stop
-    early. The learning rate warms up over ``warmup_steps``, then follows a
+    early. The learning rate warms up over ``warmup_steps`` (at most half of ``steps``), then follows a
     cosine decay from ``learning_rate`` to 5 % of it at ``steps``.
     ``live_dir`` receives dvclive per-check metrics (``plots/metrics/*.tsv``,
     ``metrics.json``). After training, the per-class probability threshold that
