@@ -142,7 +142,8 @@ def main() -> None:
     ap.add_argument("--inter-op", type=int, default=1, help="TensorFlow inter-op threads: 1 as in training (deterministic), 0 = TF default")
     ap.add_argument("--intra-op", type=int, default=0, help="TensorFlow intra-op threads: 0 = TF default (one per core)")
     ap.add_argument("--no-op-determinism", action="store_true", help="skip tf.config.experimental.enable_op_determinism()")
-    ap.add_argument("--jit", action="store_true", help="compile with XLA (jit_compile=True)")
+    ap.add_argument("--jit", action="store_true", help="compile with XLA (jit_compile=True; Keras turns it off under op determinism)")
+    ap.add_argument("--precision", default="float32", help="Keras dtype policy: float32 or mixed_bfloat16 (bf16 convolutions, AMX/AVX512-BF16)")
     a = ap.parse_args()
     parts = set(a.only or ["train", "stage", "predict"])
 
@@ -153,6 +154,7 @@ def main() -> None:
     from navml.segment.losses import MaskedIoU, SegmentationLoss
 
     keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(a.precision)
     if not a.no_op_determinism:
         tf.config.experimental.enable_op_determinism()
     tf.config.threading.set_inter_op_parallelism_threads(a.inter_op)
@@ -171,7 +173,7 @@ def main() -> None:
     print(
         f"model: depth {a.depth}, base {a.base_filters}, {a.encoder}; {model.count_params():,} parameters; "
         f"receptive field {receptive_field(a.depth)} px; inter-op {a.inter_op}, intra-op {a.intra_op} (0 = TF default), "
-        f"op determinism {'off' if a.no_op_determinism else 'on'}, XLA {'on' if a.jit else 'off'}, "
+        f"op determinism {'off' if a.no_op_determinism else 'on'}, XLA {'on' if a.jit else 'off'}, {a.precision}, "
         f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}; load {os.getloadavg()[0]:.1f}"
     )
     print(
