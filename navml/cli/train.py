@@ -53,7 +53,7 @@ def command(
         warmup_steps=int(t.get("warmup_steps", 24)),
         crop=None if t.get("crop", 128) is None else int(t.get("crop", 128)),
         batch_size=int(t.get("batch_size", 8)),
-        learning_rate=float(t.get("learning_rate", 4e-3)),
+        learning_rate=float(t.get("learning_rate", 2e-3)),
         patience=int(t.get("patience", 4)),
         negative_share=None if share is None else float(share),
         augment=Augment.from_params(t.get("augment", True)),

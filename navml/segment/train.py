@@ -134,7 +134,7 @@ def train_segmentation(
     warmup_steps: int = 24,
     crop: int | None = 128,
     batch_size: int = 8,
-    learning_rate: float = 4e-3,
+    learning_rate: float = 2e-3,
     patience: int = 4,
     negative_share: float | None = 0.25,
     augment: Augment | None = Augment(),
