@@ -392,3 +392,15 @@ def test_learning_rate_warms_up_then_decays():
     assert float(capped(5)) == pytest.approx(0.01) and float(capped(10)) == pytest.approx(0.0005)
     plain = learning_rate_schedule(0.01, steps=10)
     assert float(plain(0)) == pytest.approx(0.01) and float(plain(10)) == pytest.approx(0.0005)
+
+
+def test_corrupt_shard_met_mid_stream_stops_training(tmp_path):
+    """A damaged second shard is met after some samples of the endless stream: one-line error, no model, no hang."""
+    store, df = make_store(tmp_path / "store", shards=2)
+    path = store.path("imagery", Tile(SHARD0.x + 1, SHARD0.y, SHARD0.z))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as err:
+        train_segmentation(store, df, ["c1"], tmp_path / "m", steps=40, eval_every=20, **FAST)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert _no_model(tmp_path / "m")

@@ -323,6 +323,8 @@ def sample_stream(
     fixed = None if isinstance(tiles, TrainingTiles) else list(tiles)
 
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if reader.error is not None:  # an empty pass ends a repeated stream after a read error
+            return
         rng = np.random.default_rng([seed, next(passes)])
         tiles_now = fixed if fixed is not None else tiles.epoch(rng)
         order = rng.permutation(len(tiles_now)) if shuffle else range(len(tiles_now))
