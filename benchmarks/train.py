@@ -42,10 +42,11 @@ import numpy as np
 def cpu_peak_gflops() -> tuple[float, str]:
     """fp32 peak GFLOP/s of the CPUs this process may use, and the assumption behind it."""
     cores = len(os.sched_getaffinity(0))
-    text = open("/proc/cpuinfo").read()
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
+    with open("/proc/cpuinfo") as f:
+        text = f.read()
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split())
     named = re.search(r"@\s*([\d.]+)\s*GHz", text)
-    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
+    mhz = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.MULTILINE)]
     ghz = float(named.group(1)) if named else (max(mhz) / 1000 if mhz else 0.0)
     if "avx512f" in flags:
         per_cycle, unit = 64, "AVX-512: 2 FMA units x 16 fp32 lanes x 2"

@@ -369,11 +369,11 @@ def test_step_budget_and_checks(tmp_path):
     assert out["train_samples"] == 6 * 4
     assert len((tmp_path / "live" / "plots" / "metrics" / "eval" / "iou.tsv").read_text().splitlines()) == 1 + 3
     for bad, match in [
-        (dict(steps=4, eval_every=5), "train.eval_every"),
-        (dict(steps=4, eval_every=2, warmup_steps=-1), "train.warmup_steps"),
-        (dict(steps=4, eval_every=2, crop=30), "train.crop"),  # not a multiple of the stride 4
-        (dict(steps=4, eval_every=2, crop=128), "train.crop"),  # larger than the 64-px tiles
-        (dict(steps=0, eval_every=1), "train.steps"),
+        ({"steps": 4, "eval_every": 5}, "train.eval_every"),
+        ({"steps": 4, "eval_every": 2, "warmup_steps": -1}, "train.warmup_steps"),
+        ({"steps": 4, "eval_every": 2, "crop": 30}, "train.crop"),  # not a multiple of the stride 4
+        ({"steps": 4, "eval_every": 2, "crop": 128}, "train.crop"),  # larger than the 64-px tiles
+        ({"steps": 0, "eval_every": 1}, "train.steps"),
     ]:
         with pytest.raises(ConfigError, match=match):
             train_segmentation(store, df, ["c1"], tmp_path / "bad", **{**FAST, **bad})
