@@ -4,7 +4,7 @@ Each section is a pydantic model holding its keys, types, defaults, ranges
 and help text; :class:`Params` validates the whole file at once, before any
 work starts. :func:`validate_params` turns the first problem into a one-line
 :class:`~navml.errors.ConfigError` naming the file and the key, e.g.
-``params.yaml: train.epochs: 'ten' is not an integer (epochs: upper bound ...)``.
+``params.yaml: train.steps: 'ten' is not an integer (steps: optimizer steps ...)``.
 
 The defaults of the models are the values of the shipped ``params.yaml``
 (``tests/test_config.py`` checks it), so every default is written here once;
@@ -482,10 +482,15 @@ class TrainParams(Section):
     loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent (only with focal)")
     class_weighting: Literal["none", "inverse", "sqrt"] = Field("sqrt", description="class weights from pixel frequencies")
-    epochs: int = Field(40, ge=1, description="upper bound of epochs; early stopping on val IoU usually ends sooner")
+    steps: int = Field(240, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    eval_every: int = Field(40, ge=1, description="steps between val IoU checks (checkpoint, early stopping)")
+    warmup_steps: int = Field(24, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
+    crop: Annotated[int, Field(ge=16)] | None = Field(
+        128, description="random crops of this side, px, from the tiles (a multiple of 2**depth); null = whole tiles"
+    )
     batch_size: int = Field(8, ge=1, description="tiles per training step")
-    learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam learning rate, cosine decay over `epochs`")
-    patience: int = Field(8, ge=0, description="epochs without a better val IoU before stopping")
+    learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
+    patience: int = Field(4, ge=0, description="val checks without a better val IoU before stopping")
     negative_share: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
         0.25, description="share of training tiles without a labelled pixel; null keeps all tiles"
     )
@@ -638,6 +643,13 @@ class Params(Registry):
             raise ValueError(f"predict.window_px: {self.predict.window_px} must be at least grid.tile_size {g.tile_size}")
         if g.tile_size % (2**self.train.depth):
             raise ValueError(f"train.depth: {self.train.depth} needs tiles of a multiple of {2**self.train.depth} px; grid.tile_size is {g.tile_size}")
+        crop = self.train.crop
+        if crop is not None and (crop % (2**self.train.depth) or crop > g.tile_size):
+            raise ValueError(
+                f"train.crop: {crop} px must be a multiple of {2**self.train.depth} (2**train.depth) and at most grid.tile_size {g.tile_size}"
+            )
+        if self.train.eval_every > self.train.steps:
+            raise ValueError(f"train.eval_every: {self.train.eval_every} is more than train.steps {self.train.steps}")
         return self
 
 # --- one-line errors ---------------------------------------------------------------

@@ -106,7 +106,8 @@ def test_every_field_has_help_text():
 @pytest.mark.parametrize(
     "key, value, expect",
     [
-        ("train.epochs", "ten", "params.yaml: train.epochs: 'ten' is not an integer (epochs: upper bound"),
+        ("train.steps", "ten", "params.yaml: train.steps: 'ten' is not an integer (steps: optimizer steps"),
+        ("train.epochs", 40, "unknown key 'train.epochs'"),
         ("post.parking.threshold", "high", "params.yaml: post.parking.threshold: 'high' is not a number (threshold: probability"),
         ("imagery.workers", "eight", "params.yaml: imagery.workers: 'eight' is not an integer"),
         ("train.learning_rate", "fast", "params.yaml: train.learning_rate: 'fast' is not a number"),
@@ -135,6 +136,9 @@ def test_every_field_has_help_text():
         ("classes.turn_markings.name_map", {"left": "sharp_left"}, "name_map: needs name_tag"),
         ("imagery.band_indexes", [1, 1, 2], "band_indexes: [1, 1, 2] names a band twice"),
         ("imagery.band_indexes", [1, 2, 3, 4], "band_indexes: 4 bands but bands is 3; set bands: 4"),
+        ("train.crop", 100, "train.crop: 100 px must be a multiple of 16"),
+        ("train.crop", 512, "at most grid.tile_size 256"),
+        ("train.eval_every", 500, "train.eval_every: 500 is more than train.steps 240"),
         ("imagery.stretch", "linear", "imagery.stretch: 'linear' is not one of 'none' or 'percentile'"),
         ("imagery.percentiles", [98, 2], "percentiles: low 98.0 must be below high 2.0"),
         ("predict.window_px", 128, "predict.window_px: 128 must be at least grid.tile_size 256"),

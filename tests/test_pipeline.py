@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "synth": {"size_km": 0.6},
     "cover": {"seed": 1},  # 0.6 km: 36 tiles; this seed puts lots in the val and test blocks
-    "train": {"depth": 3, "base_filters": 4, "epochs": 2, "patience": 2},
+    "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
 }

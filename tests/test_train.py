@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from navml.segment.dataset import Augment, TileReader, augment_pair, make_dataset, select_training_tiles
+from navml.segment.dataset import Augment, TileReader, TrainingTiles, augment_pair, make_dataset, select_training_tiles
 from navml.data.rasterize import IGNORE
-from navml.errors import InputError, ModelError
+from navml.errors import ConfigError, InputError, ModelError
 from navml.segment.evaluate import evaluate_segmentation
 from navml.geo.grid import Grid, Tile, tile_key, tiles_of_shard
 from navml.segment.metrics import confusion_counts, labels_from_probs
@@ -21,7 +21,7 @@ from navml.segment.train import train_segmentation
 
 GRID = Grid(zoom=18, tile_size=64, shard_zoom=16)  # 4 x 4 tiles of 64 px per 256-px shard
 SHARD0 = Tile(10000, 22500, 16)
-FAST = dict(depth=2, base_filters=8, batch_size=4, progress=False)
+FAST = dict(depth=2, base_filters=8, batch_size=4, progress=False, crop=None, warmup_steps=0)
 
 
 def make_store(root, shards: int = 1, n_classes: int = 1, seed: int = 0, empty: bool = False, grid: Grid = GRID) -> tuple[Store, pd.DataFrame]:
@@ -77,7 +77,7 @@ def test_overfits_four_tiles(tmp_path):
     four = df[df["pos_c1"] == 1].head(4)
     index = pd.concat([four.assign(split="train"), four.assign(split="val")])
     out = train_segmentation(
-        store, index, ["c1"], tmp_path / "model", epochs=60, patience=60, learning_rate=1e-2,
+        store, index, ["c1"], tmp_path / "model", steps=60, eval_every=5, patience=12, learning_rate=1e-2,
         augment=None, negative_share=None, loss="crossentropy+dice", seed=1, **FAST,
     )
     model, meta = load_model(tmp_path / "model")
@@ -110,7 +110,7 @@ def test_same_seed_gives_same_weights(tmp_path):
         # 256-px tiles: big enough for concurrent ops to change the sums when determinism is off
         store, df = make_store({str(tmp_path / "store")!r}, grid=Grid(18, 256, 16))
         for name in ("a", "b"):
-            train_segmentation(store, df, ["c1"], {str(tmp_path)!r} + "/" + name, epochs=2, seed=7, depth=2,
+            train_segmentation(store, df, ["c1"], {str(tmp_path)!r} + "/" + name, steps=4, eval_every=2, warmup_steps=1, seed=7, depth=2,
                                base_filters=4, batch_size=4, progress=False, live_dir={str(tmp_path)!r} + "/live_" + name)
             weights = load_model({str(tmp_path)!r} + "/" + name)[0].get_weights()
             print(name, hashlib.sha256(b"".join(w.tobytes() for w in weights)).hexdigest())
@@ -124,7 +124,7 @@ def test_same_seed_gives_same_weights(tmp_path):
     # one op at a time: concurrent batch-norm gradients are not reproducible on CPU (seen at 256 px, batch 8)
     assert digests["inter_op"] == "1"
     curves = [(tmp_path / f"live_{n}" / "plots" / "metrics" / "eval" / "iou.tsv").read_text() for n in ("a", "b")]
-    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3  # header + 2 epochs
+    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 3  # header + 2 checks
 
 
 def test_negative_share_and_augmentation(tmp_path):
@@ -176,7 +176,7 @@ def test_negative_share_and_augmentation(tmp_path):
 def test_multi_class_train_and_evaluate(tmp_path):
     """Two classes from the registry, no code change: masks 0/1/2, softmax of 3 channels, metrics per class."""
     store, df = make_store(tmp_path / "store", shards=2, n_classes=2)
-    train_segmentation(store, df, names(2), tmp_path / "model", epochs=3, augment=None, **FAST)
+    train_segmentation(store, df, names(2), tmp_path / "model", steps=6, eval_every=2, augment=None, **FAST)
     model, meta = load_model(tmp_path / "model")
     assert meta.classes == ["c1", "c2"] and model.output_shape[-1] == 3
     metrics = evaluate_segmentation(store, df, tmp_path / "model", tmp_path / "metrics", classes=names(2), overlays=2, progress=False)
@@ -189,7 +189,7 @@ def test_multi_class_train_and_evaluate(tmp_path):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     store, df = make_store(root / "store", shards=2)
-    train_segmentation(store, df, ["c1"], root / "model", epochs=8, learning_rate=5e-3, augment=None, **FAST)
+    train_segmentation(store, df, ["c1"], root / "model", steps=16, eval_every=2, learning_rate=5e-3, augment=None, **FAST)
     return root, store, df
 
 
@@ -249,21 +249,21 @@ def _no_model(path) -> bool:
 def test_empty_training_split(tmp_path):
     store, df = make_store(tmp_path / "store")
     with pytest.raises(InputError, match="split 'train' has no tile"):
-        train_segmentation(store, df.assign(split="test"), ["c1"], tmp_path / "m", epochs=1, **FAST)
+        train_segmentation(store, df.assign(split="test"), ["c1"], tmp_path / "m", steps=1, eval_every=1, **FAST)
     assert _no_model(tmp_path / "m")
 
 
 def test_split_without_a_positive_pixel(tmp_path):
     store, df = make_store(tmp_path / "store", empty=True)
     with pytest.raises(InputError, match="split 'train' has no pixel of class 'c1'"):
-        train_segmentation(store, df, ["c1"], tmp_path / "m", epochs=1, negative_share=None, **FAST)
+        train_segmentation(store, df, ["c1"], tmp_path / "m", steps=1, eval_every=1, negative_share=None, **FAST)
     assert _no_model(tmp_path / "m")
 
 
 def test_band_count_mismatch(tmp_path):
     store, df = make_store(tmp_path / "store")
     with pytest.raises(InputError, match="imagery has 3 bands, the model takes 4; set train.bands: 3"):
-        train_segmentation(store, df, ["c1"], tmp_path / "m", bands=4, epochs=1, **FAST)
+        train_segmentation(store, df, ["c1"], tmp_path / "m", bands=4, steps=1, eval_every=1, **FAST)
     assert _no_model(tmp_path / "m")
 
 
@@ -273,16 +273,16 @@ def test_corrupt_tile_stops_training_with_one_line(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])  # an interrupted copy: header intact, pixel data cut
     with pytest.raises(InputError) as err:
-        train_segmentation(store, df, ["c1"], tmp_path / "m", epochs=1, **FAST)
+        train_segmentation(store, df, ["c1"], tmp_path / "m", steps=1, eval_every=1, **FAST)
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg
     assert _no_model(tmp_path / "m")
     # an earlier model stays untouched by a failed run
     good, df2 = make_store(tmp_path / "good")
-    train_segmentation(good, df2, ["c1"], tmp_path / "m", epochs=1, **FAST)
+    train_segmentation(good, df2, ["c1"], tmp_path / "m", steps=1, eval_every=1, **FAST)
     before = (tmp_path / "m" / "model.keras").read_bytes()
     with pytest.raises(InputError):
-        train_segmentation(store, df, ["c1"], tmp_path / "m", epochs=1, **FAST)
+        train_segmentation(store, df, ["c1"], tmp_path / "m", steps=1, eval_every=1, **FAST)
     assert (tmp_path / "m" / "model.keras").read_bytes() == before
     assert not list(tmp_path.glob(".m.train-*"))
 
@@ -298,7 +298,7 @@ def test_cli_reports_one_line_errors(tmp_path):
     params = {
         "grid": {"zoom": 18, "tile_size": 64, "shard_zoom": 16},
         "classes": {"c1": {"task": "segmentation", "tags": {"amenity": "parking"}}},
-        "train": {"bands": 4, "epochs": 1, "depth": 2, "base_filters": 4},
+        "train": {"bands": 4, "steps": 1, "eval_every": 1, "warmup_steps": 0, "crop": None, "depth": 2, "base_filters": 4},
     }
     import yaml
 
@@ -317,3 +317,94 @@ def test_cli_reports_one_line_errors(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1 and "unknown key 'train.loos'" in result.output
     assert not (tmp_path / "model").exists()
+
+
+def test_reader_opens_each_shard_once(tmp_path):
+    store, df = make_store(tmp_path / "store", shards=3)
+    tiles = [Tile(r.x, r.y, r.z) for r in df.itertuples()]
+    reader = TileReader(store, 1, 3)
+    for _ in range(3):  # three passes over 48 tiles of 3 shards, two layers
+        for t in tiles:
+            image, mask = reader.pair(t)
+            assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+    assert reader.shard_reads == 2 * 3
+    direct = TileReader(store, 1, 3, cache_mb=0)  # tile by tile from the files: the same pixels
+    for t in tiles[::5]:
+        np.testing.assert_array_equal(reader.image(t), direct.image(t))
+        np.testing.assert_array_equal(reader.mask(t), direct.mask(t))
+    assert direct.shard_reads == 0
+    small = TileReader(store, 1, 3, cache_mb=0.3)  # room for one 256-px imagery shard (192 KB) and its mask
+    for t in tiles + tiles:
+        small.pair(t)
+    assert small.shard_reads == 2 * 3 * 2  # below the store's size: one shard at a time, read again each pass
+    small.pair(tiles[-1])
+    assert small.shard_reads == 2 * 3 * 2  # the last shard is still in memory
+
+
+def test_random_crops_keep_image_and_mask_together(tmp_path):
+    store, df = make_store(tmp_path / "store")
+    tiles = TrainingTiles([Tile(r.x, r.y, r.z) for r in df.itertuples()], [], 0)
+    reader = TileReader(store, 1, 3)
+    ds = make_dataset(reader, tiles, batch_size=4, shuffle=True, seed=1, crop=32, repeat=True)
+    full = {tile_key(t): reader.pair(t) for t in tiles.positives}
+    seen = set()
+    for x, y in ds.take(12):  # 48 crops: three passes over 16 tiles, batches run across passes
+        assert x.shape == (4, 32, 32, 3) and y.shape == (4, 32, 32, 2)
+        for img, onehot in zip(x.numpy(), y.numpy()):
+            hits = []
+            for key, (image, mask) in full.items():
+                for r, c in zip(*np.nonzero((image[:33, :33] == img[0, 0]).all(-1))):
+                    if np.array_equal(image[r : r + 32, c : c + 32], img):
+                        hits.append((key, r, c))
+                        want = np.eye(2, dtype="float32")[np.where(mask == IGNORE, 0, mask)] * (mask != IGNORE)[..., None]
+                        np.testing.assert_array_equal(onehot, want[r : r + 32, c : c + 32])
+            assert len(hits) == 1
+            seen.add(hits[0])
+    assert len({(r, c) for _, r, c in seen}) > 10  # windows are drawn at random offsets
+    with pytest.raises(ConfigError, match="train.crop"):
+        make_dataset(reader, tiles, batch_size=4, crop=65)
+
+
+def test_step_budget_and_checks(tmp_path):
+    store, df = make_store(tmp_path / "store", shards=2)
+    out = train_segmentation(store, df, ["c1"], tmp_path / "m", steps=6, eval_every=2, patience=5,
+                             live_dir=tmp_path / "live", **{**FAST, "crop": 32})
+    assert out["steps_run"] == 6 and out["best_step"] in (2, 4, 6) and out["crop"] == 32
+    assert out["train_samples"] == 6 * 4
+    assert len((tmp_path / "live" / "plots" / "metrics" / "eval" / "iou.tsv").read_text().splitlines()) == 1 + 3
+    for bad, match in [
+        ({"steps": 4, "eval_every": 5}, "train.eval_every"),
+        ({"steps": 4, "eval_every": 2, "warmup_steps": -1}, "train.warmup_steps"),
+        ({"steps": 4, "eval_every": 2, "crop": 30}, "train.crop"),  # not a multiple of the stride 4
+        ({"steps": 4, "eval_every": 2, "crop": 128}, "train.crop"),  # larger than the 64-px tiles
+        ({"steps": 0, "eval_every": 1}, "train.steps"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            train_segmentation(store, df, ["c1"], tmp_path / "bad", **{**FAST, **bad})
+    assert not (tmp_path / "bad").exists()
+
+
+def test_learning_rate_warms_up_then_decays():
+    from navml.segment.train import learning_rate_schedule
+
+    lr = learning_rate_schedule(0.01, steps=100, warmup_steps=20)
+    at = {s: float(lr(s)) for s in (0, 10, 20, 60, 100)}
+    assert at[0] == pytest.approx(0.001) and at[10] == pytest.approx(0.0055)
+    assert at[20] == pytest.approx(0.01) and at[60] == pytest.approx(0.01 * (0.05 + 0.95 * 0.5), rel=1e-4)
+    assert at[100] == pytest.approx(0.0005)
+    capped = learning_rate_schedule(0.01, steps=10, warmup_steps=50)  # warm-up at most half of the steps
+    assert float(capped(5)) == pytest.approx(0.01) and float(capped(10)) == pytest.approx(0.0005)
+    plain = learning_rate_schedule(0.01, steps=10)
+    assert float(plain(0)) == pytest.approx(0.01) and float(plain(10)) == pytest.approx(0.0005)
+
+
+def test_corrupt_shard_met_mid_stream_stops_training(tmp_path):
+    """A damaged second shard is met after some samples of the endless stream: one-line error, no model, no hang."""
+    store, df = make_store(tmp_path / "store", shards=2)
+    path = store.path("imagery", Tile(SHARD0.x + 1, SHARD0.y, SHARD0.z))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError) as err:
+        train_segmentation(store, df, ["c1"], tmp_path / "m", steps=40, eval_every=20, **FAST)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert _no_model(tmp_path / "m")

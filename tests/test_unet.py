@@ -95,3 +95,25 @@ def test_save_and_load_round_trip(tmp_path):
     x = np.random.default_rng(1).uniform(0, 255, size=(1, 64, 64, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     assert meta2 == meta
+
+
+def test_forward_flops_counted_from_the_layers():
+    from navml.models.unet import forward_flops
+
+    # depth 1, base 2, 3 bands, 1 class, 8 x 8 px, by hand: 2 * H * W * k * k * Cin * Cout per convolution
+    model = build_unet(3, 1, depth=1, base_filters=2)
+    convs = (
+        2 * 64 * 9 * 3 * 2 + 2 * 64 * 9 * 2 * 2  # enc0: 3 -> 2 -> 2 at 8 x 8
+        + 2 * 16 * 9 * 2 * 4 + 2 * 16 * 9 * 4 * 4  # bottleneck: 2 -> 4 -> 4 at 4 x 4
+        + 2 * 64 * 9 * 4 * 2  # dec0 upconv 4 -> 2 after the upsampling
+        + 2 * 64 * 9 * 4 * 2 + 2 * 64 * 9 * 2 * 2  # dec0 block on the concatenation (2 + 2) -> 2 -> 2
+        + 2 * 64 * 2 * 2 + 64 * 2  # 1x1 logits with bias
+    )
+    flops = forward_flops(model, 8)
+    assert flops["conv"] == convs == 42112
+    assert 0 < flops["other"] < 0.2 * flops["conv"] and flops["total"] == flops["conv"] + flops["other"]
+    # the default U-Net: ~2.1 GFLOP per 256-px tile, a quarter of it at 128 px, 32 x 64 px half of 64 x 64
+    default = build_unet(3, 1, depth=4, base_filters=8)
+    big, small = forward_flops(default, 256)["total"], forward_flops(default, 128)["total"]
+    assert 2.0e9 < big < 2.2e9 and big == 4 * small
+    assert forward_flops(default, 32, 64)["conv"] * 2 == forward_flops(default, 64)["conv"]

@@ -166,3 +166,55 @@ def build_unet(
     x = layers.Conv2D(n_classes + 1, 1, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+#: Per-element forward FLOPs of the non-convolution layers (an estimate: they are a few % of the total).
+ELEMENTWISE_FLOPS = {"BatchNormalization": 2, "Activation": 1, "Rescaling": 1, "Add": 1, "MaxPooling2D": 3, "Dropout": 1}
+
+
+def forward_flops(model, rows: int, cols: int | None = None) -> dict[str, int]:
+    """Forward FLOPs of one ``rows x cols`` input (pixels) through ``model``, counted from its layers.
+
+    A convolution costs ``2 * H_out * W_out * k_h * k_w * C_in * C_out`` (a multiply
+    and an add per weight and output pixel; ``+ H_out * W_out * C_out`` with a
+    bias); batch normalization, activations, rescaling, additions and pooling
+    cost :data:`ELEMENTWISE_FLOPS` per output element; upsampling and
+    concatenation none. Returns ``{"conv": ..., "other": ..., "total": ...}``.
+    Works on any 2-D fully convolutional Keras model (spatial sizes are traced
+    through the layers, so ``rows`` and ``cols`` must be multiples of its stride).
+    """
+    import keras
+
+    cols = rows if cols is None else cols
+    shapes: dict[int, tuple] = {}
+    conv = other = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            shapes[id(layer.output)] = (rows, cols, layer.output.shape[-1])
+            continue
+        ins = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        in_shapes = [shapes[id(t)] for t in ins]
+        h, w, c = in_shapes[0]
+        kind = type(layer).__name__
+        if isinstance(layer, keras.layers.Conv2D):
+            kh, kw = layer.kernel_size
+            sh, sw = layer.strides
+            ho, wo = (h + sh - 1) // sh, (w + sw - 1) // sw
+            out = (ho, wo, layer.filters)
+            conv += 2 * ho * wo * kh * kw * c * layer.filters + (ho * wo * layer.filters if layer.use_bias else 0)
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            ph, pw = layer.pool_size
+            out = (h // ph, w // pw, c)
+        elif isinstance(layer, keras.layers.UpSampling2D):
+            fh, fw = layer.size
+            out = (h * fh, w * fw, c)
+        elif isinstance(layer, keras.layers.Concatenate):
+            out = (h, w, sum(s[-1] for s in in_shapes))
+        else:
+            out = (h, w, c)
+        if kind == "Activation" and getattr(layer.activation, "__name__", "") == "softmax":
+            other += 5 * out[0] * out[1] * out[2]
+        else:
+            other += ELEMENTWISE_FLOPS.get(kind, 0) * out[0] * out[1] * out[2]
+        shapes[id(layer.output)] = out
+    return {"conv": int(conv), "other": int(other), "total": int(conv + other)}

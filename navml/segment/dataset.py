@@ -1,10 +1,12 @@
 """Segmentation samples from the shard store: tile selection, reading, augmentation, tf.data.
 
-Tiles are read lazily, one at a time, by a Python generator wrapped in
-``tf.data.Dataset.from_generator``; memory stays bounded by a batch (plus an
-optional in-memory cache for the small validation / test splits). Everything
-random comes from ``numpy.random.default_rng([seed, epoch])`` inside the
-generator, so the stream is the same on every run with the same seed.
+Tiles come from a Python generator wrapped in ``tf.data.Dataset.from_generator``.
+:class:`TileReader` opens each shard file once and keeps its arrays (an LRU
+bounded by ``cache_mb``, 17 MB per 2048-px RGB shard with its mask), so a stage
+reads every shard once however many tile samples it draws. Training samples can
+be random crops of the tiles (``crop`` px: the model is fully convolutional).
+Everything random comes from ``numpy.random.default_rng([seed, pass])`` inside
+the generator, so the stream is the same on every run with the same seed.
 
 Samples: image float32 ``(rows, cols, bands)`` with raw 0..255 values, label
 one-hot float32 ``(rows, cols, n_classes + 1)`` (mask value 0 background,
@@ -15,6 +17,7 @@ one-hot float32 ``(rows, cols, n_classes + 1)`` (mask value 0 background,
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -23,7 +26,7 @@ import pandas as pd
 
 from navml.config import check_keys
 from navml.errors import ConfigError, InputError, NavmlError
-from navml.geo.grid import Tile, group_by_shard, shard_of, tile_key
+from navml.geo.grid import Tile, group_by_shard, shard_of, shard_window, tile_key, tile_window
 from navml.data.rasterize import IGNORE
 from navml.geo.store import Store
 
@@ -89,8 +92,11 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     contrast = 1.0 + rng.uniform(-aug.contrast, aug.contrast) if aug.contrast else 1.0
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0 if aug.brightness else 0.0
     if contrast != 1.0 or brightness:
-        mean = out.mean(axis=(0, 1), keepdims=True)
-        out = np.clip((out - mean) * contrast + mean + brightness, 0.0, 255.0)
+        # (x - mean) * contrast + mean + brightness, as one multiply-add in place
+        offset = out.mean(axis=(0, 1), keepdims=True) * np.float32(1.0 - contrast) + np.float32(brightness)
+        out *= np.float32(contrast)
+        out += offset.astype("float32")
+        np.clip(out, 0.0, 255.0, out=out)
     return out, mask
 
 
@@ -169,26 +175,53 @@ def select_training_tiles(
 
 
 class TileReader:
-    """Reads and checks imagery and mask tiles of a store.
+    """Reads and checks imagery and mask tiles of a store, opening each shard file once.
 
-    An error met while tf.data runs the generator is kept in ``error`` (and the
-    stream ends) so the caller re-raises the one-line :class:`NavmlError`
-    instead of TensorFlow's wrapped one.
+    Whole shards are read on first use and kept in an LRU cache of at most
+    ``cache_mb`` megabytes (0 reads every tile from its file); a tile is a slice
+    of its cached shard. An error met while tf.data runs the generator is kept
+    in ``error`` (and the stream ends) so the caller re-raises the one-line
+    :class:`NavmlError` instead of TensorFlow's wrapped one.
     """
 
-    def __init__(self, store: Store, n_classes: int, bands: int):
+    def __init__(self, store: Store, n_classes: int, bands: int, cache_mb: float = 1024.0):
         self.store = store
         self.n_classes = n_classes
         self.bands = bands
+        self.cache_bytes = int(cache_mb * 2**20)
         self.error: NavmlError | None = None
+        self.shard_reads = 0
+        self._shards: OrderedDict[tuple[str, Tile], np.ndarray] = OrderedDict()
+        self._cached = 0
+
+    def _shard(self, layer: str, shard: Tile) -> np.ndarray:
+        key = (layer, shard)
+        arr = self._shards.get(key)
+        if arr is not None:
+            self._shards.move_to_end(key)
+            return arr
+        arr = self.store.read_shard(layer, shard)
+        self.shard_reads += 1
+        self._shards[key] = arr
+        self._cached += arr.nbytes
+        while self._cached > self.cache_bytes and self._shards:
+            self._cached -= self._shards.popitem(last=False)[1].nbytes
+        return arr
 
     def _read(self, layer: str, tile: Tile) -> np.ndarray:
+        grid = self.store.grid
+        shard = shard_of(tile, grid)
         try:
-            return self.store.read_tile(layer, tile)
+            if not self.cache_bytes:
+                return self.store.read_tile(layer, tile)
+            arr = self._shard(layer, shard)
+            tw, sw = tile_window(tile, grid.tile_size), shard_window(shard, grid)
+            r, c = tw.row - sw.row, tw.col - sw.col
+            return arr[:, r : r + tw.height, c : c + tw.width]
         except NavmlError:
             raise
         except Exception as exc:  # rasterio/GDAL raise several types on a damaged file
-            path = self.store.path(layer, shard_of(tile, self.store.grid))
+            path = self.store.path(layer, shard)
             raise InputError(
                 f"{path}: cannot read tile {tile_key(tile)} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                 f"delete the shard and re-run the stage that writes '{layer}'"
@@ -264,6 +297,16 @@ def training_counts(reader: TileReader, tiles: TrainingTiles, progress: bool = F
     return counts
 
 
+def random_crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The same random ``size`` x ``size`` window (pixels) of ``image`` (rows, cols, bands) and ``mask`` (rows, cols)."""
+    rows, cols = mask.shape
+    if size >= rows and size >= cols:
+        return image, mask
+    r = int(rng.integers(rows - size + 1))
+    c = int(rng.integers(cols - size + 1))
+    return image[r : r + size, c : c + size], mask[r : r + size, c : c + size]
+
+
 def sample_stream(
     reader: TileReader,
     tiles: Sequence[Tile] | TrainingTiles,
@@ -271,15 +314,18 @@ def sample_stream(
     shuffle: bool,
     augment: Augment | None,
     seed: int,
+    crop: int | None = None,
 ):
-    """A generator function yielding ``(image float32 HWC, mask uint8 HW)``; each call is one epoch,
-    with its negatives drawn (:class:`TrainingTiles`), shuffled and augmented with
-    ``default_rng([seed, epoch])``."""
-    epochs = itertools.count()
+    """A generator function yielding ``(image float32 HWC, mask uint8 HW)``; each call is one pass
+    over the tiles, with its negatives drawn (:class:`TrainingTiles`), shuffled, cropped to
+    ``crop`` px and augmented with ``default_rng([seed, pass])``."""
+    passes = itertools.count()
     fixed = None if isinstance(tiles, TrainingTiles) else list(tiles)
 
     def gen() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        rng = np.random.default_rng([seed, next(epochs)])
+        if reader.error is not None:  # an empty pass ends a repeated stream after a read error
+            return
+        rng = np.random.default_rng([seed, next(passes)])
         tiles_now = fixed if fixed is not None else tiles.epoch(rng)
         order = rng.permutation(len(tiles_now)) if shuffle else range(len(tiles_now))
         for i in order:
@@ -290,9 +336,11 @@ def sample_stream(
                 # the caller sees the short epoch and re-raises ``reader.error``
                 reader.error = exc
                 return
+            if crop:
+                image, mask = random_crop(image, mask, crop, rng)
             if augment is not None:
                 image, mask = augment_pair(image, mask, rng, augment)
-            yield image.astype("float32", copy=False), mask
+            yield image.astype("float32", copy=False), np.ascontiguousarray(mask)
 
     return gen
 
@@ -307,17 +355,25 @@ def make_dataset(
     seed: int = 0,
     cache: bool = False,
     drop_remainder: bool = False,
+    crop: int | None = None,
+    repeat: bool = False,
 ):
     """``tf.data.Dataset`` of ``(image, one-hot label)`` batches over ``tiles`` (see module doc).
 
+    ``crop`` (px, at most the tile size) trains on random windows of that size;
+    ``repeat`` makes the stream endless (one pass after another, each with its
+    own negatives, order and augmentation; batches run across passes, so all are full).
     Pixels of :data:`IGNORE` get an all-zero label row, which the losses and
     :class:`navml.segment.losses.MaskedIoU` leave out.
     """
     import tensorflow as tf
 
-    size = reader.store.grid.tile_size
+    tile = reader.store.grid.tile_size
+    if crop is not None and not 0 < crop <= tile:
+        raise ConfigError(f"params: 'train.crop' is {crop}; use 1..{tile} px (grid.tile_size) or null for whole tiles")
+    size = crop or tile
     k = reader.n_classes + 1
-    gen = sample_stream(reader, tiles, shuffle=shuffle, augment=augment, seed=seed)
+    gen = sample_stream(reader, tiles, shuffle=shuffle, augment=augment, seed=seed, crop=crop)
     ds = tf.data.Dataset.from_generator(
         gen,
         output_signature=(
@@ -326,11 +382,14 @@ def make_dataset(
         ),
     )
     ds = ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k, dtype=tf.float32)))
-    n = tiles.per_epoch if isinstance(tiles, TrainingTiles) else len(tiles)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(n))
+    if repeat:
+        ds = ds.repeat()
+    else:
+        n = tiles.per_epoch if isinstance(tiles, TrainingTiles) else len(tiles)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
     if cache:
         ds = ds.cache()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder or repeat)
     return ds.prefetch(2)
 
 

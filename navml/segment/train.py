@@ -1,7 +1,7 @@
 """Training of the segmentation U-Net on the store's train split.
 
 Seeded and deterministic (same data + same arguments -> same weights), early
-stopping on the validation IoU, the best epoch checkpointed to a temporary
+stopping on the validation IoU checked every ``eval_every`` steps, the best check checkpointed to a temporary
 ``.keras`` file and only saved as the model folder (``model.keras``,
 ``meta.json``, ``thresholds.json``) once everything succeeded, so a failed run
 leaves no partial model and an earlier model intact.
@@ -31,8 +31,9 @@ def set_determinism(seed: int) -> None:
     Op determinism alone is not enough on CPU: with several ops running at once
     (inter-op parallelism) the weights differ in the 5th digit after a few
     steps and training drifts apart. One op at a time, each on all cores
-    (intra-op threads), gives bit-identical weights at a small cost on 2 cores.
-    The thread setting only takes effect before TensorFlow runs its first op.
+    (intra-op threads), gives bit-identical weights on the same machine
+    (docs/benchmarks.md measures what each setting costs). The thread setting
+    only takes effect before TensorFlow runs its first op.
     """
     import keras
     import tensorflow as tf
@@ -45,17 +46,40 @@ def set_determinism(seed: int) -> None:
         pass
 
 
-def _check_args(classes: Sequence[str], epochs: int, batch_size: int, learning_rate: float, patience: int) -> None:
+def _check_args(classes: Sequence[str], steps: int, eval_every: int, warmup_steps: int, batch_size: int, learning_rate: float, patience: int) -> None:
     if not classes:
         raise ConfigError("classes: no segmentation class in the registry; add one with task: segmentation")
-    if epochs < 1:
-        raise ConfigError(f"params: 'train.epochs' is {epochs}; use 1 or more")
+    if steps < 1:
+        raise ConfigError(f"params: 'train.steps' is {steps}; use 1 or more optimizer steps")
+    if not 1 <= eval_every <= steps:
+        raise ConfigError(f"params: 'train.eval_every' is {eval_every}; use 1..train.steps ({steps})")
+    if warmup_steps < 0:
+        raise ConfigError(f"params: 'train.warmup_steps' is {warmup_steps}; use 0 or more steps")
     if batch_size < 1:
         raise ConfigError(f"params: 'train.batch_size' is {batch_size}; use 1 or more")
     if not learning_rate > 0:
         raise ConfigError(f"params: 'train.learning_rate' is {learning_rate}; use a positive number such as 0.002")
     if patience < 0:
-        raise ConfigError(f"params: 'train.patience' is {patience}; use 0 or more epochs")
+        raise ConfigError(f"params: 'train.patience' is {patience}; use 0 or more validation checks")
+
+
+def learning_rate_schedule(learning_rate: float, steps: int, warmup_steps: int = 0, floor: float = 0.05):
+    """Linear warm-up from ``learning_rate / 10`` over ``warmup_steps`` (at most half of ``steps``),
+    then cosine decay to ``floor * learning_rate`` at ``steps`` (a Keras ``LearningRateSchedule``)."""
+    import keras
+
+    warmup_steps = min(warmup_steps, steps // 2)
+
+    if not warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=floor)
+    return keras.optimizers.schedules.CosineDecay(
+        learning_rate / 10.0, decay_steps=steps - warmup_steps, alpha=floor, warmup_target=learning_rate, warmup_steps=warmup_steps
+    )
+
+
+def training_dataset(reader: TileReader, tiles, *, batch_size: int, augment: Augment | None, seed: int, crop: int | None):
+    """The endless, shuffled, augmented stream of training batches the train stage feeds ``model.fit``."""
+    return make_dataset(reader, tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed, crop=crop, repeat=True)
 
 
 def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) -> None:
@@ -81,10 +105,13 @@ def train_segmentation(
     loss: str | Sequence[str] = "crossentropy+dice",
     focal_gamma: float = 2.0,
     class_weighting: str = "sqrt",
-    epochs: int = 40,
+    steps: int = 240,
+    eval_every: int = 40,
+    warmup_steps: int = 24,
+    crop: int | None = 128,
     batch_size: int = 8,
     learning_rate: float = 2e-3,
-    patience: int = 8,
+    patience: int = 4,
     negative_share: float | None = 0.25,
     augment: Augment | None = Augment(),
     threshold_metric: str = "iou",
@@ -99,11 +126,15 @@ def train_segmentation(
     ``store`` holds layers ``imagery`` and ``masks`` (mask 255 = ignore). ``loss`` names terms of
     :mod:`navml.segment.losses` joined by ``+``; class weights come from the training
     masks (``class_weighting``: none, inverse, sqrt). ``negative_share`` (0..1
-    or None = keep all) is the share of each epoch's tiles without a positive,
-    drawn afresh per epoch from the train split's negative tiles.
-    Early stopping watches ``val_iou`` with ``patience`` epochs; the learning
-    rate follows a cosine decay from ``learning_rate`` over ``epochs``.
-    ``live_dir`` receives dvclive per-epoch metrics (``plots/metrics/*.tsv``,
+    or None = keep all) is the share of each pass's tiles without a positive,
+    drawn afresh per pass over the train split from its negative tiles.
+    The budget is ``steps`` optimizer steps of ``batch_size`` samples, each a random
+    ``crop`` px window of a tile (None: the whole tile); every ``eval_every``
+    steps the val IoU is checked (``steps`` is rounded up to a multiple of it),
+    the best check is kept, and ``patience`` checks without a better one stop
+    early. The learning rate warms up over ``warmup_steps`` (at most half of ``steps``), then follows a
+    cosine decay from ``learning_rate`` to 5 % of it at ``steps``.
+    ``live_dir`` receives dvclive per-check metrics (``plots/metrics/*.tsv``,
     ``metrics.json``). After training, the per-class probability threshold that
     maximizes ``threshold_metric`` on the val split goes to
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
@@ -113,13 +144,19 @@ def train_segmentation(
 
     started = time.monotonic()
     classes = list(classes)
-    _check_args(classes, epochs, batch_size, learning_rate, patience)
+    _check_args(classes, steps, eval_every, warmup_steps, batch_size, learning_rate, patience)
     terms = parse_loss(loss)
     out_dir = Path(out_dir)
     n = len(classes)
     size = store.grid.tile_size
     if size % model_stride(depth):
         raise ConfigError(f"params: 'train.depth' {depth} needs tiles of a multiple of {model_stride(depth)} px; grid.tile_size is {size}")
+    if crop is not None and (not 0 < crop <= size or crop % model_stride(depth)):
+        raise ConfigError(
+            f"params: 'train.crop' is {crop}; use a multiple of {model_stride(depth)} px (2**train.depth) up to grid.tile_size {size}, or null"
+        )
+    if crop == size:
+        crop = None
 
     train_tiles = select_training_tiles(index, classes, negative_share, "train", where)
     val_tiles = split_tiles(index, "val", where)
@@ -139,18 +176,15 @@ def train_segmentation(
 
     set_determinism(seed)
     model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout)
-    steps = max(1, train_tiles.per_epoch // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs, alpha=0.05)
+    checks = -(-steps // eval_every)
+    total_steps = checks * eval_every
     model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
+        optimizer=keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps)),
         loss=SegmentationLoss(terms, class_weights=weights, gamma=focal_gamma),
         metrics=[MaskedIoU(n + 1, list(range(1, n + 1)), name="iou")],
         jit_compile=False,
     )
-    train_ds = make_dataset(
-        reader, train_tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed,
-        drop_remainder=train_tiles.per_epoch >= batch_size,
-    )
+    train_ds = training_dataset(reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop)
     val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +205,10 @@ def train_segmentation(
             callbacks.append(DVCLiveCallback(live=live))
         verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
         try:
-            history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose, shuffle=False)
+            history = model.fit(
+                train_ds, validation_data=val_ds, epochs=checks, steps_per_epoch=eval_every,
+                callbacks=callbacks, verbose=verbose, shuffle=False,
+            )
         except tf.errors.OpError as exc:
             if reader.error is not None:
                 raise reader.error from None
@@ -181,7 +218,7 @@ def train_segmentation(
         val_iou = history.history.get("val_iou", [])
         if not ckpt.exists() or not val_iou:
             raise ModelError(f"training produced no checkpoint (loss became NaN?); lower train.learning_rate (now {learning_rate})")
-        best_epoch = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
+        best_check = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
         best = keras.saving.load_model(ckpt, compile=False)
 
         from navml.segment.evaluate import val_thresholds
@@ -189,9 +226,11 @@ def train_segmentation(
         chosen = val_thresholds(best, reader, val_tiles, batch_size=batch_size, metric=threshold_metric, progress=progress)
         thresholds = {name: {"threshold": thr, f"val_{threshold_metric}": score} for name, (thr, score) in zip(classes, chosen)}
         summary = {
-            "best_epoch": best_epoch + 1,
-            "epochs_run": len(val_iou),
-            "best_val_iou": float(val_iou[best_epoch]),
+            "best_step": (best_check + 1) * eval_every,
+            "steps_run": len(val_iou) * eval_every,
+            "best_val_iou": float(val_iou[best_check]),
+            "train_samples": len(val_iou) * eval_every * batch_size,
+            "crop": crop or size,
             "train_tiles": train_tiles.per_epoch,
             "train_positive_tiles": len(train_tiles.positives),
             "train_negative_tiles": len(train_tiles.negatives),
@@ -199,7 +238,7 @@ def train_segmentation(
             "class_weights": weights,
         }
         if live is not None:
-            live.summary.update({"best_val_iou": summary["best_val_iou"], "best_epoch": summary["best_epoch"]})
+            live.summary.update({"best_val_iou": summary["best_val_iou"], "best_step": summary["best_step"]})
             live.make_summary()
         from navml.models.io import ModelMeta, save_model
 
