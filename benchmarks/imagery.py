@@ -57,8 +57,8 @@ def bench_geotiff(size: int, workers: int) -> dict:
     import rasterio
     from pyproj import Transformer
 
-    from navml.geo.grid import Grid, Tile
     from navml.data.imagery import build_imagery
+    from navml.geo.grid import Grid, Tile
     from navml.geo.store import Store
 
     base = rss_mb()
@@ -98,8 +98,8 @@ def bench_xyz(n_tiles: int, workers: int) -> dict:
     import mercantile
     import numpy as np
 
-    from navml.geo.grid import Grid, Tile
     from navml.data.imagery import build_imagery
+    from navml.geo.grid import Grid, Tile
     from navml.geo.store import Store
 
     base = rss_mb()

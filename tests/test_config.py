@@ -67,16 +67,15 @@ def test_shipped_post_and_augment_equal_the_defaults():
 
 def test_library_defaults_agree_with_the_model():
     """Library functions keep keyword defaults for direct use; where they have one it must be the model's."""
+    from navml.data.extract import extract
     from navml.data.imagery import build_imagery
     from navml.data.synth import make_city
     from navml.post.dedupe import dedupe
-    from navml.segment.dataset import Augment
-    from navml.segment.train import train_segmentation
-
-    from navml.data.extract import extract
     from navml.post.score import score_outputs
+    from navml.segment.dataset import Augment
     from navml.segment.evaluate import evaluate_segmentation
     from navml.segment.predict import predict_store
+    from navml.segment.train import train_segmentation
 
     p = Params()
     checks = [
@@ -246,10 +245,10 @@ def test_optional_values_left_empty():
 
 
 def test_loss_names_agree_with_the_losses_module():
-    from navml.config import LOSS_TERMS
-    from navml.segment.losses import LOSS_NAMES, WEIGHTINGS
-    from navml.config import TrainParams
     from typing import get_args
+
+    from navml.config import LOSS_TERMS, TrainParams
+    from navml.segment.losses import LOSS_NAMES, WEIGHTINGS
 
     assert LOSS_TERMS == LOSS_NAMES
     assert get_args(TrainParams.model_fields["class_weighting"].annotation) == WEIGHTINGS

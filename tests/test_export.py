@@ -178,7 +178,8 @@ def test_cli_export_split_with_one_band_imagery_and_unknown(tmp_path, small_grid
     app = typer.Typer()
     app.command()(command)
     out = tmp_path / "look"
-    res = CliRunner().invoke(app, [str(out), "--split", "test", "--store", str(tmp_path / "store"), "--tiles", str(tmp_path / "tiles.csv"), "--params", str(params)])
+    args = [str(out), "--split", "test", "--store", str(tmp_path / "store"), "--tiles", str(tmp_path / "tiles.csv"), "--params", str(params)]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "wrote 30 PNGs for 10 tiles" in res.output
     assert len(list(out.rglob("*.png"))) == 30 and (out / "index.html").exists()

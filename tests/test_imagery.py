@@ -24,10 +24,10 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from typer.testing import CliRunner
 
-from navml.errors import ConfigError, FetchError, InputError
-from navml.geo.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, shard_window, tile_window
 from navml.data.imagery import build_imagery
 from navml.data.imagery.xyz import TileUrl, _retry_after, decode_tile
+from navml.errors import ConfigError, FetchError, InputError
+from navml.geo.grid import Grid, Tile, Window, lonlat_to_pixel, pixel_to_lonlat, shard_window, tile_window
 from navml.geo.store import Store
 
 LON, LAT = -104.99, 39.74  # Denver, UTM zone 13N
@@ -255,8 +255,9 @@ def write_tiles_csv(path: Path, tiles: list[Tile], grid: Grid) -> None:
 
 
 def test_cli_geotiff_and_error_exit(tmp_path, small_grid):
-    from navml.cli.imagery import command
     import typer
+
+    from navml.cli.imagery import command
 
     lon0, lat0 = shard_corner(small_grid)
     make_geotiff(tmp_path / "src.tif", UTM, (lon0, lat0), (lon0, lat0))
@@ -880,8 +881,9 @@ def test_truncated_png_tile_is_one_line_on_stderr(tmp_path, small_grid, server):
 
 
 def test_cli_reads_the_new_imagery_keys(tmp_path, small_grid):
-    from navml.cli.imagery import command
     import typer
+
+    from navml.cli.imagery import command
 
     lon0, lat0 = shard_corner(small_grid)
     transform, n = utm_frame((lon0, lat0), 120.0, 0.5)

@@ -1,12 +1,13 @@
 import json
+
 import numpy as np
 import pytest
 
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.grid import Grid, Tile, Window, tiles_of_shard
+from navml.geo.store import Store
 from navml.models.io import ModelMeta, save_model
 from navml.segment.predict import PROBS, plan_windows, predict_store, prediction_halo, to_uint8
-from navml.geo.store import Store
 
 SHARD0 = Tile(13000, 24000, 16)  # 2 x 2 shards from here, 39.7 N
 
@@ -203,13 +204,13 @@ def test_fold_batchnorm_is_exact_and_removes_every_batchnorm():
 
     model = build_unet(3, 2, depth=2, base_filters=4, encoder="residual")
     rng = np.random.default_rng(0)
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [ly for ly in model.layers if isinstance(ly, keras.layers.BatchNormalization)]
     assert len(bns) >= 10
     for layer in bns:
         c = layer.gamma.shape[0]
         layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c), rng.uniform(0.3, 3, c)])
     folded = fold_batchnorm(model)
-    assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
+    assert not any(isinstance(ly, keras.layers.BatchNormalization) for ly in folded.layers)
     x = rng.integers(0, 256, (2, 96, 128, 3)).astype("float32")
     a, b = np.asarray(model.predict_on_batch(x)), np.asarray(folded.predict_on_batch(x))
     assert a.shape == b.shape == (2, 96, 128, 3)

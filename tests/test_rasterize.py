@@ -156,7 +156,10 @@ def test_rasterize_labels_writes_masks_boxes_and_legend(tmp_path, small_grid):
     write_features([{"geometry": lot, "properties": {}}, {"geometry": lot.buffer(1e-5), "properties": {"label": False}}], labels / "parking.geojson")
     write_features([{"geometry": mark, "properties": {"kind": "left"}}], labels / "marks.geojson")
     classes = parse_classes(
-        {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}}, "marks": {"task": "detection", "labels": "x.geojson", "names": ["left", "right"], "label_field": "kind"}}
+        {
+            "parking": {"task": "segmentation", "tags": {"amenity": "parking"}},
+            "marks": {"task": "detection", "labels": "x.geojson", "names": ["left", "right"], "label_field": "kind"},
+        }
     )
     store = Store(tmp_path / "store", small_grid)
     legend = rasterize_labels(labels, tiles, store, classes, complete=None, roads=True)

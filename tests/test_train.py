@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from navml.segment.dataset import Augment, TileReader, TrainingTiles, augment_pair, make_dataset, select_training_tiles
 from navml.data.rasterize import IGNORE
 from navml.errors import ConfigError, InputError, ModelError
-from navml.segment.evaluate import evaluate_segmentation
 from navml.geo.grid import Grid, Tile, tile_key, tiles_of_shard
-from navml.segment.metrics import confusion_counts, labels_from_probs
-from navml.models.io import load_model
 from navml.geo.store import Store
+from navml.models.io import load_model
+from navml.segment.dataset import Augment, TileReader, TrainingTiles, augment_pair, make_dataset, select_training_tiles
+from navml.segment.evaluate import evaluate_segmentation
+from navml.segment.metrics import confusion_counts, labels_from_probs
 from navml.segment.train import train_segmentation
 
 GRID = Grid(zoom=18, tile_size=64, shard_zoom=16)  # 4 x 4 tiles of 64 px per 256-px shard
@@ -189,7 +189,7 @@ def test_multi_class_train_and_evaluate(tmp_path):
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     store, df = make_store(root / "store", shards=2)
-    train_segmentation(store, df, ["c1"], root / "model", steps=16, eval_every=2, learning_rate=5e-3, augment=None, **FAST)
+    train_segmentation(store, df, ["c1"], root / "model", steps=48, eval_every=8, learning_rate=5e-3, augment=None, **FAST)
     return root, store, df
 
 
@@ -216,7 +216,7 @@ def test_evaluate_writes_metrics_plots_and_overlays(trained, tmp_path):
     assert saved["c1"]["precision"] == pytest.approx(cm[1, 1] / (cm[1, 1] + cm[0, 1]), abs=1e-6)
     assert saved["c1"]["recall"] == pytest.approx(cm[1, 1] / (cm[1, 1] + cm[1, 0]), abs=1e-6)
     assert saved["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
-    assert saved["mean_iou"] == saved["c1"]["iou"] > 0.8  # one class; measured 0.93 (flat rectangles on noise)
+    assert saved["mean_iou"] == saved["c1"]["iou"] > 0.8  # one class; measured 0.943 at 48 steps (flat rectangles on noise)
 
     pr = pd.read_csv(tmp_path / "seg_plots" / "pr" / "c1.csv")
     assert list(pr.columns) == ["threshold", "precision", "recall", "iou", "f1"] and len(pr) > 10

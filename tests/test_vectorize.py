@@ -13,10 +13,10 @@ from shapely.geometry import Polygon, box
 
 from navml.config import ClassSpec, PostProcess
 from navml.errors import ConfigError, InputError
+from navml.geo.features import read_features, to_pixels
 from navml.geo.grid import Tile, Window, lonlat_to_mercator, shard_window, window_transform
 from navml.geo.store import Store
 from navml.segment.vectorize import polygon_feature, trace, vectorize_array, vectorize_store
-from navml.geo.features import read_features, to_pixels
 
 GEOD = Geod(ellps="WGS84")
 PARKING = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.5, close_m=2.0, simplify_m=1.0, min_area_m2=20))

@@ -25,8 +25,8 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.data.export import export_tiles, read_boxes, select_tiles
-    from navml.palette import palette_of
     from navml.geo.store import Store
+    from navml.palette import palette_of
 
     p = load_params(params)
     grid = p.grid.grid()

@@ -40,5 +40,6 @@ def command(
     thr = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in result["thresholds"].items())
     typer.echo(
         f"train: best val IoU {result['best_val_iou']:.4f} at step {result['best_step']}/{result['steps_run']} "
-        f"({result['train_samples']} samples of {result['crop']} px from {result['train_tiles']} tiles, {result['seconds']:.0f} s); thresholds {thr}; model -> {out}"
+        f"({result['train_samples']} samples of {result['crop']} px from {result['train_tiles']} tiles, {result['seconds']:.0f} s); "
+        f"thresholds {thr}; model -> {out}"
     )

@@ -9,7 +9,8 @@ import typer
 
 from navml.cli._common import exits, load_params, with_overrides
 from navml.cli.options import Params, override
-from navml.config import PostProcess, VectorizeParams as V
+from navml.config import PostProcess
+from navml.config import VectorizeParams as V
 
 
 @exits

@@ -84,7 +84,7 @@ def kmeans_anchors(wh: np.ndarray, k: int = 5, *, seed: int = 0, max_iter: int =
     centres = _init(wh, k, rng)
     assign = np.full(len(wh), -1)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - `it` is reported after the loop
         iou = shape_iou(wh, centres)
         new = iou.argmax(axis=1)
         for j in range(k):

@@ -35,10 +35,20 @@ import rasterio.shutil
 from rasterio.windows import Window as RioWindow
 
 from navml.errors import InputError
-from navml.io import follow_umask
 from navml.geo.grid import (
-    EPSG, Grid, Tile, Window, intersection, parse_tile, shard_window, shards_of_window, tile_key, tile_window, window_transform,
+    EPSG,
+    Grid,
+    Tile,
+    Window,
+    intersection,
+    parse_tile,
+    shard_window,
+    shards_of_window,
+    tile_key,
+    tile_window,
+    window_transform,
 )
+from navml.io import follow_umask
 
 
 class Store:

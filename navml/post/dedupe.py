@@ -25,11 +25,11 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from navml.config import ClassSpec
-from navml.errors import ConfigError, InputError
-from navml.post.josm import osm_xml
 from navml.data.roads import read_road_surfaces
+from navml.errors import ConfigError, InputError
 from navml.geo.features import read_features, to_mercator, write_features
 from navml.io import write_json, write_text
+from navml.post.josm import osm_xml
 
 MATCHES = ("share", "iou")
 

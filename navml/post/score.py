@@ -35,11 +35,11 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from navml.io import write_json
 from navml.errors import InputError
 from navml.geo.features import read_features, to_mercator
 from navml.geo.grid import tile_polygon
 from navml.geo.tile_index import read_index, tiles_from_index
+from navml.io import write_json
 
 
 def iou(a: BaseGeometry, b: BaseGeometry) -> float:

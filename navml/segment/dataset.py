@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from navml.config import check_keys
+from navml.data.rasterize import IGNORE
 from navml.errors import ConfigError, InputError, NavmlError
 from navml.geo.grid import Tile, group_by_shard, shard_of, shard_window, tile_key, tile_window
-from navml.data.rasterize import IGNORE
 from navml.geo.store import Store
 
 IMAGERY = "imagery"

@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from navml.segment.dataset import IMAGERY, MASKS, TileReader, check_store, image_batches, split_tiles
+from navml.data.rasterize import IGNORE
 from navml.errors import InputError, ModelError
 from navml.geo.grid import Tile, tile_key
-from navml.segment.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs
-from navml.data.rasterize import IGNORE
 from navml.geo.store import Store
 from navml.io import staging_dir, write_json
 from navml.models.io import read_thresholds
+from navml.segment.dataset import IMAGERY, MASKS, TileReader, check_store, image_batches, split_tiles
+from navml.segment.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs
 
 METRICS_FILE = "seg.json"
 PLOTS_DIR = "seg_plots"
@@ -42,7 +42,9 @@ PLOTS_DIR = "seg_plots"
 CONFUSION_ROWS = 10_000
 
 
-def predict_tiles(model, reader: TileReader, tiles: Sequence[Tile], batch_size: int = 8, progress: bool = False, desc: str = "predict") -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray, np.ndarray]]:
+def predict_tiles(
+    model, reader: TileReader, tiles: Sequence[Tile], batch_size: int = 8, progress: bool = False, desc: str = "predict"
+) -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray, np.ndarray]]:
     """``(tiles, images, masks, probs)`` batch by batch; probs float32 ``(b, rows, cols, K)``."""
     from tqdm import tqdm
 
@@ -54,7 +56,9 @@ def predict_tiles(model, reader: TileReader, tiles: Sequence[Tile], batch_size: 
     bar.close()
 
 
-def val_thresholds(model, reader: TileReader, tiles: Sequence[Tile], *, batch_size: int = 8, bins: int = 100, metric: str = "iou", progress: bool = False) -> list[tuple[float, float]]:
+def val_thresholds(
+    model, reader: TileReader, tiles: Sequence[Tile], *, batch_size: int = 8, bins: int = 100, metric: str = "iou", progress: bool = False
+) -> list[tuple[float, float]]:
     """Per class ``(threshold, score)`` maximizing ``metric`` (iou | f1) over ``tiles`` (thresholds k / bins)."""
     n = reader.n_classes
     pos = np.zeros((n, bins), dtype="int64")

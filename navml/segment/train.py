@@ -19,11 +19,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from navml.segment.dataset import Augment, TileReader, check_store, label_counts, make_dataset, select_training_tiles, split_tiles, training_counts
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.store import Store
 from navml.io import write_json
 from navml.models.io import THRESHOLDS_FILE
+from navml.segment.dataset import (
+    Augment,
+    TileReader,
+    check_store,
+    label_counts,
+    make_dataset,
+    select_training_tiles,
+    split_tiles,
+    training_counts,
+)
+
 
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, ask for deterministic kernels and run one op at a time.
@@ -139,8 +149,8 @@ def train_segmentation(
     maximizes ``threshold_metric`` on the val split goes to
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
     """
-    from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
     from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
+    from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
 
     started = time.monotonic()
     classes = list(classes)

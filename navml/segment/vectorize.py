@@ -47,9 +47,9 @@ from tqdm import tqdm
 
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
+from navml.geo.features import to_lonlat, write_features
 from navml.geo.grid import Grid, Window, metres_to_pixels, pixel_area_m2, pixel_to_lonlat, shard_window
 from navml.geo.store import Store
-from navml.geo.features import to_lonlat, write_features
 
 KINDS = ("probs", "labels")
 
