@@ -323,22 +323,22 @@ def test_reader_opens_each_shard_once(tmp_path):
     store, df = make_store(tmp_path / "store", shards=3)
     tiles = [Tile(r.x, r.y, r.z) for r in df.itertuples()]
     reader = TileReader(store, 1, 3)
-    for _ in range(3):  # three passes over 48 tiles of 3 shards, two layers
+    for _ in range(3):  # three passes over 48 tiles of 3 shards: imagery, its valid-data mask, masks
         for t in tiles:
             image, mask = reader.pair(t)
             assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
-    assert reader.shard_reads == 2 * 3
+    assert reader.shard_reads == 3 * 3
     direct = TileReader(store, 1, 3, cache_mb=0)  # tile by tile from the files: the same pixels
     for t in tiles[::5]:
         np.testing.assert_array_equal(reader.image(t), direct.image(t))
         np.testing.assert_array_equal(reader.mask(t), direct.mask(t))
     assert direct.shard_reads == 0
-    small = TileReader(store, 1, 3, cache_mb=0.3)  # room for one 256-px imagery shard (192 KB) and its mask
+    small = TileReader(store, 1, 3, cache_mb=0.32)  # room for one 256-px imagery shard (192 KB), its valid mask and labels (64 KB each)
     for t in tiles + tiles:
         small.pair(t)
-    assert small.shard_reads == 2 * 3 * 2  # below the store's size: one shard at a time, read again each pass
+    assert small.shard_reads == 3 * 3 * 2  # below the store's size: one shard at a time, read again each pass
     small.pair(tiles[-1])
-    assert small.shard_reads == 2 * 3 * 2  # the last shard is still in memory
+    assert small.shard_reads == 3 * 3 * 2  # the last shard is still in memory
 
 
 def test_random_crops_keep_image_and_mask_together(tmp_path):
@@ -408,3 +408,21 @@ def test_corrupt_shard_met_mid_stream_stops_training(tmp_path):
         train_segmentation(store, df, ["c1"], tmp_path / "m", steps=40, eval_every=20, **FAST)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert _no_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("cache_mb", [1024.0, 0.0])
+def test_pixels_without_imagery_are_unknown_in_training(tmp_path, cache_mb):
+    """Outside the orthophoto (the imagery's valid-data mask) labels are IGNORE: neither trained nor scored."""
+    store, df = make_store(tmp_path / "store")
+    shard = SHARD0
+    n = GRID.shard_size
+    image = store.read_shard("imagery", shard)
+    valid = np.ones((n, n), bool)
+    valid[:, n // 2 :] = False  # the east half has no imagery
+    store.write_shard("imagery", shard, image, valid=valid)
+    reader = TileReader(store, 1, 3, cache_mb=cache_mb)
+    labels = np.concatenate([np.concatenate([reader.mask(Tile(shard.x * 4 + c, shard.y * 4 + r, 18)) for c in range(4)], 1) for r in range(4)])
+    truth = store.read_shard("masks", shard)[0]
+    assert (labels[:, n // 2 :] == IGNORE).all()
+    np.testing.assert_array_equal(labels[:, : n // 2], truth[:, : n // 2])
+    assert (truth[:, n // 2 :] != IGNORE).any()  # there were labels to hide

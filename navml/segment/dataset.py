@@ -174,6 +174,10 @@ def select_training_tiles(
     return TrainingTiles(positives, negatives, min(want, len(negatives)))
 
 
+#: Pseudo-layer of :class:`TileReader`: where layer ``imagery`` holds data (its valid-data mask).
+VALID = "imagery:valid"
+
+
 class TileReader:
     """Reads and checks imagery and mask tiles of a store, opening each shard file once.
 
@@ -200,7 +204,10 @@ class TileReader:
         if arr is not None:
             self._shards.move_to_end(key)
             return arr
-        arr = self.store.read_shard(layer, shard)
+        if layer == VALID:
+            arr = self.store.read_valid(IMAGERY, shard_window(shard, self.store.grid))[None]
+        else:
+            arr = self.store.read_shard(layer, shard)
         self.shard_reads += 1
         self._shards[key] = arr
         self._cached += arr.nbytes
@@ -213,7 +220,7 @@ class TileReader:
         shard = shard_of(tile, grid)
         try:
             if not self.cache_bytes:
-                return self.store.read_tile(layer, tile)
+                return self.store.read_valid_tile(IMAGERY, tile)[None] if layer == VALID else self.store.read_tile(layer, tile)
             arr = self._shard(layer, shard)
             tw, sw = tile_window(tile, grid.tile_size), shard_window(shard, grid)
             r, c = tw.row - sw.row, tw.col - sw.col
@@ -239,7 +246,7 @@ class TileReader:
         return np.moveaxis(arr, 0, -1)
 
     def mask(self, tile: Tile) -> np.ndarray:
-        """Mask ``(rows, cols)`` uint8 with values ``0..n_classes`` or :data:`IGNORE`."""
+        """Mask ``(rows, cols)`` uint8 with values ``0..n_classes`` or :data:`IGNORE`; IGNORE also where there is no imagery."""
         arr = self._read(MASKS, tile)
         path = self.store.path(MASKS, shard_of(tile, self.store.grid))
         if arr.shape[0] != 1:
@@ -250,6 +257,9 @@ class TileReader:
                 f"{path}: mask value {int(bad.max())} at tile {tile_key(tile)} but the registry has {self.n_classes} segmentation "
                 f"class(es); re-run rasterize after changing classes"
             )
+        valid = self._read(VALID, tile)[0]
+        if not valid.all():  # no imagery there: neither trained nor scored (the model would learn "black is a lot")
+            return np.where(valid, arr[0], IGNORE).astype(arr.dtype)
         return arr[0]
 
     def pair(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
