@@ -446,8 +446,8 @@ class AugmentParams(Section):
     hue: float = Field(0.02, ge=0.0, le=1.0, description="max hue rotation, share of the colour circle")
 
 
-#: Loss term names of ``train.loss`` (aliases -> canonical); equal to navml.segment.losses.LOSS_NAMES
-#: (tests/test_config.py checks), kept here so that validation does not import Keras.
+#: Loss term names of ``train.loss`` (aliases -> canonical), used by navml.segment.losses too;
+#: defined here so that validating params does not import Keras.
 LOSS_TERMS = {
     "crossentropy": "crossentropy",
     "ce": "crossentropy",

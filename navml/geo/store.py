@@ -161,20 +161,9 @@ class Store:
         Parts of the window in shards that do not exist are ``fill``.
         Returns (bands, height, width).
         """
-        g = self.grid
         bands = bands or self.count(layer) or 1
         out = None
-        for shard in shards_of_window(window, g):
-            path = self.path(layer, shard)
-            if not path.exists():
-                continue
-            sw = shard_window(shard, g)
-            part_win = intersection(window, sw)
-            try:
-                with rasterio.open(path) as src:
-                    part = src.read(window=RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
-            except rasterio.errors.RasterioIOError as exc:
-                raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
+        for part_win, part in self._parts(layer, window, lambda src, w: src.read(window=w)):
             if out is None:
                 out = np.full((part.shape[0], window.height, window.width), fill, dtype=part.dtype)
             r, c = part_win.row - window.row, part_win.col - window.col
@@ -189,8 +178,15 @@ class Store:
         True where the layer holds data: inside an existing shard and not masked
         by its internal mask (a shard without one is valid everywhere).
         """
-        g = self.grid
         out = np.zeros((window.height, window.width), dtype=bool)
+        for part_win, part in self._parts(layer, window, lambda src, w: src.dataset_mask(window=w)):
+            r, c = part_win.row - window.row, part_win.col - window.col
+            out[r : r + part_win.height, c : c + part_win.width] = part > 0
+        return out
+
+    def _parts(self, layer: str, window: Window, read) -> Iterator[tuple[Window, np.ndarray]]:
+        """``(part window, read(src, rasterio window))`` for each existing shard of ``layer`` that ``window`` overlaps."""
+        g = self.grid
         for shard in shards_of_window(window, g):
             path = self.path(layer, shard)
             if not path.exists():
@@ -199,12 +195,10 @@ class Store:
             part_win = intersection(window, sw)
             try:
                 with rasterio.open(path) as src:
-                    part = src.dataset_mask(window=RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
+                    part = read(src, RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
-            r, c = part_win.row - window.row, part_win.col - window.col
-            out[r : r + part_win.height, c : c + part_win.width] = part > 0
-        return out
+            yield part_win, part
 
     def read_valid_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """Valid-data mask (bool, size x size) of one tile of ``layer``, optionally with ``halo`` pixels around it."""

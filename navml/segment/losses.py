@@ -18,20 +18,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from navml.config import LOSS_TERMS
 from navml.errors import ConfigError, InputError
 
-#: Loss names accepted in ``train.loss`` (join several with ``+``) -> canonical name.
-LOSS_NAMES = {
-    "crossentropy": "crossentropy",
-    "ce": "crossentropy",
-    "bce": "crossentropy",
-    "binary_crossentropy": "crossentropy",
-    "dice": "dice",
-    "iou": "iou",
-    "soft_iou": "iou",
-    "jaccard": "iou",
-    "focal": "focal",
-}
+#: Loss names accepted in ``train.loss`` (join several with ``+``) -> canonical name; defined with the params model.
+LOSS_NAMES = LOSS_TERMS
 #: Accepted values of ``train.class_weighting``.
 WEIGHTINGS = ("none", "inverse", "sqrt")
 EPSILON = 1e-7
