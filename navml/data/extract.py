@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import shapely
 
+from navml.config import ExtractParams
 from navml.io import write_json
 from navml.config import ClassSpec
 from navml.data.labels import Layer, read_labels
@@ -58,6 +59,10 @@ from navml.errors import ConfigError, InputError
 from navml.geo.features import write_features
 
 log = logging.getLogger(__name__)
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_EXTRACT = ExtractParams()
+
 
 #: Output names a class may not take.
 RESERVED = ("roads", "summary")
@@ -79,9 +84,9 @@ def extract(
     pbf: str | os.PathLike | None,
     classes: Sequence[ClassSpec],
     out: str | os.PathLike,
-    index: str = "flex_mem",
+    index: str = _EXTRACT.index,
     progress: bool | None = None,
-    lane_width_m: float = LANE_WIDTH_M,
+    lane_width_m: float = _EXTRACT.lane_width_m,
     required: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``<class>.geojson``, ``roads.geojson`` and ``summary.json`` into ``out``; return the summary.

@@ -24,12 +24,16 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from navml.config import ClassSpec
+from navml.config import ClassSpec, DedupeParams
 from navml.data.roads import read_road_surfaces
 from navml.errors import ConfigError, InputError
 from navml.geo.features import read_features, to_mercator, write_features
 from navml.io import write_json, write_text
 from navml.post.josm import osm_xml
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_DEDUPE = DedupeParams()
+
 
 MATCHES = ("share", "iou")
 
@@ -93,9 +97,9 @@ def dedupe(
     classes: Sequence[ClassSpec],
     out_dir: str | os.PathLike,
     *,
-    match: str = "share",
-    min_overlap: float = 0.5,
-    source: str = "navml",
+    match: str = _DEDUPE.match,
+    min_overlap: float = _DEDUPE.min_overlap,
+    source: str = _DEDUPE.source,
     max_road_share: float | None = None,
 ) -> dict[str, Any]:
     """Split ``predictions`` (GeoJSON from vectorize) into matched and new; write the outputs.

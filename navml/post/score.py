@@ -35,11 +35,15 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from navml.config import ScoreParams
 from navml.errors import InputError
 from navml.geo.features import read_features, to_mercator
 from navml.geo.grid import tile_polygon
 from navml.geo.tile_index import read_index, tiles_from_index
 from navml.io import write_json
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_SCORE = ScoreParams()
 
 
 def iou(a: BaseGeometry, b: BaseGeometry) -> float:
@@ -173,8 +177,8 @@ def score_outputs(
     *,
     classes: Sequence[str],
     require_truth: bool = True,
-    iou_threshold: float = 0.5,
-    split: str = "test",
+    iou_threshold: float = _SCORE.iou,
+    split: str = _SCORE.split,
 ) -> dict[str, Any]:
     """Score the vector outputs of every class of ``classes`` against ``truth``; write the metrics JSON ``out`` atomically.
 

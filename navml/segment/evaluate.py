@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from navml.config import EvaluateParams
 from navml.data.rasterize import IGNORE
 from navml.errors import InputError, ModelError
 from navml.geo.grid import Tile, tile_key
@@ -35,6 +36,10 @@ from navml.io import staging_dir, write_json
 from navml.models.io import read_thresholds
 from navml.segment.dataset import IMAGERY, MASKS, TileReader, check_store, image_batches, split_tiles
 from navml.segment.metrics import best_threshold, class_scores, confusion_counts, curve, histograms, labels_from_probs
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_EVALUATE = EvaluateParams()
+
 
 METRICS_FILE = "seg.json"
 PLOTS_DIR = "seg_plots"
@@ -121,9 +126,9 @@ def evaluate_segmentation(
     colors: Sequence[Sequence[int]] | None = None,
     threshold: float | None = None,
     threshold_metric: str = "iou",
-    batch_size: int = 8,
-    overlays: int = 6,
-    bins: int = 100,
+    batch_size: int = _EVALUATE.batch_size,
+    overlays: int = _EVALUATE.overlays,
+    bins: int = _EVALUATE.bins,
     progress: bool = True,
     where: str = "tile index",
 ) -> dict:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from navml.config import TrainParams
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.store import Store
 from navml.io import write_json
@@ -33,6 +34,9 @@ from navml.segment.dataset import (
     split_tiles,
     training_counts,
 )
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_TRAIN = TrainParams()
 
 
 def set_determinism(seed: int) -> None:
@@ -107,25 +111,25 @@ def train_segmentation(
     classes: Sequence[str],
     out_dir: str | os.PathLike,
     *,
-    bands: int = 3,
-    depth: int = 4,
-    base_filters: int = 8,
-    encoder: str = "plain",
-    dropout: float = 0.0,
-    loss: str | Sequence[str] = "crossentropy+dice",
-    focal_gamma: float = 2.0,
-    class_weighting: str = "sqrt",
-    steps: int = 240,
-    eval_every: int = 40,
-    warmup_steps: int = 24,
-    crop: int | None = 128,
-    batch_size: int = 8,
-    learning_rate: float = 2e-3,
-    patience: int = 4,
-    negative_share: float | None = 0.25,
+    bands: int = _TRAIN.bands,
+    depth: int = _TRAIN.depth,
+    base_filters: int = _TRAIN.base_filters,
+    encoder: str = _TRAIN.encoder,
+    dropout: float = _TRAIN.dropout,
+    loss: str | Sequence[str] = _TRAIN.loss,
+    focal_gamma: float = _TRAIN.focal_gamma,
+    class_weighting: str = _TRAIN.class_weighting,
+    steps: int = _TRAIN.steps,
+    eval_every: int = _TRAIN.eval_every,
+    warmup_steps: int = _TRAIN.warmup_steps,
+    crop: int | None = _TRAIN.crop,
+    batch_size: int = _TRAIN.batch_size,
+    learning_rate: float = _TRAIN.learning_rate,
+    patience: int = _TRAIN.patience,
+    negative_share: float | None = _TRAIN.negative_share,
     augment: Augment | None = Augment(),
-    threshold_metric: str = "iou",
-    seed: int = 0,
+    threshold_metric: str = _TRAIN.threshold_metric,
+    seed: int = _TRAIN.seed,
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",

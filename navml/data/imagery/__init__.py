@@ -22,8 +22,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 
+from navml.config import ImageryParams
 from navml.errors import ConfigError, InputError
 from navml.geo.grid import Tile, tile_key
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_IMAGERY = ImageryParams()
+
 
 SOURCES = ("geotiff", "xyz")
 #: Values of ``imagery.stretch``.
@@ -72,16 +77,16 @@ def build_imagery(
     geotiff: str | os.PathLike | None = None,
     url: str | None = None,
     token_env: str | None = None,
-    workers: int = 8,
-    retries: int = 5,
-    timeout_s: float = 20,
+    workers: int = _IMAGERY.workers,
+    retries: int = _IMAGERY.retries,
+    timeout_s: float = _IMAGERY.timeout_s,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     bands: int | None = None,
     band_indexes: Sequence[int] | None = None,
-    stretch: str = "none",
-    percentiles: Sequence[float] = (2.0, 98.0),
-    resampling: str = "bilinear",
+    stretch: str = _IMAGERY.stretch,
+    percentiles: Sequence[float] = _IMAGERY.percentiles,
+    resampling: str = _IMAGERY.resampling,
     backoff_s: float = 0.5,
 ) -> dict:
     """Fill layer ``imagery`` of ``store`` (a :class:`navml.geo.store.Store`) for ``tiles``.

@@ -24,8 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from navml.config import SynthParams
 from navml.errors import ConfigError
 from navml.io import replace_dir
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_SYNTH = SynthParams()
+
 
 #: Files and folders make_city writes; an existing out_dir may hold only these.
 OUTPUTS = ("ortho.tif", "city.osm.pbf", "aoi.geojson", "truth")
@@ -92,12 +97,12 @@ def _publish(tmp: Path, out: Path) -> None:
 def make_city(
     out_dir: str | os.PathLike,
     *,
-    seed: int = 42,
-    center: tuple[float, float] = (-104.9903, 39.7392),
-    size_km: float = 1.6,
-    gsd_m: float = 0.3,
-    unmapped_share: float = 0.25,
-    shift_m: float = 2.0,
+    seed: int = _SYNTH.seed,
+    center: tuple[float, float] = _SYNTH.center,
+    size_km: float = _SYNTH.size_km,
+    gsd_m: float = _SYNTH.gsd_m,
+    unmapped_share: float = _SYNTH.unmapped_share,
+    shift_m: float = _SYNTH.shift_m,
     progress: bool = True,
 ) -> dict:
     """Build the synthetic city into ``out_dir``; return counts of what it holds.
