@@ -67,41 +67,43 @@ def osm_value(value: Any) -> str:
     raise ValueError(f"{value!r} is no OSM tag value; write a text such as \"yes\" (or a list of them in a filter)")
 
 
-def _tag_filter(value: Any) -> dict[str, list[str]]:
-    """``{key: value or [values]}`` -> ``{key: [values]}`` with OSM strings."""
+def _osm_mapping(value: Any, convert, example: str) -> dict:
+    """``{key: value}`` from YAML with OSM-string keys and ``convert``-ed values; errors name the key."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError("must map OSM keys to a value or a list of values, e.g. {amenity: parking}")
+        raise ValueError(f"must map OSM keys to {example}")
     out = {}
     for k, v in value.items():
         key = osm_value(k)
-        vals = v if isinstance(v, (list, tuple)) else [v]
-        if not vals:
-            raise ValueError(f"{key}: the list of values is empty")
         try:
-            out[key] = [osm_value(x) for x in vals]
+            out[key] = convert(v)
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
     return out
+
+
+def _values(v: Any) -> list[str]:
+    vals = v if isinstance(v, (list, tuple)) else [v]
+    if not vals:
+        raise ValueError("the list of values is empty")
+    return [osm_value(x) for x in vals]
+
+
+def _one_value(v: Any) -> str:
+    if isinstance(v, (list, tuple)):
+        raise ValueError("needs one value, not a list")
+    return osm_value(v)
+
+
+def _tag_filter(value: Any) -> dict[str, list[str]]:
+    """``{key: value or [values]}`` -> ``{key: [values]}`` with OSM strings."""
+    return _osm_mapping(value, _values, "a value or a list of values, e.g. {amenity: parking}")
 
 
 def _osm_tags(value: Any) -> dict[str, str]:
     """``{key: value}`` written on new features, with OSM strings."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError("must map OSM keys to one value each, e.g. {amenity: parking}")
-    out = {}
-    for k, v in value.items():
-        key = osm_value(k)
-        if isinstance(v, (list, tuple)):
-            raise ValueError(f"{key}: needs one value, not a list")
-        try:
-            out[key] = osm_value(v)
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    return out
+    return _osm_mapping(value, _one_value, "one value each, e.g. {amenity: parking}")
 
 
 TagFilter = Annotated[dict[str, list[str]], BeforeValidator(_tag_filter)]

@@ -35,7 +35,8 @@ def lot(tile, fx, fy, w=0.3, h=0.2):
     return box(x0, y0, x0 + w * (b.east - b.west), y0 + h * (b.north - b.south))
 
 
-def test_score_outputs_on_new_features_and_test_split(tmp_path):
+def two_tile_index(tmp_path):
+    """``tiles.csv`` of two neighbouring z18 tiles in Denver: a train tile and, east of it, a test tile."""
     t_train = mercantile.tile(-104.99, LAT0, 18)
     t_test = mercantile.Tile(t_train.x + 1, t_train.y, 18)
     pd.DataFrame(
@@ -44,6 +45,11 @@ def test_score_outputs_on_new_features_and_test_split(tmp_path):
             {"z": 18, "x": t_test.x, "y": t_test.y, "shard": "15-0-0", "block": "b2", "split": "test"},
         ]
     ).to_csv(tmp_path / "tiles.csv", index=False)
+    return t_train, t_test
+
+
+def test_score_outputs_on_new_features_and_test_split(tmp_path):
+    t_train, t_test = two_tile_index(tmp_path)
     truth = [
         {"geometry": lot(t_train, 0.1, 0.1), "properties": {"mapped": True}},
         {"geometry": lot(t_train, 0.5, 0.5), "properties": {"mapped": False}},
@@ -85,14 +91,7 @@ def test_score_outputs_on_new_features_and_test_split(tmp_path):
 
 
 def two_class_outputs(tmp_path):
-    t_train = mercantile.tile(-104.99, LAT0, 18)
-    t_test = mercantile.Tile(t_train.x + 1, t_train.y, 18)
-    pd.DataFrame(
-        [
-            {"z": 18, "x": t_train.x, "y": t_train.y, "shard": "15-0-0", "block": "b1", "split": "train"},
-            {"z": 18, "x": t_test.x, "y": t_test.y, "shard": "15-0-0", "block": "b2", "split": "test"},
-        ]
-    ).to_csv(tmp_path / "tiles.csv", index=False)
+    t_train, t_test = two_tile_index(tmp_path)
     truth = [
         {"geometry": lot(t_test, 0.1, 0.1), "properties": {"class": "parking", "mapped": False}},
         {"geometry": lot(t_test, 0.5, 0.5), "properties": {"class": "building", "mapped": False}},
