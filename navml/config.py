@@ -479,6 +479,7 @@ class TrainParams(Section):
     bands: int = Field(3, ge=1, le=16, description="imagery bands the model takes (3 = RGB)")
     depth: int = Field(4, ge=1, le=7, description="2x poolings: input a multiple of 2**depth px")
     base_filters: int = Field(8, ge=1, le=512, description="filters of the first level, doubling per level")
+    downsample: Literal[1, 2, 4] = Field(1, description="U-Net input average-pooled by this factor, logits upsampled back: downsample**2 x fewer FLOPs")
     encoder: Literal["plain", "residual"] = Field("plain", description="encoder blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the bottleneck, 0..1")
     loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")

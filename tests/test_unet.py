@@ -48,21 +48,23 @@ def test_stride_and_receptive_field_values():
     assert receptive_halo(4) >= receptive_field(4) // 2
 
 
-def _impulse_model(depth: int, encoder: str):
-    model = build_unet(1, 1, depth, 2, encoder)
+def _impulse_model(depth: int, encoder: str, downsample: int = 1):
+    model = build_unet(1, 1, depth, 2, encoder, downsample=downsample)
     rng = np.random.default_rng(0)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D):  # positive weights, no bias: every path carries the impulse
             layer.set_weights([np.abs(rng.normal(size=w.shape)).astype("float32") + 0.01 if w.ndim == 4 else np.zeros_like(w) for w in layer.get_weights()])
-    return keras.Model(model.input, model.get_layer("logits").output)
+    return keras.Model(model.input, model.get_layer("probs").input)
 
 
-@pytest.mark.parametrize("depth,encoder", [(1, "plain"), (2, "plain"), (2, "residual"), (3, "plain")])
-def test_receptive_span_matches_the_network(depth, encoder):
+@pytest.mark.parametrize(
+    "depth,encoder,downsample", [(1, "plain", 1), (2, "plain", 1), (2, "residual", 1), (3, "plain", 1), (1, "plain", 2), (2, "plain", 4)]
+)
+def test_receptive_span_matches_the_network(depth, encoder, downsample):
     """Put an impulse on every column of a zero image: the outputs it reaches give each output's span exactly."""
-    logits = _impulse_model(depth, encoder)
-    s = model_stride(depth)
-    width = (3 * receptive_field(depth) // s + 1) * s
+    logits = _impulse_model(depth, encoder, downsample)
+    s = model_stride(depth, downsample)
+    width = (3 * receptive_field(depth, downsample=downsample) // s + 1) * s
     rows, r = 2 * s, s
     images = np.zeros((width, rows, width, 1), "float32")
     images[np.arange(width), r, np.arange(width), 0] = 100.0
@@ -73,9 +75,21 @@ def test_receptive_span_matches_the_network(depth, encoder):
     widths = []
     for p in range(centre - s, centre + s):
         cols = np.flatnonzero(reach[:, p])
-        assert (cols.min(), cols.max()) == receptive_span(depth, p), p
+        assert (cols.min(), cols.max()) == receptive_span(depth, p, downsample=downsample), p
         widths.append(cols.max() - cols.min() + 1)
-    assert max(widths) == receptive_field(depth)
+    assert max(widths) == receptive_field(depth, downsample=downsample)
+
+
+def test_downsampled_unet_is_cheaper_and_keeps_the_input_size():
+    from navml.models.unet import forward_flops
+
+    full, half = build_unet(3, 1, 4, 8), build_unet(3, 1, 4, 8, downsample=2)
+    assert half.predict_on_batch(np.zeros((1, 64, 96, 3), "float32")).shape == (1, 64, 96, 2)
+    ratio = forward_flops(full, 256)["total"] / forward_flops(half, 256)["total"]
+    assert 3.8 < ratio < 4.1  # a quarter of the pixels at every level, plus the pooling and the bilinear upsampling
+    assert model_stride(4, 2) == 32 and receptive_field(4, downsample=2) == 472
+    with pytest.raises(ConfigError, match="train.downsample"):
+        build_unet(3, 1, 4, 8, downsample=3)
 
 
 def test_bad_architecture_params_are_config_errors():

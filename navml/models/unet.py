@@ -16,6 +16,8 @@ from scratch (no download).
 
 from __future__ import annotations
 
+import math
+
 from navml.errors import ConfigError
 
 #: Encoder variants: ``plain`` (two conv-BN-ReLU) or ``residual`` (the same
@@ -25,12 +27,20 @@ ENCODERS = ("plain", "residual")
 CONVS_PER_BLOCK = 2
 
 
-def model_stride(depth: int) -> int:
-    """Input rows and cols must be a multiple of this (pixels): ``2 ** depth``."""
-    return 2**depth
+def model_stride(depth: int, downsample: int = 1) -> int:
+    """Input rows and cols must be a multiple of this (pixels): ``downsample * 2 ** depth``."""
+    return downsample * 2**depth
 
 
-def receptive_span(depth: int, position: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> tuple[int, int]:
+def _upsampled_from(position: int, downsample: int) -> tuple[int, int]:
+    """The two low-resolution pixels a bilinear (half-pixel centres) upsampling by ``downsample`` blends into ``position``."""
+    q = math.floor((position + 0.5) / downsample - 0.5)
+    return q, q + 1
+
+
+def receptive_span(
+    depth: int, position: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK, downsample: int = 1
+) -> tuple[int, int]:
     """First and last input pixel (inclusive, along one axis) that output pixel ``position`` depends on.
 
     Exact interval arithmetic over :func:`build_unet`'s graph, backwards from
@@ -38,10 +48,17 @@ def receptive_span(depth: int, position: int, kernel: int = 3, convs_per_block: 
     ``(k - 1) / 2`` each side, 2x2 max-pooling maps ``[a, b]`` to
     ``[2a, 2b + 1]``, nearest upsampling maps ``[a, b]`` to
     ``[a // 2, b // 2]``, a concatenation takes the hull of both branches.
-    The residual encoder has the same span (its shortcut is 1x1).
+    The residual encoder has the same span (its shortcut is 1x1). With
+    ``downsample`` > 1 the U-Net runs on a ``downsample``-times average-pooled
+    input (``[a, b]`` -> ``[d a, d b + d - 1]``) and its logits are upsampled
+    bilinearly, so an output pixel blends two low-resolution neighbours.
     """
     if kernel % 2 == 0:
         raise ValueError("kernel must be odd")
+    if downsample > 1:
+        spans = [receptive_span(depth, q, kernel, convs_per_block) for q in _upsampled_from(position, downsample)]
+        a, b = min(s[0] for s in spans), max(s[1] for s in spans)
+        return downsample * a, downsample * b + downsample - 1
     c = convs_per_block * (kernel - 1) // 2  # one block, each side
     h = (kernel - 1) // 2  # one convolution, each side
 
@@ -62,29 +79,35 @@ def receptive_span(depth: int, position: int, kernel: int = 3, convs_per_block: 
     return dec(0, position, position)
 
 
-def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
+def receptive_field(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK, downsample: int = 1) -> int:
     """Theoretical receptive field (pixels along one side) of :func:`build_unet`'s output.
 
     The widest :func:`receptive_span` over the ``2 ** depth`` pixel phases
     (pooling and upsampling make the span depend on the position modulo the
-    stride). Depth 1 gives 20 px, 2 gives 50, 3 gives 114, 4 gives 242.
+    stride). Depth 1 gives 20 px, 2 gives 50, 3 gives 114, 4 gives 236.
     """
-    spans = [receptive_span(depth, p, kernel, convs_per_block) for p in range(model_stride(depth))]
+    spans = [receptive_span(depth, p, kernel, convs_per_block, downsample) for p in range(model_stride(depth, downsample))]
     return max(b - a + 1 for a, b in spans)
 
 
-def receptive_halo(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK) -> int:
+def receptive_halo(depth: int, kernel: int = 3, convs_per_block: int = CONVS_PER_BLOCK, downsample: int = 1) -> int:
     """Farthest an output pixel looks to one side (pixels): the context a prediction
     window needs around the pixels it keeps (122 px at depth 4, a bit more than
     half of :func:`receptive_field` because the span is not centred)."""
     reach = 0
-    for p in range(model_stride(depth)):
-        a, b = receptive_span(depth, p, kernel, convs_per_block)
+    for p in range(model_stride(depth, downsample)):
+        a, b = receptive_span(depth, p, kernel, convs_per_block, downsample)
         reach = max(reach, p - a, b - p)
     return reach
 
 
-def _check(bands: int, n_classes: int, depth: int, base_filters: int, encoder: str) -> None:
+#: Input downsampling factors of :func:`build_unet`.
+DOWNSAMPLES = (1, 2, 4)
+
+
+def _check(bands: int, n_classes: int, depth: int, base_filters: int, encoder: str, downsample: int = 1) -> None:
+    if downsample not in DOWNSAMPLES:
+        raise ConfigError(f"params: 'train.downsample' is {downsample}; use one of {', '.join(map(str, DOWNSAMPLES))}")
     if not 1 <= depth <= 7:
         raise ConfigError(f"params: 'train.depth' is {depth}; use 1..7 (stride 2**depth pixels)")
     if base_filters < 1:
@@ -107,6 +130,7 @@ def build_unet(
     kernel: int = 3,
     dropout: float = 0.0,
     bn_momentum: float = 0.9,
+    downsample: int = 1,
     name: str = "unet",
 ):
     """A U-Net ``keras.Model``: ``(b, rows, cols, bands)`` 0..255 -> ``(b, rows, cols, n_classes + 1)`` softmax.
@@ -116,13 +140,18 @@ def build_unet(
     ``base_filters * 2 ** i`` filters; ``dropout`` (0..1) applies before the
     bottleneck; ``bn_momentum`` is the batch-normalization moving-average
     momentum (0.9 rather than Keras' 0.99 so that the inference statistics
-    settle within the few hundred steps a small training set gives). Layers are named ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``,
-    ``logits`` and ``probs``.
+    settle within the few hundred steps a small training set gives). ``downsample``
+    (1, 2 or 4) runs the U-Net on the input average-pooled by that factor and
+    upsamples its logits bilinearly back to the input's size: ``downsample ** 2``
+    times fewer FLOPs and a receptive field ``downsample`` times wider, for classes
+    whose objects are large against a pixel (parking lots at 0.3-0.5 m pixels).
+    Layers are named ``enc{i}_*``, ``bottleneck_*``, ``dec{i}_*``,
+    ``logits`` (``logits_up`` after it with ``downsample`` > 1) and ``probs``.
     """
     import keras
     from keras import layers
 
-    _check(bands, n_classes, depth, base_filters, encoder)
+    _check(bands, n_classes, depth, base_filters, encoder, downsample)
 
     def conv_bn_relu(x, filters: int, prefix: str):
         x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
@@ -149,6 +178,8 @@ def build_unet(
     residual = encoder == "residual"
     inputs = keras.Input(shape=(None, None, bands), dtype="float32", name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if downsample > 1:
+        x = layers.AveragePooling2D(downsample, name="downsample")(x)
     skips = []
     for i in range(depth):
         x = block(x, base_filters * 2**i, f"enc{i}", residual)
@@ -164,12 +195,16 @@ def build_unet(
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
         x = block(x, filters, f"dec{i}", False)
     x = layers.Conv2D(n_classes + 1, 1, name="logits")(x)
+    if downsample > 1:
+        x = layers.UpSampling2D(downsample, interpolation="bilinear", name="logits_up")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
 #: Per-element forward FLOPs of the non-convolution layers (an estimate: they are a few % of the total).
-ELEMENTWISE_FLOPS = {"BatchNormalization": 2, "Activation": 1, "Rescaling": 1, "Add": 1, "MaxPooling2D": 3, "Dropout": 1}
+ELEMENTWISE_FLOPS = {
+    "BatchNormalization": 2, "Activation": 1, "Rescaling": 1, "Add": 1, "MaxPooling2D": 3, "AveragePooling2D": 3, "Dropout": 1,
+}
 
 
 def forward_flops(model, rows: int, cols: int | None = None) -> dict[str, int]:
@@ -178,8 +213,8 @@ def forward_flops(model, rows: int, cols: int | None = None) -> dict[str, int]:
     A convolution costs ``2 * H_out * W_out * k_h * k_w * C_in * C_out`` (a multiply
     and an add per weight and output pixel; ``+ H_out * W_out * C_out`` with a
     bias); batch normalization, activations, rescaling, additions and pooling
-    cost :data:`ELEMENTWISE_FLOPS` per output element; upsampling and
-    concatenation none. Returns ``{"conv": ..., "other": ..., "total": ...}``.
+    cost :data:`ELEMENTWISE_FLOPS` per output element, bilinear upsampling 4;
+    nearest upsampling and concatenation none. Returns ``{"conv": ..., "other": ..., "total": ...}``.
     Works on any 2-D fully convolutional Keras model (spatial sizes are traced
     through the layers, so ``rows`` and ``cols`` must be multiples of its stride).
     """
@@ -202,12 +237,14 @@ def forward_flops(model, rows: int, cols: int | None = None) -> dict[str, int]:
             ho, wo = (h + sh - 1) // sh, (w + sw - 1) // sw
             out = (ho, wo, layer.filters)
             conv += 2 * ho * wo * kh * kw * c * layer.filters + (ho * wo * layer.filters if layer.use_bias else 0)
-        elif isinstance(layer, keras.layers.MaxPooling2D):
+        elif isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
             ph, pw = layer.pool_size
             out = (h // ph, w // pw, c)
         elif isinstance(layer, keras.layers.UpSampling2D):
             fh, fw = layer.size
             out = (h * fh, w * fw, c)
+            if layer.interpolation == "bilinear":
+                other += 4 * out[0] * out[1] * out[2]
         elif isinstance(layer, keras.layers.Concatenate):
             out = (h, w, sum(s[-1] for s in in_shapes))
         else:

@@ -114,6 +114,7 @@ def train_segmentation(
     bands: int = _TRAIN.bands,
     depth: int = _TRAIN.depth,
     base_filters: int = _TRAIN.base_filters,
+    downsample: int = _TRAIN.downsample,
     encoder: str = _TRAIN.encoder,
     dropout: float = _TRAIN.dropout,
     loss: str | Sequence[str] = _TRAIN.loss,
@@ -163,11 +164,14 @@ def train_segmentation(
     out_dir = Path(out_dir)
     n = len(classes)
     size = store.grid.tile_size
-    if size % model_stride(depth):
-        raise ConfigError(f"params: 'train.depth' {depth} needs tiles of a multiple of {model_stride(depth)} px; grid.tile_size is {size}")
-    if crop is not None and (not 0 < crop <= size or crop % model_stride(depth)):
+    stride = model_stride(depth, downsample)
+    if size % stride:
         raise ConfigError(
-            f"params: 'train.crop' is {crop}; use a multiple of {model_stride(depth)} px (2**train.depth) up to grid.tile_size {size}, or null"
+            f"params: 'train.depth' {depth} with train.downsample {downsample} needs tiles of a multiple of {stride} px; grid.tile_size is {size}"
+        )
+    if crop is not None and (not 0 < crop <= size or crop % stride):
+        raise ConfigError(
+            f"params: 'train.crop' is {crop}; use a multiple of {stride} px (train.downsample * 2**train.depth) up to grid.tile_size {size}, or null"
         )
     if crop == size:
         crop = None
@@ -189,7 +193,7 @@ def train_segmentation(
     import tensorflow as tf
 
     set_determinism(seed)
-    model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout)
+    model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout, downsample=downsample)
     checks = -(-steps // eval_every)
     total_steps = checks * eval_every
     model.compile(
@@ -262,13 +266,14 @@ def train_segmentation(
             zoom=store.grid.zoom,
             tile_size=size,
             bands=bands,
-            stride=model_stride(depth),
-            receptive_field=receptive_field(depth),
+            stride=stride,
+            receptive_field=receptive_field(depth, downsample=downsample),
             extra={
                 "architecture": "unet",
-                "receptive_halo": receptive_halo(depth),
+                "receptive_halo": receptive_halo(depth, downsample=downsample),
                 "depth": depth,
                 "base_filters": base_filters,
+                "downsample": downsample,
                 "encoder": encoder,
                 "loss": list(terms),
                 "seed": seed,
