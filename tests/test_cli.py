@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import navml
 from typer.testing import CliRunner
@@ -102,3 +103,30 @@ def test_post_section_names_only_segmentation_classes(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = navml("vectorize", "--params", "params.yaml", cwd=tmp_path)
     assert proc.returncode == 1 and "post.parking.open_m: -1 is out of range; it must be >= 0.0" in proc.stderr
+
+
+def test_an_unexpected_exception_is_one_line_with_exit_2(capsys, monkeypatch):
+    import typer
+
+    from navml.cli._common import exits
+
+    @exits
+    def broken() -> None:
+        raise TypeError("in user code:\n\n    File x.py\n  Using a symbolic tensor as a bool is not allowed\n")
+
+    monkeypatch.delenv("NAVML_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as info:
+        broken()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("navml: internal error: TypeError: File x.py") and "NAVML_DEBUG=1" in err
+    monkeypatch.setenv("NAVML_DEBUG", "1")
+    with pytest.raises(TypeError):
+        broken()
+
+    @exits
+    def stops() -> None:
+        raise typer.Exit(3)
+
+    with pytest.raises(typer.Exit):  # typer's own exits pass through
+        stops()

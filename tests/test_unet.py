@@ -131,3 +131,18 @@ def test_forward_flops_counted_from_the_layers():
     big, small = forward_flops(default, 256)["total"], forward_flops(default, 128)["total"]
     assert 2.0e9 < big < 2.2e9 and big == 4 * small
     assert forward_flops(default, 32, 64)["conv"] * 2 == forward_flops(default, 64)["conv"]
+
+
+def test_a_downsampled_unet_loads_and_runs_for_any_window(tmp_path):
+    """Saved, loaded, BN-folded and run by the prediction runner (a graph with free rows/cols), it equals the trained model."""
+    from navml.models.inference import fold_batchnorm, runner
+
+    model = build_unet(3, 1, depth=2, base_filters=4, downsample=2)
+    meta = ModelMeta("segmentation", ["parking"], 18, 64, 3, model_stride(2, 2), receptive_field(2, downsample=2))
+    save_model(model, meta, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    run = runner(fold_batchnorm(loaded), 3)
+    rng = np.random.default_rng(2)
+    for rows, cols in [(64, 64), (32, 96)]:
+        x = rng.uniform(0, 255, size=(1, rows, cols, 3)).astype("float32")
+        np.testing.assert_allclose(run(x), model.predict_on_batch(x), atol=1e-5)

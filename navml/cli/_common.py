@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import click
 import yaml
 
 from navml.errors import ConfigError, NavmlError
@@ -50,7 +52,11 @@ def with_overrides(section: S, **given: Any) -> S:
 
 
 def exits(fn: Callable) -> Callable:
-    """Decorate a command: NavmlError becomes ``navml: error: ...`` on stderr and exit 1."""
+    """Decorate a command: NavmlError becomes ``navml: error: ...`` on stderr and exit 1.
+
+    Any other exception is a bug: one line ``navml: internal error: ...`` and exit 2
+    (``NAVML_DEBUG=1`` shows the traceback instead).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,5 +68,18 @@ def exits(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             print("navml: interrupted; finished outputs are kept, partial ones were not written", file=sys.stderr)
             sys.exit(130)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:
+            if click.exceptions.Exit is type(exc) or os.environ.get("NAVML_DEBUG"):
+                raise
+            lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+            first = [x for x in lines if not x.endswith(":")] or lines  # TensorFlow starts with "in user code:"
+            print(
+                f"navml: internal error: {type(exc).__name__}: {first[0] if first else ''} "
+                "(a bug: please report it; NAVML_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     return wrapper

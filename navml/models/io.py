@@ -99,6 +99,8 @@ def load_model(folder: str | os.PathLike):
     """``(keras.Model, ModelMeta)`` from a model folder, compiled=False."""
     import keras
 
+    import navml.models.layers  # noqa: F401  (registers the custom layers)
+
     meta = read_meta(folder)
     path = Path(folder) / MODEL_FILE
     try:

@@ -196,7 +196,9 @@ def build_unet(
         x = block(x, filters, f"dec{i}", False)
     x = layers.Conv2D(n_classes + 1, 1, name="logits")(x)
     if downsample > 1:
-        x = layers.UpSampling2D(downsample, interpolation="bilinear", name="logits_up")(x)
+        from navml.models.layers import BilinearUpsample
+
+        x = BilinearUpsample(downsample, name="logits_up")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -243,8 +245,9 @@ def forward_flops(model, rows: int, cols: int | None = None) -> dict[str, int]:
         elif isinstance(layer, keras.layers.UpSampling2D):
             fh, fw = layer.size
             out = (h * fh, w * fw, c)
-            if layer.interpolation == "bilinear":
-                other += 4 * out[0] * out[1] * out[2]
+        elif kind == "BilinearUpsample":
+            out = (h * layer.factor, w * layer.factor, c)
+            other += 4 * out[0] * out[1] * out[2]
         elif isinstance(layer, keras.layers.Concatenate):
             out = (h, w, sum(s[-1] for s in in_shapes))
         else:
