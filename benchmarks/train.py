@@ -130,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--base-filters", type=int, default=8)
+    ap.add_argument("--downsample", type=int, default=1, help="train.downsample: the U-Net runs on tiles average-pooled by this")
     ap.add_argument("--encoder", default="plain")
     ap.add_argument("--classes", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -161,7 +162,7 @@ def main() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(a.inter_op)
     tf.config.threading.set_intra_op_parallelism_threads(a.intra_op)
     k = a.classes + 1
-    model = build_unet(3, a.classes, a.depth, a.base_filters, a.encoder)
+    model = build_unet(3, a.classes, a.depth, a.base_filters, a.encoder, downsample=a.downsample)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=SegmentationLoss(a.loss, class_weights=[1.0] * k),
@@ -172,8 +173,8 @@ def main() -> None:
     peak, peak_text = cpu_peak_gflops()
     train_flops = 3 * flops["total"]
     print(
-        f"model: depth {a.depth}, base {a.base_filters}, {a.encoder}; {model.count_params():,} parameters; "
-        f"receptive field {receptive_field(a.depth)} px; inter-op {a.inter_op}, intra-op {a.intra_op} (0 = TF default), "
+        f"model: depth {a.depth}, base {a.base_filters}, {a.encoder}, downsample {a.downsample}; {model.count_params():,} parameters; "
+        f"receptive field {receptive_field(a.depth, downsample=a.downsample)} px; inter-op {a.inter_op}, intra-op {a.intra_op} (0 = TF default), "
         f"op determinism {'off' if a.no_op_determinism else 'on'}, XLA {'on' if a.jit else 'off'}, {a.precision}, "
         f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}; load {os.getloadavg()[0]:.1f}"
     )

@@ -479,7 +479,7 @@ class TrainParams(Section):
     bands: int = Field(3, ge=1, le=16, description="imagery bands the model takes (3 = RGB)")
     depth: int = Field(4, ge=1, le=7, description="2x poolings: input a multiple of 2**depth px")
     base_filters: int = Field(8, ge=1, le=512, description="filters of the first level, doubling per level")
-    downsample: Literal[1, 2, 4] = Field(1, description="U-Net input average-pooled by this factor, logits upsampled back: downsample**2 x fewer FLOPs")
+    downsample: Literal[1, 2, 4] = Field(2, description="U-Net input average-pooled by this factor, logits upsampled back: downsample**2 x fewer FLOPs")
     encoder: Literal["plain", "residual"] = Field("plain", description="encoder blocks")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the bottleneck, 0..1")
     loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")
@@ -489,7 +489,7 @@ class TrainParams(Section):
     eval_every: int = Field(40, ge=1, description="steps between val IoU checks (checkpoint, early stopping)")
     warmup_steps: int = Field(24, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
     crop: Annotated[int, Field(ge=16)] | None = Field(
-        128, description="random crops of this side, px, from the tiles (a multiple of 2**depth); null = whole tiles"
+        None, description="random crops of this side, px, from the tiles (a multiple of downsample * 2**depth); null = whole tiles"
     )
     batch_size: int = Field(8, ge=1, description="tiles per training step")
     learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
