@@ -21,7 +21,7 @@ from navml.segment.train import train_segmentation
 
 GRID = Grid(zoom=18, tile_size=64, shard_zoom=16)  # 4 x 4 tiles of 64 px per 256-px shard
 SHARD0 = Tile(10000, 22500, 16)
-FAST = dict(depth=2, base_filters=8, batch_size=4, progress=False, crop=None, warmup_steps=0)
+FAST = dict(depth=2, base_filters=8, batch_size=4, progress=False, crop=None, warmup_steps=0, downsample=1)
 
 
 def make_store(root, shards: int = 1, n_classes: int = 1, seed: int = 0, empty: bool = False, grid: Grid = GRID) -> tuple[Store, pd.DataFrame]:
@@ -426,3 +426,20 @@ def test_pixels_without_imagery_are_unknown_in_training(tmp_path, cache_mb):
     assert (labels[:, n // 2 :] == IGNORE).all()
     np.testing.assert_array_equal(labels[:, : n // 2], truth[:, : n // 2])
     assert (truth[:, n // 2 :] != IGNORE).any()  # there were labels to hide
+
+
+def test_a_downsampled_unet_trains_and_records_its_stride(tmp_path):
+    """train.downsample 2: the model folder says stride 2 * 2**depth and the doubled receptive field the predictor's halo needs."""
+    from navml.models.unet import receptive_field, receptive_halo
+
+    store, df = make_store(tmp_path / "store")
+    four = df[df["pos_c1"] == 1].head(4)
+    index = pd.concat([four.assign(split="train"), four.assign(split="val")])
+    fast = {**FAST, "downsample": 2}
+    train_segmentation(store, index, ["c1"], tmp_path / "model", steps=4, eval_every=2, augment=None, negative_share=None, **fast)
+    model, meta = load_model(tmp_path / "model")
+    assert meta.stride == 8 and meta.receptive_field == receptive_field(2, downsample=2) == 104
+    assert meta.extra["downsample"] == 2 and meta.extra["receptive_halo"] == receptive_halo(2, downsample=2)
+    assert model.predict_on_batch(np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 2)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        train_segmentation(store, index, ["c1"], tmp_path / "m2", steps=2, eval_every=2, **{**fast, "crop": 36})
