@@ -513,6 +513,74 @@ class TrainParams(Section):
         return value
 
 
+# --- the turn-lane detector (issue 8) ------------------------------------------------
+
+
+class DetectLossParams(Section):
+    """Weights of the YOLOv2 loss terms (``detect.loss``; see :mod:`navml.detect.loss`)."""
+
+    coord: float = Field(1.0, ge=0.0, description="box centre and size of the anchors holding a truth")
+    obj: float = Field(5.0, ge=0.0, description="objectness toward the IoU with its truth box")
+    noobj: float = Field(1.0, ge=0.0, description="objectness toward 0 where no truth overlaps more than ignore_iou")
+    cls: float = Field(1.0, ge=0.0, description="class cross-entropy of the anchors holding a truth")
+    prior: float = Field(0.01, ge=0.0, description="pull of the other anchors toward their prior shape, for the first prior_steps")
+
+
+class DetectAugmentParams(Section):
+    """Label-true augmentation of detector crops (``detect.augment``; ``false`` turns it off)."""
+
+    flip: bool = Field(True, description="horizontal and vertical flips; each swaps left and right in the class (left <-> right)")
+    rotate: bool = Field(True, description="quarter turns; they keep the class")
+
+
+def _detect_augment(value: Any) -> Any:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, (Mapping, DetectAugmentParams)):
+        return value
+    raise ValueError("use true, false or a mapping of flip, rotate")
+
+
+def _score_threshold(value: Any) -> Any:
+    return None if value in (None, "auto") else value
+
+
+class DetectParams(Section):
+    """The YOLOv2-style detector of every `task: detection` class: training, and how its boxes are scored."""
+
+    bands: int = Field(3, ge=1, le=16, description="imagery bands the model takes (3 = RGB)")
+    stride: Literal[4, 8, 16, 32] = Field(8, description="output stride, px: one grid cell per stride x stride pixels")
+    anchors: int = Field(5, ge=1, le=16, description="anchor shapes: the k of k-means over the training boxes (distance 1 - IoU)")
+    anchor_seed: int = Field(0, description="seed of the k-means++ start")
+    base_filters: int = Field(8, ge=1, le=256, description="filters of the first level, doubling per level (16: ~4x the cost)")
+    loss: DetectLossParams = Field(DetectLossParams(), description="weights of the YOLOv2 loss terms")
+    ignore_iou: float = Field(0.6, gt=0.0, le=1.0, description="no-object term off where a prediction overlaps a truth more than this")
+    max_truths: int = Field(64, ge=1, description="truth boxes per crop the no-object term compares with")
+    prior_steps: int = Field(100, ge=0, description="steps during which the prior term pulls predictions toward their anchors")
+    steps: int = Field(480, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
+    warmup_steps: int = Field(40, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
+    crop: Annotated[int, Field(ge=8)] | None = Field(
+        96, description="random crops of this side, px, from the tiles (a multiple of stride); null = whole tiles"
+    )
+    box_crops: float = Field(
+        0.75, ge=0.0, le=1.0, description="share of crops of a tile with boxes placed so that they hold a random one of its boxes"
+    )
+    batch_size: int = Field(16, ge=1, description="crops per training step")
+    learning_rate: float = Field(0.003, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
+    patience: int = Field(4, ge=0, description="val checks without a better val mAP@0.5 before stopping")
+    augment: Annotated[DetectAugmentParams | None, BeforeValidator(_detect_augment)] = Field(
+        DetectAugmentParams(), description="label-true flips and quarter turns, or false for none"
+    )
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="class-aware NMS: a box overlapping a better one of its class more than this goes")
+    score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_score_threshold)] = Field(
+        "auto", description="auto = the score of best F1 on the val split, chosen at training; or a score 0..1"
+    )
+    seed: int = Field(0, description="same seed + same data -> same weights")
+
+
 def _threshold(value: Any) -> Any:
     return None if value in (None, "auto") else value
 
@@ -630,6 +698,7 @@ class Params(Registry):
     vectorize: VectorizeParams = VectorizeParams()
     dedupe: DedupeParams = DedupeParams()
     score: ScoreParams = ScoreParams()
+    detect: DetectParams = DetectParams()
 
     @model_validator(mode="after")
     def _across(self) -> Params:
@@ -653,6 +722,13 @@ class Params(Registry):
             )
         if self.train.eval_every > self.train.steps:
             raise ValueError(f"train.eval_every: {self.train.eval_every} is more than train.steps {self.train.steps}")
+        d = self.detect
+        if g.tile_size % d.stride:
+            raise ValueError(f"detect.stride: {d.stride} px does not divide grid.tile_size {g.tile_size}")
+        if d.crop is not None and (d.crop % d.stride or d.crop > g.tile_size):
+            raise ValueError(f"detect.crop: {d.crop} px must be a multiple of detect.stride {d.stride} and at most grid.tile_size {g.tile_size}")
+        if d.eval_every > d.steps:
+            raise ValueError(f"detect.eval_every: {d.eval_every} is more than detect.steps {d.steps}")
         return self
 
 # --- one-line errors ---------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""Score the turn-lane detector on the test split: mAP@0.5, mAP@0.5:0.95, AP per class, P/R, confusion, PR curves, overlays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from navml.cli._common import exits, load_params
+from navml.cli.options import Params, StoreDir, TilesCsv
+
+
+@exits
+def command(
+    tiles: Path = TilesCsv,
+    store: Path = StoreDir,
+    model: Path = typer.Option(Path("data/models/det"), "--model", help="Model folder written by `navml train_detect`."),
+    out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for detect.json and detect_plots/."),
+    params: Path = Params,
+) -> None:
+    from navml.config import detection_names
+    from navml.detect.evaluate import evaluate_detection
+    from navml.geo.store import Store
+    from navml.geo.tile_index import read_index
+
+    p = load_params(params)
+    e = p.evaluate
+    names = [name for _, name in detection_names(p.class_specs())]
+    m = evaluate_detection(
+        Store(store, p.grid.grid()),
+        read_index(tiles),
+        model,
+        out,
+        names=names,
+        batch_size=e.batch_size,
+        overlays=e.overlays,
+        progress=True,
+        where=str(tiles),
+    )
+    per = ", ".join(f"{k} {v['ap50']:.3f}" for k, v in m["classes"].items() if v["ap50"] is not None and v["ap50"] == v["ap50"])
+    typer.echo(
+        f"evaluate_detect: {m['tiles']} test tiles, {m['truths']} truths; mAP@0.5 {m['map50']:.4f}, mAP@0.5:0.95 {m['map50_95']:.4f} "
+        f"over {m['classes_scored']} classes (AP@0.5 {per}); P {m['precision']:.3f} R {m['recall']:.3f} at score "
+        f"{m['score_threshold']:.3f} -> {out}/detect.json"
+    )

@@ -1,0 +1,225 @@
+"""Detector samples from the shard store: truth boxes per tile, random crops, label-true augmentation, tf.data.
+
+Imagery comes through the segmentation :class:`~navml.segment.dataset.TileReader`
+(each shard file read once, kept in an LRU cache); truth boxes come from the
+store's ``boxes.csv`` (written by ``rasterize``: tile pixel boxes
+``xmin, ymin, xmax, ymax`` with ``class_id``, the position of the name in
+:func:`navml.config.detection_names`).
+
+A training sample is a ``crop`` x ``crop`` window of a tile. It keeps the boxes
+whose centre lies in the window (half-open ``[c0, c0 + crop)``), clipped to it,
+so every kept box is one the target encoding can place (its centre cell is in
+the window). With probability ``box_crops`` a crop of a tile that has boxes is
+placed so that it holds one of them (a random box, at a random position in the
+crop); the others are uniform over the tile. Then a random flip and quarter
+turn (:func:`navml.detect.augment.random_transform`, which swaps left and right
+in the class ids on a flip) and the YOLOv2 target tensor
+(:func:`navml.detect.targets.encode_targets`). Everything random comes from
+``numpy.random.default_rng([seed, pass])``, so the stream is the same on every
+run with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from navml.config import DetectParams
+from navml.detect.augment import random_transform
+from navml.detect.targets import encode_targets
+from navml.errors import ConfigError, InputError, NavmlError
+from navml.geo.grid import Tile
+from navml.segment.dataset import TileReader
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_DETECT = DetectParams()
+
+BOXES_FILE = "boxes.csv"
+BOX_COLUMNS = ("z", "x", "y", "class_id", "xmin", "ymin", "xmax", "ymax")
+
+#: Truth of one tile: boxes (N, 4) ``(x0, y0, x1, y1)`` tile pixels and class ids (N,).
+TileBoxes = tuple[np.ndarray, np.ndarray]
+EMPTY: TileBoxes = (np.zeros((0, 4)), np.zeros(0, int))
+
+
+def read_boxes(path: str | os.PathLike, n_classes: int) -> dict[Tile, TileBoxes]:
+    """Truth boxes per tile from ``boxes.csv``; tiles without a box are absent (use :data:`EMPTY`).
+
+    ``n_classes``: the number of detection names; a ``class_id`` outside
+    ``0 .. n_classes - 1`` means the registry changed since ``rasterize``.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no detection boxes; run `dvc repro rasterize`") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: unreadable boxes ({str(exc).splitlines()[0]}); re-run `dvc repro rasterize`") from exc
+    missing = [c for c in BOX_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: lacks column(s) {', '.join(missing)}; re-run `dvc repro rasterize`")
+    if len(df):
+        ids = df["class_id"].to_numpy()
+        if ids.min() < 0 or ids.max() >= n_classes:
+            raise InputError(
+                f"{path}: class_id {int(ids.max() if ids.max() >= n_classes else ids.min())} but the registry has {n_classes} "
+                f"detection name(s); re-run `dvc repro rasterize` after changing classes"
+            )
+        b = df[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float)
+        if not (np.isfinite(b).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()):
+            raise InputError(f"{path}: a box has xmax <= xmin or ymax <= ymin; re-run `dvc repro rasterize`")
+    out: dict[Tile, TileBoxes] = {}
+    for (z, x, y), g in df.groupby(["z", "x", "y"], sort=True):
+        out[Tile(int(x), int(y), int(z))] = (g[["xmin", "ymin", "xmax", "ymax"]].to_numpy(float), g["class_id"].to_numpy(int))
+    return out
+
+
+def count_boxes(truth: Mapping[Tile, TileBoxes], tiles: Sequence[Tile], n_classes: int) -> np.ndarray:
+    """Truth boxes per class (n_classes,) over ``tiles``."""
+    counts = np.zeros(n_classes, int)
+    for t in tiles:
+        ids = truth.get(t, EMPTY)[1]
+        counts += np.bincount(ids, minlength=n_classes)[:n_classes]
+    return counts
+
+
+def crop_boxes(boxes: np.ndarray, class_ids: np.ndarray, row: int, col: int, size: int) -> TileBoxes:
+    """Boxes of the window ``[col, col + size) x [row, row + size)`` in its own pixels.
+
+    A box is kept when its centre lies in the window (half-open), then
+    clipped to ``[0, size]``; the others are dropped with their class ids.
+    """
+    b = np.asarray(boxes, float).reshape(-1, 4)
+    ids = np.asarray(class_ids, int).reshape(-1)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2 - col, (b[:, 1] + b[:, 3]) / 2 - row
+    keep = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+    out = b[keep] - np.array([col, row, col, row], float)
+    return np.clip(out, 0.0, float(size)), ids[keep]
+
+
+def crop_origin(rows: int, cols: int, size: int, boxes: np.ndarray, rng: np.random.Generator, box_crops: float) -> tuple[int, int]:
+    """Top-left ``(row, col)`` of a ``size`` window in a ``rows x cols`` image: with probability
+    ``box_crops`` (and boxes present) one holding the centre of a random box, else uniform."""
+    if boxes.shape[0] and rng.random() < box_crops:
+        b = boxes[int(rng.integers(len(boxes)))]
+        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        # windows holding the centre: col in (cx - size, cx], within the image
+        c_lo, c_hi = max(0, int(np.floor(cx)) - size + 1), min(cols - size, int(np.floor(cx)))
+        r_lo, r_hi = max(0, int(np.floor(cy)) - size + 1), min(rows - size, int(np.floor(cy)))
+        if c_lo <= c_hi and r_lo <= r_hi:
+            return int(rng.integers(r_lo, r_hi + 1)), int(rng.integers(c_lo, c_hi + 1))
+    return int(rng.integers(rows - size + 1)), int(rng.integers(cols - size + 1))
+
+
+def sample(
+    image: np.ndarray,
+    truth: TileBoxes,
+    rng: np.random.Generator,
+    *,
+    crop: int | None,
+    mirror: np.ndarray,
+    flip: bool,
+    rotate: bool,
+    box_crops: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training sample of a tile: image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
+    boxes, ids = truth
+    rows, cols = image.shape[:2]
+    if crop is not None and (crop < rows or crop < cols):
+        r, c = crop_origin(rows, cols, crop, boxes, rng, box_crops)
+        image = image[r : r + crop, c : c + crop]
+        boxes, ids = crop_boxes(boxes, ids, r, c, crop)
+    image, boxes, ids = random_transform(image, boxes, ids, mirror, rng, flip=flip, rotate=rotate)
+    return image.astype("float32"), boxes, ids
+
+
+def sample_stream(
+    reader: TileReader,
+    tiles: Sequence[Tile],
+    truth: Mapping[Tile, TileBoxes],
+    *,
+    anchors: np.ndarray,
+    n_classes: int,
+    mirror: np.ndarray,
+    stride: int = _DETECT.stride,
+    crop: int | None = _DETECT.crop,
+    flip: bool = True,
+    rotate: bool = True,
+    box_crops: float = _DETECT.box_crops,
+    seed: int = _DETECT.seed,
+):
+    """A generator function yielding ``(image float32 (s, s, bands), target (s/stride, s/stride, A, 5 + C))``;
+    each call is one shuffled pass over ``tiles``, seeded by ``[seed, pass]``."""
+    tiles = list(tiles)
+    passes = [0]
+
+    def gen():
+        if reader.error is not None:  # an empty pass ends a repeated stream after a read error
+            return
+        rng = np.random.default_rng([seed, passes[0]])
+        passes[0] += 1
+        for i in rng.permutation(len(tiles)):
+            tile = tiles[i]
+            try:
+                image = reader.image(tile)
+            except NavmlError as exc:
+                # end the stream quietly (raising here makes TensorFlow print a traceback);
+                # the caller sees the short stream and re-raises ``reader.error``
+                reader.error = exc
+                return
+            img, boxes, ids = sample(
+                image, truth.get(tile, EMPTY), rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
+            )
+            rows, cols = img.shape[:2]
+            yield img, encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride)
+
+    return gen
+
+
+def training_dataset(
+    reader: TileReader,
+    tiles: Sequence[Tile],
+    truth: Mapping[Tile, TileBoxes],
+    *,
+    anchors: np.ndarray,
+    n_classes: int,
+    mirror: np.ndarray,
+    batch_size: int = _DETECT.batch_size,
+    stride: int = _DETECT.stride,
+    crop: int | None = _DETECT.crop,
+    flip: bool = True,
+    rotate: bool = True,
+    box_crops: float = _DETECT.box_crops,
+    seed: int = _DETECT.seed,
+):
+    """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``."""
+    import tensorflow as tf
+
+    size = crop or reader.store.grid.tile_size
+    if size % stride:
+        raise ConfigError(f"params: 'detect.crop' is {size} px; use a multiple of detect.stride {stride}")
+    gen = sample_stream(
+        reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, stride=stride, crop=crop,
+        flip=flip, rotate=rotate, box_crops=box_crops, seed=seed,
+    )
+    cells = size // stride
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature=(
+            tf.TensorSpec((size, size, reader.bands), tf.float32),
+            tf.TensorSpec((cells, cells, len(anchors), 5 + n_classes), tf.float32),
+        ),
+    )
+    return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def tile_images(reader: TileReader, tiles: Sequence[Tile]) -> np.ndarray:
+    """Whole tiles (n, rows, cols, bands) float32 0..255, in order (for val and test)."""
+    if not tiles:
+        size = reader.store.grid.tile_size
+        return np.zeros((0, size, size, reader.bands), "float32")
+    return np.stack([reader.image(t) for t in tiles]).astype("float32")

@@ -1,0 +1,303 @@
+"""Training of the YOLOv2-style turn-lane detector on the store's train split.
+
+Steps: anchors by k-means (distance 1 - IoU) over the train split's boxes;
+:func:`navml.models.yolo.build_yolo`; :class:`navml.detect.loss.YoloLoss` with
+its prior term on for the first ``prior_steps`` optimizer steps; Adam with the
+segmentation's warm-up + cosine schedule
+(:func:`navml.segment.train.learning_rate_schedule`). Every ``eval_every``
+steps the whole val tiles are detected (decode, class-aware NMS) and scored
+by mAP@0.5 (:mod:`navml.detect.metrics`); the weights of the best check are
+kept and ``patience`` checks without a better one stop early. The score
+threshold of best F1 on the val split goes into ``meta.json`` (or the fixed
+``score_threshold`` given). Seeded and deterministic like the U-Net's training
+(:func:`navml.segment.train.set_determinism`). The model folder is written
+only once everything succeeded, so a failed run leaves an earlier model intact.
+
+``meta.json`` of the model folder (what prediction needs), beside the fields of
+:class:`navml.models.io.ModelMeta` (``task: detection``, ``classes``: the
+detection names in class-id order, ``stride``, ``receptive_field``, ``bands``,
+``zoom``, ``tile_size``), holds in ``extra``: ``architecture: yolov2``,
+``anchors`` ``[[w, h], ...]`` in pixels (the head's anchor order),
+``score_threshold``, ``nms_iou``, ``receptive_halo`` (px: half the receptive
+field rounded up to the stride), ``names`` (``[class, name]`` per class id),
+``base_filters``, ``anchor_mean_iou`` and the training summary. The model's
+raw output is ``(b, rows / stride, cols / stride, A * (5 + C))`` logits, read
+by :func:`navml.detect.targets.decode`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from navml.config import DetectParams
+from navml.detect.dataset import BOXES_FILE, TileBoxes, count_boxes, read_boxes, tile_images, training_dataset
+from navml.errors import ConfigError, InputError, ModelError
+from navml.geo.store import Store
+from navml.io import replace_dir
+from navml.segment.dataset import IMAGERY, TileReader, check_store, split_tiles
+
+#: Defaults of the keyword arguments below: the params model's, written once there.
+_DETECT = DetectParams()
+_LOSS = _DETECT.loss
+_AUGMENT = _DETECT.augment
+
+
+def receptive_halo(stride: int) -> int:
+    """Half the detector's receptive field, rounded up to a multiple of ``stride`` (px): the least prediction halo."""
+    from navml.models.yolo import receptive_field
+
+    return int(math.ceil(receptive_field(stride) / 2 / stride) * stride)
+
+
+def _check_args(names: Sequence[str], steps: int, eval_every: int, batch_size: int, patience: int, crop: int | None, stride: int, size: int) -> None:
+    if not names:
+        raise ConfigError("classes: no detection class in the registry; add one with task: detection and its names")
+    if not 1 <= eval_every <= steps:
+        raise ConfigError(f"params: 'detect.eval_every' is {eval_every}; use 1..detect.steps ({steps})")
+    if batch_size < 1 or patience < 0:
+        raise ConfigError(f"params: 'detect.batch_size' {batch_size} must be 1 or more and 'detect.patience' {patience} 0 or more")
+    if size % stride:
+        raise ConfigError(f"params: 'detect.stride' {stride} px does not divide grid.tile_size {size}")
+    if crop is not None and (not 0 < crop <= size or crop % stride):
+        raise ConfigError(f"params: 'detect.crop' is {crop}; use a multiple of detect.stride {stride} up to grid.tile_size {size}, or null")
+
+
+def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, patience):
+    """A Keras callback: val mAP@0.5 into ``logs['val_map50']`` after every epoch (check), best weights kept, early stop."""
+    import keras
+
+    from navml.detect.evaluate import predict_detections
+    from navml.detect.metrics import average_precisions
+
+    class ValCheck(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.scores: list[float] = []
+            self.best = -1.0
+            self.best_epoch = -1
+            self.best_weights = None
+            self.wait = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            dets = predict_detections(self.model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou)
+            ap = average_precisions(truths, [(d.boxes, d.scores, d.class_ids) for d in dets], n_classes, (0.5,))[:, 0]
+            score = float(np.nanmean(ap))
+            if logs is not None:
+                logs["val_map50"] = score
+            self.scores.append(score)
+            if score > self.best:
+                self.best, self.best_epoch, self.wait = score, epoch, 0
+                self.best_weights = self.model.get_weights()
+            else:
+                self.wait += 1
+                if self.wait >= patience:
+                    self.model.stop_training = True
+
+    return ValCheck()
+
+
+def train_detection(
+    store: Store,
+    index: pd.DataFrame,
+    names: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    boxes: Mapping | None = None,
+    mirror: Mapping[str, str] | None = None,
+    classes_of: Sequence[str] | None = None,
+    bands: int = _DETECT.bands,
+    stride: int = _DETECT.stride,
+    anchors: int = _DETECT.anchors,
+    anchor_seed: int = _DETECT.anchor_seed,
+    base_filters: int = _DETECT.base_filters,
+    coord: float = _LOSS.coord,
+    obj: float = _LOSS.obj,
+    noobj: float = _LOSS.noobj,
+    cls: float = _LOSS.cls,
+    prior: float = _LOSS.prior,
+    ignore_iou: float = _DETECT.ignore_iou,
+    max_truths: int = _DETECT.max_truths,
+    prior_steps: int = _DETECT.prior_steps,
+    steps: int = _DETECT.steps,
+    eval_every: int = _DETECT.eval_every,
+    warmup_steps: int = _DETECT.warmup_steps,
+    crop: int | None = _DETECT.crop,
+    box_crops: float = _DETECT.box_crops,
+    batch_size: int = _DETECT.batch_size,
+    learning_rate: float = _DETECT.learning_rate,
+    patience: int = _DETECT.patience,
+    flip: bool = _AUGMENT.flip,
+    rotate: bool = _AUGMENT.rotate,
+    nms_iou: float = _DETECT.nms_iou,
+    score_threshold: float | None = _DETECT.score_threshold,
+    seed: int = _DETECT.seed,
+    live_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    where: str = "tile index",
+) -> dict:
+    """Train the detector for the detection ``names`` (class-id order of ``boxes.csv``) and save it in ``out_dir``.
+
+    ``index``: the tile index (z, x, y, split); ``store``: layer ``imagery``
+    and ``boxes.csv`` (or ``boxes``: truth per tile as :func:`navml.detect.dataset.read_boxes`
+    returns it). ``mirror``: the registry's optional mirror mapping of names
+    (:func:`navml.detect.augment.mirror_table`); ``classes_of``: the registry
+    class of each name (for ``meta.json``). Sizes in pixels. The budget is
+    ``steps`` optimizer steps of ``batch_size`` crops of ``crop`` px
+    (``steps`` rounds up to a multiple of ``eval_every``). ``score_threshold``
+    None chooses the score of best F1 (over all classes, IoU 0.5) on the val
+    split. Returns a summary dict (also in ``meta.extra``) with ``seconds``.
+    """
+    from navml.detect.anchors import box_shapes, kmeans_anchors
+    from navml.detect.augment import mirror_table
+    from navml.models.yolo import receptive_field
+
+    started = time.monotonic()
+    names = list(names)
+    n = len(names)
+    size = store.grid.tile_size
+    _check_args(names, steps, eval_every, batch_size, patience, crop, stride, size)
+    if crop == size:
+        crop = None
+    if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
+        raise ConfigError(f"params: 'detect.score_threshold' is {score_threshold}; use 0..1 or auto")
+    out_dir = Path(out_dir)
+    boxes_path = store.root / BOXES_FILE
+    truth = read_boxes(boxes_path, n) if boxes is None else dict(boxes)
+
+    train_tiles = split_tiles(index, "train", where)
+    val_tiles = split_tiles(index, "val", where)
+    for split, tiles in (("train", train_tiles), ("val", val_tiles)):
+        if not tiles:
+            raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
+        if not count_boxes(truth, tiles, n).sum():
+            raise InputError(f"{boxes_path}: split '{split}' has no detection box; check the labels of the detection class or use a larger AOI")
+    check_store(store, train_tiles + val_tiles, bands, (IMAGERY,))
+    train_counts = count_boxes(truth, train_tiles, n)
+    val_counts = count_boxes(truth, val_tiles, n)
+    train_boxes = np.concatenate([truth[t][0] for t in train_tiles if t in truth])
+    fit = kmeans_anchors(box_shapes(train_boxes), anchors, seed=anchor_seed, where="detect.anchors")
+    mirror_ids = mirror_table(names, mirror)
+
+    import keras
+    import tensorflow as tf
+
+    from navml.detect.loss import YoloLoss
+    from navml.models.yolo import build_yolo
+    from navml.segment.train import learning_rate_schedule, set_determinism
+
+    set_determinism(seed)
+    reader = TileReader(store, 0, bands)
+    val_images = tile_images(reader, val_tiles)
+    val_truths: list[TileBoxes] = [truth.get(t, (np.zeros((0, 4)), np.zeros(0, int))) for t in val_tiles]
+    model = build_yolo(bands, n, anchors, stride, base_filters)
+    checks = -(-steps // eval_every)
+    total_steps = checks * eval_every
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps))
+    loss = YoloLoss(
+        fit.wh, stride, coord=coord, obj=obj, noobj=noobj, cls=cls, prior=prior, ignore_iou=ignore_iou,
+        warmup_steps=prior_steps, max_truths=max_truths, step=optimizer.iterations,
+    )
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
+    train_ds = training_dataset(
+        reader, train_tiles, truth, anchors=fit.wh, n_classes=n, mirror=mirror_ids, batch_size=batch_size, stride=stride,
+        crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, seed=seed,
+    )
+    check = _val_check(val_images, val_truths, fit.wh, stride, n, nms_iou, batch_size, patience)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
+    try:
+        callbacks = [check, keras.callbacks.TerminateOnNaN()]
+        live = None
+        if live_dir is not None:
+            from dvclive import Live
+            from dvclive.keras import DVCLiveCallback
+
+            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+            callbacks.append(DVCLiveCallback(live=live))
+        verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+        fit_started = time.monotonic()
+        try:
+            model.fit(train_ds, epochs=checks, steps_per_epoch=eval_every, callbacks=callbacks, verbose=verbose, shuffle=False)
+        except tf.errors.OpError as exc:
+            if reader.error is not None:
+                raise reader.error from None
+            raise ModelError(f"training failed: {str(exc).splitlines()[0]}") from exc
+        if reader.error is not None:
+            raise reader.error
+        fit_seconds = time.monotonic() - fit_started
+        if check.best_weights is None or not np.isfinite(check.best) or any(not np.isfinite(w).all() for w in check.best_weights):
+            raise ModelError(f"training produced no usable weights (loss became NaN?); lower detect.learning_rate (now {learning_rate})")
+        model.set_weights(check.best_weights)
+
+        from navml.detect.evaluate import best_f1_threshold, predict_detections
+
+        dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou)
+        val_preds = [(d.boxes, d.scores, d.class_ids) for d in dets]
+        chosen = best_f1_threshold(val_truths, val_preds, n)
+        if score_threshold is not None:
+            from navml.detect.metrics import counts_at
+
+            c = counts_at(val_truths, val_preds, n, float(score_threshold))
+            tp, fp, fn = int(c.tp.sum()), int(c.fp.sum()), int(c.fn.sum())
+            chosen = {"threshold": float(score_threshold), "f1": 2 * tp / max(2 * tp + fp + fn, 1),
+                      "precision": tp / max(tp + fp, 1), "recall": tp / max(tp + fn, 1)}
+        summary = {
+            "best_step": (check.best_epoch + 1) * eval_every,
+            "steps_run": len(check.scores) * eval_every,
+            "best_val_map50": round(check.best, 6),
+            "train_samples": len(check.scores) * eval_every * batch_size,
+            "crop": crop or size,
+            "train_tiles": len(train_tiles),
+            "val_tiles": len(val_tiles),
+            "train_boxes": {k: int(v) for k, v in zip(names, train_counts)},
+            "val_boxes": {k: int(v) for k, v in zip(names, val_counts)},
+            "anchor_mean_iou": round(fit.mean_iou, 4),
+            "val_f1": round(chosen["f1"], 6),
+            "val_precision": round(chosen["precision"], 6),
+            "val_recall": round(chosen["recall"], 6),
+        }
+        if live is not None:
+            live.summary.update({"best_val_map50": summary["best_val_map50"], "best_step": summary["best_step"]})
+            live.make_summary()
+        from navml.models.io import ModelMeta, save_model
+
+        meta = ModelMeta(
+            task="detection",
+            classes=names,
+            zoom=store.grid.zoom,
+            tile_size=size,
+            bands=bands,
+            stride=stride,
+            receptive_field=receptive_field(stride),
+            extra={
+                "architecture": "yolov2",
+                "anchors": np.round(fit.wh, 4).tolist(),
+                "score_threshold": round(float(chosen["threshold"]), 6),
+                "score_threshold_from": "fixed" if score_threshold is not None else "val_f1",
+                "nms_iou": nms_iou,
+                "receptive_halo": receptive_halo(stride),
+                "names": [[c, nm] for c, nm in zip(classes_of or [""] * n, names)],
+                "base_filters": base_filters,
+                "seed": seed,
+                **summary,
+            },
+        )
+        staged = tmp / "model"
+        save_model(model, meta, staged)
+        replace_dir(staged, out_dir)
+        # wall time stays out of meta.json: same params and data give the same metadata
+        return {**summary, "score_threshold": meta.extra["score_threshold"], "anchors": meta.extra["anchors"],
+                "model_dir": str(out_dir), "seconds": round(time.monotonic() - started, 1), "fit_seconds": round(fit_seconds, 1)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
