@@ -529,7 +529,7 @@ class DetectLossParams(Section):
 class DetectAugmentParams(Section):
     """Label-true augmentation of detector crops (``detect.augment``; ``false`` turns it off)."""
 
-    flip: bool = Field(True, description="horizontal and vertical flips; each swaps left and right in the class (left <-> right)")
+    flip: bool = Field(False, description="horizontal and vertical flips; each swaps left and right in the class (left <-> right)")
     rotate: bool = Field(True, description="quarter turns; they keep the class")
 
 
@@ -559,17 +559,17 @@ class DetectParams(Section):
     ignore_iou: float = Field(0.6, gt=0.0, le=1.0, description="no-object term off where a prediction overlaps a truth more than this")
     max_truths: int = Field(64, ge=1, description="truth boxes per crop the no-object term compares with")
     prior_steps: int = Field(100, ge=0, description="steps during which the prior term pulls predictions toward their anchors")
-    steps: int = Field(480, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    steps: int = Field(280, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
     eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
-    warmup_steps: int = Field(40, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
+    warmup_steps: int = Field(20, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
     crop: Annotated[int, Field(ge=8)] | None = Field(
-        96, description="random crops of this side, px, from the tiles (a multiple of stride); null = whole tiles"
+        64, description="random crops of this side, px, from the tiles (a multiple of stride); null = whole tiles"
     )
     box_crops: float = Field(
-        0.75, ge=0.0, le=1.0, description="share of crops of a tile with boxes placed so that they hold a random one of its boxes"
+        1.0, ge=0.0, le=1.0, description="share of crops of a tile with boxes placed so that they hold a random one of its boxes"
     )
-    batch_size: int = Field(16, ge=1, description="crops per training step")
-    learning_rate: float = Field(0.003, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
+    batch_size: int = Field(32, ge=1, description="crops per training step")
+    learning_rate: float = Field(0.01, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
     patience: int = Field(4, ge=0, description="val checks without a better val mAP@0.5 before stopping")
     augment: Annotated[DetectAugmentParams | None, BeforeValidator(_detect_augment)] = Field(
         DetectAugmentParams(), description="label-true flips and quarter turns, or false for none"

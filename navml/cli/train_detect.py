@@ -14,7 +14,7 @@ from navml.cli.options import Params, StoreDir, TilesCsv
 def command(
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
-    out: Path = typer.Option(Path("data/models/det"), "--out", help="Model folder to write (model.keras, meta.json with anchors, stride, names, score threshold)."),
+    out: Path = typer.Option(Path("data/models/det"), "--out", help="Model folder to write (model.keras; meta.json: anchors, stride, names, threshold)."),
     live: Path = typer.Option(Path("data/metrics/train_detect"), "--live", help="dvclive folder for the loss and val mAP curves."),
     params: Path = Params,
 ) -> None:
