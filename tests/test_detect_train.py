@@ -104,7 +104,7 @@ def test_detect_params_errors_are_one_line(change, expect):
 def test_score_threshold_auto_and_augment_false():
     p = validate_params({"detect": {"score_threshold": "auto", "augment": False}})
     assert p.detect.score_threshold is None and p.detect.augment is None
-    assert Params().detect.augment.flip is True
+    assert Params().detect.augment.rotate is True and Params().detect.augment.flip is False
 
 
 # --- crops keep the boxes true ---------------------------------------------------------------
