@@ -31,6 +31,7 @@ TINY = {
     "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
+    "detect": {"steps": 4, "eval_every": 2, "patience": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
 }
 
 
