@@ -29,6 +29,9 @@ COMMANDS = {
     "vectorize": "vectorize",
     "dedupe": "dedupe",
     "score": "score",
+    # turn-lane detector: prediction and markings in the world (issue 8)
+    "predict_detect": "predict_detect",
+    "markings": "markings",
 }
 
 
