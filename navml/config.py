@@ -541,7 +541,7 @@ class PredictParams(Section):
 class DetectPredictParams(Section):
     """The detector over every tile of the AOI (predict_detect stage) and its markings on OSM ways (markings stage)."""
 
-    window_px: int = Field(2048, ge=16, description="largest core of one detector call, px (at least grid.tile_size)")
+    window_px: int = Field(1024, ge=16, description="largest core of one detector call, px (at least grid.tile_size)")
     halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the detector's receptive field")
     nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="class-aware NMS: a box overlapping a better one of its class by more is dropped")
     score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(

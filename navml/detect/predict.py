@@ -41,7 +41,7 @@ from tqdm import tqdm
 from navml.config import DetectPredictParams
 from navml.detect.nms import box_iou, centre_in_core
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
-from navml.detect.targets import N_BOX, Detections, decode
+from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile
 from navml.geo.store import Store
@@ -123,6 +123,14 @@ def grid_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_t
         kept.setdefault((c, i0, j0), []).append(int(n))
     k = np.array(keep, dtype=int)
     return k[np.lexsort((k, class_ids[k], -scores[k]))]  # nms's order: score, then class, then input order
+
+
+def _concat(parts: Sequence[Detections]) -> Detections:
+    """One :class:`Detections` of several."""
+    if not parts:
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+    return Detections(np.concatenate([p.boxes.reshape(-1, 4) for p in parts]), np.concatenate([p.scores for p in parts]),
+                      np.concatenate([np.asarray(p.class_ids, int) for p in parts]))
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,8 @@ def detect_with_model(
     run = runner(fold_batchnorm(flexible(model, bands)), bands)
     size = grid.tile_size
     present = {(t.x, t.y) for t in tiles}
-    n_out = len(det.anchors) * (N_BOX + len(names))
+    per = N_BOX + len(names)
+    n_out = len(det.anchors) * per
     margin_cells = math.ceil(core_margin_px / stride)
 
     def read(job):
@@ -235,7 +244,13 @@ def detect_with_model(
         j0 = max(0, (core.col - inp.col) // stride - margin_cells)
         i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
         j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
-        d = decode(y[i0:i1, j0:j1], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + i0 * stride))
+        y = y[i0:i1, j0:j1]
+        # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
+        rows = (sigmoid(y[..., TO::per]) >= score_threshold).any(axis=(1, 2))
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+        found = [decode(y[a:b], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
+                 for a, b in zip(edges[::2], edges[1::2])]
+        d = _concat(found)
         d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), core_margin_px))
         if not len(d):
             return d
@@ -263,11 +278,8 @@ def detect_with_model(
                 del x
             bar.update(job.tiles)
         parts = [f.result() for f in pending]
-    boxes = np.concatenate([p.boxes.reshape(-1, 4) for p in parts]) if parts else np.zeros((0, 4))
-    scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros(0)
-    class_ids = np.concatenate([np.asarray(p.class_ids, int) for p in parts]) if parts else np.zeros(0, int)
-    merged = Detections(boxes, scores, class_ids)
-    out = merged.take(grid_nms(boxes, scores, class_ids, nms_iou))
+    merged = _concat(parts)
+    out = merged.take(grid_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou))
     report = DetectReport(
         tiles=len(tiles),
         shards=len(groups),
