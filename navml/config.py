@@ -603,6 +603,27 @@ class PredictParams(Section):
     halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the model's receptive field")
 
 
+# --- turn-lane detector: city-wide prediction and markings in the world (issue 8) ---
+
+
+class DetectPredictParams(Section):
+    """The detector over every tile of the AOI (predict_detect stage) and its markings on OSM ways (markings stage)."""
+
+    window_px: int = Field(1024, ge=16, description="largest core of one detector call, px (at least grid.tile_size)")
+    halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the detector's receptive field")
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="class-aware NMS: a box overlapping a better one of its class by more is dropped")
+    score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
+        "auto", description="auto = the score threshold in the model's meta.json; or a score 0..1"
+    )
+    core_margin_px: float = Field(0.0, ge=0.0, le=64.0, description="keep boxes whose centre is this close outside a window's core too (NMS drops the twins)")
+    max_way_distance_m: float = Field(15.0, gt=0.0, le=200.0, description="a marking farther than this from every OSM road way stays unmatched, metres")
+    axis_aspect: float = Field(
+        1.5, ge=1.0, description="a box this much longer than wide lies along its way: only ways along its long side match (1 = off)"
+    )
+    driving_side: Literal["right", "left"] = Field("right", description="traffic drives on the right (Americas, most of Europe) or left")
+    centre_gap_m: float = Field(0.0, ge=0.0, le=20.0, description="painted gap between the directions of a two-way road, metres")
+
+
 class VectorizeParams(Section):
     """Probabilities (or label masks) -> polygons."""
 
@@ -695,6 +716,7 @@ class Params(Registry):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     predict: PredictParams = PredictParams()
+    detect_predict: DetectPredictParams = DetectPredictParams()
     vectorize: VectorizeParams = VectorizeParams()
     dedupe: DedupeParams = DedupeParams()
     score: ScoreParams = ScoreParams()
@@ -720,6 +742,8 @@ class Params(Registry):
             raise ValueError(
                 f"train.crop: {crop} px must be a multiple of {2**self.train.depth} (2**train.depth) and at most grid.tile_size {g.tile_size}"
             )
+        if self.detect_predict.window_px < g.tile_size:
+            raise ValueError(f"detect_predict.window_px: {self.detect_predict.window_px} must be at least grid.tile_size {g.tile_size}")
         if self.train.eval_every > self.train.steps:
             raise ValueError(f"train.eval_every: {self.train.eval_every} is more than train.steps {self.train.steps}")
         d = self.detect

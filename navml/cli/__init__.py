@@ -32,6 +32,8 @@ COMMANDS = {
     # the turn-lane detector (issue 8)
     "train_detect": "train_detect",
     "evaluate_detect": "evaluate_detect",
+    "predict_detect": "predict_detect",
+    "markings": "markings",
 }
 
 

@@ -1,0 +1,168 @@
+"""Benchmark of the predict_detect stage against bare ``model.predict`` of the detector on the same tiles.
+
+    python benchmarks/predict_detect.py [--model data/models/det --store data/store --tiles data/cover/tiles.csv]
+                                        [--shards 2] [--window 1024] [--batch-size 8] [--repeats 3]
+
+Without ``--model`` it builds the default detector (``build_yolo``: stride 8,
+base 8, 5 anchors, 6 classes; untrained: speed does not depend on the
+weights) with a score threshold of 0.5; without ``--store`` it writes
+``--shards`` x ``--shards`` shards of textured imagery (zoom 18, 256-px
+tiles, 2048-px shards) into a temporary folder and takes all their tiles.
+
+Each measure runs in its own process, bare and predict alternating
+``--repeats`` times (the machine is shared: compare the medians):
+
+* ``bare``: the AOI tiles already in memory as one float32 array, timed
+  ``model.predict(tiles, batch_size)`` after one warm-up batch: the raw head
+  output only, no decoding, no halo, no I/O.
+* ``predict``: the whole :func:`navml.detect.predict.detect_with_model` call
+  with the model loaded beforehand (as for bare): planning, reading imagery
+  with its halo, folding batch norms, compiling, decoding the core cells,
+  keep-by-centre, NMS over the AOI, and the detections table.
+
+Prints tiles/s (wall) and tiles per CPU-second, the ratios of the medians, and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+from navml.geo.grid import Grid, Tile, tiles_of_shard
+from navml.geo.store import Store
+
+GRID = Grid(18, 256, 15)
+SHARD0 = Tile(6827, 12405, 15)  # Denver
+NAMES = ["left", "right", "through", "through_left", "through_right", "left_right"]
+
+
+def make_store(root: Path, shards: int) -> list[Tile]:
+    rng = np.random.default_rng(0)
+    store = Store(root, GRID)
+    n = GRID.shard_size
+    tiles = []
+    for dy in range(shards):
+        for dx in range(shards):
+            s = Tile(SHARD0.x + dx, SHARD0.y + dy, GRID.shard_zoom)
+            img = rng.integers(60, 120, (3, n, n), dtype="uint8")
+            for _ in range(400):  # bright bars of arrow size
+                r, c = rng.integers(0, n - 20, 2)
+                h, w = (4, 11) if rng.random() < 0.5 else (11, 4)
+                img[:, r : r + h, c : c + w] = 230
+            store.write_shard("imagery", s, img)
+            tiles += list(tiles_of_shard(s, GRID))
+    return tiles
+
+
+def make_model(folder: Path) -> None:
+    from navml.models.io import ModelMeta, save_model
+    from navml.models.yolo import build_yolo, receptive_field
+
+    anchors = [[11.0, 4.0], [4.0, 11.0], [10.0, 10.0], [12.0, 5.0], [5.0, 12.0]]
+    meta = ModelMeta("detection", NAMES, GRID.zoom, GRID.tile_size, 3, 8, receptive_field(8),
+                     extra={"anchors": anchors, "score_threshold": 0.5})
+    save_model(build_yolo(3, len(NAMES), len(anchors), 8, 8), meta, folder)
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _load(a):
+    import navml.models.yolo  # noqa: F401 - registers the detector's layers
+    from navml.models.io import load_model
+
+    return load_model(a.model)
+
+
+def run_bare(a) -> dict:
+    from navml.geo.tile_index import read_index, tiles_from_index
+
+    store = Store(a.store, GRID)
+    tiles = tiles_from_index(read_index(a.tiles))
+    x = np.stack([np.moveaxis(store.read_tile("imagery", t), 0, -1) for t in tiles]).astype("float32")
+    model, _ = _load(a)
+    model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
+    t0, c0 = time.perf_counter(), _cpu()
+    model.predict(x, batch_size=a.batch_size, verbose=0)
+    return {"tiles": len(tiles), "seconds": time.perf_counter() - t0, "cpu_seconds": _cpu() - c0}
+
+
+def run_predict(a) -> dict:
+    from navml.detect.predict import detect_with_model, detections_table
+    from navml.geo.tile_index import read_index, tiles_from_index
+
+    tiles = tiles_from_index(read_index(a.tiles))
+    model, meta = _load(a)
+    t0, c0 = time.perf_counter(), _cpu()
+    dets, rep = detect_with_model(Store(a.store, GRID), tiles, model, meta, meta.classes, window=a.window, progress=False)
+    detections_table(dets, meta.classes, GRID)
+    dt, cpu = time.perf_counter() - t0, _cpu() - c0
+    return {"tiles": len(tiles), "seconds": dt, "cpu_seconds": cpu, "windows": rep.windows, "halo": rep.halo,
+            "overhead": round(rep.overhead, 3), "detections": rep.detections}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--store", type=Path)
+    ap.add_argument("--tiles", type=Path)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.mode:
+        res = run_predict(a) if a.mode == "predict" else run_bare(a)
+        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+        print(json.dumps(res))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if a.model is None:
+            a.model = tmp / "model"
+            make_model(a.model)
+        if a.store is None:
+            a.store = tmp / "store"
+            tiles = make_store(a.store, a.shards)
+            import pandas as pd
+
+            a.tiles = tmp / "tiles.csv"
+            pd.DataFrame({"z": [t.z for t in tiles], "x": [t.x for t in tiles], "y": [t.y for t in tiles],
+                          "shard": "", "block": "", "split": "test"}).to_csv(a.tiles, index=False)
+        results: dict[str, list[dict]] = {"bare": [], "predict": []}
+        for r in range(a.repeats):
+            for mode in results:
+                cmd = [sys.executable, __file__, "--mode", mode, "--model", str(a.model), "--store", str(a.store),
+                       "--tiles", str(a.tiles), "--window", str(a.window), "--batch-size", str(a.batch_size)]
+                res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+                results[mode].append(res)
+                extra = ", ".join(f"{k} {v}" for k, v in res.items() if k in ("windows", "halo", "overhead", "detections"))
+                print(f"run {r + 1} {mode:8s} {res['tiles'] / res['seconds']:6.1f} tiles/s  {res['seconds']:6.1f} s  "
+                      f"{res['tiles'] / res['cpu_seconds']:6.2f} tiles/cpu-s  peak RSS {res['peak_rss_mb']} MB  {extra}"
+                      f"  load {os.getloadavg()[0]:.1f}", flush=True)
+        for kind, per in (("second", "seconds"), ("CPU-second", "cpu_seconds")):
+            med = {m: statistics.median(x["tiles"] / x[per] for x in v) for m, v in results.items()}
+            print(f"median tiles per {kind}: bare {med['bare']:.2f}, predict {med['predict']:.2f}; "
+                  f"predict/bare {med['predict'] / med['bare']:.2f}")
+        print(f"window {a.window} px, {os.cpu_count()} cpus")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Turn-lane markings in the world: detections as WGS84 boxes on OSM ways (direction, lane) and turn:lanes per way vs OSM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from navml.cli._common import exits, load_params
+from navml.cli.options import Params
+
+
+@exits
+def command(
+    detections: Path = typer.Option(Path("data/predict/detections.csv"), "--detections", help="Detections table written by `navml predict_detect`."),
+    roads: Path = typer.Option(Path("data/extract/roads.geojson"), "--roads", help="OSM road ways written by `navml extract`."),
+    out: Path = typer.Option(Path("data/output"), "--out", help="Folder for markings.geojson and markings_by_way.json."),
+    metrics: Path = typer.Option(Path("data/metrics/markings.json"), "--metrics", help="Counts and the turn:lanes agreement with OSM (dvc metrics)."),
+    params: Path = Params,
+) -> None:
+    from navml.config import detection_names
+    from navml.detect.markings import BY_WAY_FILE, MARKINGS_FILE, write_markings
+    from navml.errors import ConfigError
+    from navml.io import write_json
+
+    p = load_params(params)
+    s = p.detect_predict
+    names = [n for _, n in detection_names(p.class_specs())]
+    if not names:
+        raise ConfigError(f"{params}: classes: no class has task: detection; markings has nothing to place")
+    summary = write_markings(
+        detections,
+        roads,
+        out,
+        p.grid.grid(),
+        names,
+        max_way_distance_m=s.max_way_distance_m,
+        axis_aspect=s.axis_aspect,
+        driving_side=s.driving_side,
+        centre_gap_m=s.centre_gap_m,
+        lane_width_m=p.extract.lane_width_m,
+    )
+    write_json(metrics, summary)
+    rate = summary["agreement_rate"]
+    typer.echo(
+        f"markings: {summary['detections']} detections, {summary['matched']} on a way within {s.max_way_distance_m:g} m; "
+        f"{summary['directions']} way directions: {summary['agree']} agree with OSM turn:lanes, {summary['partial']} partly, "
+        f"{summary['differ']} differ, {summary['missing']} not in OSM (agreement {'n/a' if rate is None else f'{rate:.0%}'}) "
+        f"-> {out}/{MARKINGS_FILE}, {BY_WAY_FILE}"
+    )
+    if not summary["detections"]:
+        typer.echo(f"markings: warning: {detections} holds no detection; check detect_predict.score_threshold and the detector", err=True)

@@ -1,0 +1,295 @@
+"""Seamless detection of turn-lane markings over every tile of an AOI.
+
+The detector runs on the windows of :mod:`navml.models.inference` (the
+segmentation's windowing: cores of whole tiles up to ``window`` px, a halo of
+at least half the receptive field read across tile and shard borders,
+windows on the output-stride grid). Of each window's output only the cells
+of its core are decoded, with the window's offset as ``origin`` so that the
+boxes are in global pixels; a decoded centre always lies in its own cell, so
+a box comes from the one window whose core holds its centre
+(:func:`~navml.detect.nms.centre_in_core` checks it, and with
+``core_margin_px > 0`` also takes boxes just outside the core, whose twins NMS
+then drops). Class-aware NMS runs once over the whole AOI
+(:func:`grid_nms`: the greedy NMS of :func:`navml.detect.nms.nms`, with a
+spatial hash instead of the all-pairs IoU matrix, so memory stays linear in
+the detections). Since every output cell equals the cell of one run over the
+whole mosaic, the detections equal those of that run: a marking on a tile or
+shard border comes out once, whatever the window size.
+
+No imagery, no detection: a box whose centre pixel has no valid imagery, or
+lies outside the AOI tiles, is dropped; a window without valid imagery is not run.
+
+The model folder is the one of :func:`navml.models.io.save_model` with
+``task: detection``; ``classes`` are the detection names in class-id order
+and ``extra`` holds ``anchors`` (list of ``[w, h]`` pixels, the head's anchor
+order) and ``score_threshold`` (the score the training chose, used when
+``score_threshold`` is None).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from navml.config import DetectPredictParams
+from navml.detect.nms import box_iou, centre_in_core
+from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
+from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
+from navml.errors import ConfigError, ModelError
+from navml.geo.grid import Grid, Tile
+from navml.geo.store import Store
+from navml.models.inference import check_inputs, flexible, fold_batchnorm, plan_windows, prediction_halo, runner
+
+_P = DetectPredictParams()
+#: Params section named in messages.
+KEY = "detect_predict"
+
+
+@dataclass(frozen=True)
+class Detector:
+    """What prediction needs from a detector's ``meta.json``."""
+
+    names: list[str]
+    anchors: np.ndarray  # (A, 2) w, h pixels
+    stride: int
+    receptive_field: int
+    score_threshold: float | None
+
+
+def detector_of(meta, where: str) -> Detector:
+    """The :class:`Detector` of a :class:`~navml.models.io.ModelMeta`; a :class:`ModelError` when it is not a usable detector."""
+    if meta.task != "detection":
+        raise ModelError(f"{where}: is a {meta.task} model; predict_detect needs a detection model (data/models/det)")
+    try:
+        anchors = np.asarray(meta.extra["anchors"], float).reshape(-1, 2)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: meta.json has no anchors (extra.anchors: list of [w, h] pixels); retrain the detector") from exc
+    if not len(anchors) or not (np.isfinite(anchors).all() and (anchors > 0).all()):
+        raise ModelError(f"{where}: meta.json anchors {anchors.tolist()} are not positive [w, h] pixels; retrain the detector")
+    thr = meta.extra.get("score_threshold")
+    return Detector(list(meta.classes), anchors, int(meta.stride), int(meta.receptive_field), None if thr is None else float(thr))
+
+
+def check_detector(meta, grid: Grid, bands: int, names: Sequence[str], where: str) -> Detector:
+    """Refuse a model trained for another task, zoom, tile size, band count or list of names; return its :class:`Detector`."""
+    det = detector_of(meta, where)
+    if meta.tile_size != grid.tile_size:
+        raise ModelError(
+            f"{where}: model was trained on {meta.tile_size}-px tiles (another pixel size), the store has {grid.tile_size}-px tiles; "
+            f"retrain or set grid.tile_size: {meta.tile_size}"
+        )
+    meta.check_fits(zoom=grid.zoom, bands=bands, classes=list(names), where=where)
+    if grid.tile_size % det.stride:
+        raise ModelError(f"{where}: output stride {det.stride} px does not divide the {grid.tile_size}-px tiles; windows would be off the cell grid")
+    return det
+
+
+def grid_nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float = _P.nms_iou) -> np.ndarray:
+    """Indices kept by greedy class-aware NMS, highest score first: the result of :func:`navml.detect.nms.nms`, in its order.
+
+    A box is dropped when a kept box of its class with a higher score (ties:
+    the earlier box) overlaps it by more than ``iou_threshold``. Kept boxes are
+    hashed into square cells of the largest box side, so each box is compared
+    only with kept boxes of the neighbouring cells: time and memory linear in
+    the number of boxes for boxes of bounded size.
+    """
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ConfigError(f"params: {KEY}.nms_iou is {iou_threshold}; use a value in (0, 1], such as 0.5")
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    scores = np.asarray(scores, float).reshape(-1)
+    class_ids = np.asarray(class_ids).reshape(-1)
+    if not len(boxes):
+        return np.zeros(0, int)
+    cell = max(float(np.max(boxes[:, 2:] - boxes[:, :2])), 1e-6)
+    order = np.argsort(-scores, kind="stable")
+    kept: dict[tuple, list[int]] = {}
+    keep: list[int] = []
+    for n in order:
+        b = boxes[n]
+        c = class_ids[n]
+        i0, j0 = math.floor(b[0] / cell), math.floor(b[1] / cell)
+        i1, j1 = math.floor(b[2] / cell), math.floor(b[3] / cell)
+        near = [k for i in range(i0 - 1, i1 + 2) for j in range(j0 - 1, j1 + 2) for k in kept.get((c, i, j), ())]
+        if near and (box_iou(b[None], boxes[near])[0] > iou_threshold).any():
+            continue
+        keep.append(int(n))
+        kept.setdefault((c, i0, j0), []).append(int(n))
+    k = np.array(keep, dtype=int)
+    return k[np.lexsort((k, class_ids[k], -scores[k]))]  # nms's order: score, then class, then input order
+
+
+def _concat(parts: Sequence[Detections]) -> Detections:
+    """One :class:`Detections` of several."""
+    if not parts:
+        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
+    return Detections(np.concatenate([p.boxes.reshape(-1, 4) for p in parts]), np.concatenate([p.scores for p in parts]),
+                      np.concatenate([np.asarray(p.class_ids, int) for p in parts]))
+
+
+@dataclass(frozen=True)
+class DetectReport:
+    """What :func:`detect_store` did."""
+
+    tiles: int
+    shards: int
+    windows: int
+    halo: int  # pixels
+    aoi_pixels: int
+    input_pixels: int  # pixels fed to the detector, halo included
+    candidates: int  # boxes kept in the cores before NMS
+    detections: int  # after NMS
+    score_threshold: float
+    seconds: float
+
+    @property
+    def overhead(self) -> float:
+        """Pixels fed to the detector per AOI pixel (1.0 = no halo cost)."""
+        return self.input_pixels / max(1, self.aoi_pixels)
+
+
+def detect_store(
+    store: Store,
+    tiles: Sequence[Tile],
+    model_dir: str | os.PathLike,
+    names: Sequence[str],
+    *,
+    window: int = _P.window_px,
+    halo: int | None = None,
+    nms_iou: float = _P.nms_iou,
+    score_threshold: float | None = _P.score_threshold,
+    core_margin_px: float = _P.core_margin_px,
+    layer: str = "imagery",
+    progress: bool = True,
+) -> tuple[Detections, DetectReport]:
+    """Detections (global pixel boxes) of the detector in ``model_dir`` over every tile of ``tiles``.
+
+    ``names``: the detection names of the registry in class-id order (the
+    model must have the same). ``halo`` None: half the receptive field;
+    ``score_threshold`` None: the model's own (``meta.json``). The inputs are
+    checked before the model is loaded.
+    """
+    from navml.models.io import load_model
+
+    check_inputs(store, tiles, window, layer, KEY)
+    import navml.models.yolo  # noqa: F401 - registers the detector's layers with Keras before loading
+
+    model, meta = load_model(model_dir)
+    return detect_with_model(store, tiles, model, meta, names, window=window, halo=halo, nms_iou=nms_iou,
+                             score_threshold=score_threshold, core_margin_px=core_margin_px, layer=layer,
+                             progress=progress, where=str(model_dir))
+
+
+def detect_with_model(
+    store: Store,
+    tiles: Sequence[Tile],
+    model,
+    meta,
+    names: Sequence[str],
+    *,
+    window: int = _P.window_px,
+    halo: int | None = None,
+    nms_iou: float = _P.nms_iou,
+    score_threshold: float | None = _P.score_threshold,
+    core_margin_px: float = _P.core_margin_px,
+    layer: str = "imagery",
+    progress: bool = True,
+    where: str = "model",
+) -> tuple[Detections, DetectReport]:
+    """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``); ``where`` names it in errors."""
+    t_start = time.perf_counter()
+    tiles, bands, groups = check_inputs(store, tiles, window, layer, KEY)
+    grid = store.grid
+    det = check_detector(meta, grid, bands, names, where)
+    if score_threshold is None:
+        if det.score_threshold is None:
+            raise ModelError(f"{where}: meta.json has no score_threshold; set {KEY}.score_threshold to a score 0..1")
+        score_threshold = det.score_threshold
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ConfigError(f"params: {KEY}.score_threshold is {score_threshold}; use a score in 0..1")
+    if core_margin_px < 0:
+        raise ConfigError(f"params: {KEY}.core_margin_px is {core_margin_px}; use 0 or more")
+    stride = det.stride
+    halo = prediction_halo(det.receptive_field, stride, halo, KEY)
+    jobs = plan_windows(tiles, grid, window, halo, stride)
+    run = runner(fold_batchnorm(flexible(model, bands)), bands)
+    size = grid.tile_size
+    present = {(t.x, t.y) for t in tiles}
+    per = N_BOX + len(names)
+    n_out = len(det.anchors) * per
+    margin_cells = math.ceil(core_margin_px / stride)
+
+    def read(job):
+        """The detector input of ``job`` (None when its core has no imagery) and the input's valid-data mask."""
+        valid = store.read_valid(layer, job.input)
+        r0, c0 = job.core.row - job.input.row, job.core.col - job.input.col
+        if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
+            return None, valid
+        x = store.read_window(layer, job.input, bands=bands)
+        return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+
+    def keep(job, y: np.ndarray, valid: np.ndarray) -> Detections:
+        """Boxes of ``job``'s core (and margin) from its raw output: decoded, centre in core, on imagery, in an AOI tile."""
+        inp, core = job.input, job.core
+        gh, gw = inp.height // stride, inp.width // stride
+        if y.shape != (gh, gw, n_out):
+            raise ModelError(f"{where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
+        i0 = max(0, (core.row - inp.row) // stride - margin_cells)
+        j0 = max(0, (core.col - inp.col) // stride - margin_cells)
+        i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
+        j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
+        y = y[i0:i1, j0:j1]
+        # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
+        rows = (sigmoid(y[..., TO::per]) >= score_threshold).any(axis=(1, 2))
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+        found = [decode(y[a:b], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
+                 for a, b in zip(edges[::2], edges[1::2])]
+        d = _concat(found)
+        d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), core_margin_px))
+        if not len(d):
+            return d
+        cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
+        cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
+        r, c = np.clip(cy - inp.row, 0, inp.height - 1), np.clip(cx - inp.col, 0, inp.width - 1)
+        ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in present for a, b in zip(cx, cy)], bool)
+        return d.take(ok)
+
+    parts: list[Detections] = []
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post, tqdm(
+        total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True
+    ) as bar:
+        pending = []
+        next_x = reader.submit(read, jobs[0])
+        for i, job in enumerate(jobs):
+            x, valid = next_x.result()
+            if i + 1 < len(jobs):
+                next_x = reader.submit(read, jobs[i + 1])
+            if x is not None:
+                y = run(x)
+                if y.ndim != 4:
+                    raise ModelError(f"{where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
+                pending.append(post.submit(keep, job, y[0], valid))
+                del x
+            bar.update(job.tiles)
+        parts = [f.result() for f in pending]
+    merged = _concat(parts)
+    out = merged.take(grid_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou))
+    report = DetectReport(
+        tiles=len(tiles),
+        shards=len(groups),
+        windows=len(jobs),
+        halo=halo,
+        aoi_pixels=len(tiles) * size**2,
+        input_pixels=sum(j.input.width * j.input.height for j in jobs),
+        candidates=len(merged),
+        detections=len(out),
+        score_threshold=float(score_threshold),
+        seconds=time.perf_counter() - t_start,
+    )
+    return out, report
