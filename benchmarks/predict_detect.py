@@ -82,7 +82,6 @@ def _cpu() -> float:
 
 
 def _load(a):
-    import navml.models.yolo  # noqa: F401 - registers the detector's layers
     from navml.models.io import load_model
 
     return load_model(a.model)

@@ -83,3 +83,17 @@ def test_receptive_field_matches_what_a_pixel_changes():
         dist = np.abs(rows * stride + stride / 2 - (p + 0.5))
         assert dist.max() <= rf / 2
         assert dist.max() >= rf / 2 - stride
+
+
+def test_load_model_registers_the_detector_layers_itself(tmp_path):
+    """A detector saved by save_model loads through navml.models.io.load_model alone, in a fresh process."""
+    import subprocess
+    import sys
+
+    from navml.models.io import ModelMeta, save_model
+
+    model = build_yolo(bands=3, n_classes=2, n_anchors=1, stride=8, base_filters=4)
+    save_model(model, ModelMeta("detection", ["a", "b"], 18, 64, 3, 8, receptive_field(8)), tmp_path / "m")
+    code = f"from navml.models.io import load_model; m, _ = load_model({str(tmp_path / 'm')!r}); print(m.count_params())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]
+    assert int(out) == model.count_params()

@@ -213,7 +213,6 @@ def evaluate_detection(
     (``meta.json``, chosen on val at training); ``overlays``: how many test
     tiles to draw (those with the most truths + detections). Returns the metrics.
     """
-    import navml.models.yolo  # noqa: F401 - registers the detector's layers with Keras before loading
     from navml.models.io import load_model, read_meta
 
     names = list(names)

@@ -178,7 +178,6 @@ def detect_store(
     from navml.models.io import load_model
 
     check_inputs(store, tiles, window, layer, KEY)
-    import navml.models.yolo  # noqa: F401 - registers the detector's layers with Keras before loading
 
     model, meta = load_model(model_dir)
     return detect_with_model(store, tiles, model, meta, names, window=window, halo=halo, nms_iou=nms_iou,

@@ -6,7 +6,7 @@ Importing this module registers them (``navml.models.io.load_model`` does).
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
 
 
 @keras.saving.register_keras_serializable(package="navml")
@@ -34,3 +34,28 @@ class BilinearUpsample(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
+
+
+@keras.saving.register_keras_serializable(package="navml")
+class SpaceToDepth(layers.Layer):
+    """Moves each ``block x block`` patch into channels: (b, h, w, c) -> (b, h / block, w / block, block² c)."""
+
+    def __init__(self, block: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.block = int(block)
+
+    def call(self, x):
+        k = self.block
+        shape = ops.shape(x)
+        b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+        x = ops.reshape(x, (b, h // k, k, w // k, k, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (b, h // k, w // k, k * k * c))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        k = self.block
+        return (b, None if h is None else h // k, None if w is None else w // k, None if c is None else c * k * k)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
