@@ -179,6 +179,10 @@ class ClassSpec:
     name_tag: str | None = None
     #: OSM value of ``name_tag`` -> one of ``names`` (values equal to a name need no entry).
     name_map: dict[str, str] = field(default_factory=dict)
+    #: Name -> name of its mirror image, where the derivation from the name cannot tell (detection).
+    mirror: dict[str, str] = field(default_factory=dict)
+    #: Name -> its OSM ``turn:lanes`` value, where the derivation from the name cannot tell (detection).
+    turn_values: dict[str, str] = field(default_factory=dict)
 
     def name_of(self, tags: Mapping[str, str]) -> str | None:
         """Sub-class name of an OSM feature with ``tags``; None when it names none of ``names``."""
@@ -270,6 +274,8 @@ class ClassParams(Section):
     box_m: BoxMetres | None = Field(None, description="detection: box size of point labels, metres: one number or [east-west, north-south]")
     name_tag: str | None = Field(None, min_length=1, description="detection: OSM key whose value names the sub-class, e.g. turn")
     name_map: OsmTags = Field({}, description="detection: OSM value of name_tag -> one of names")
+    mirror: OsmTags = Field({}, description="detection: name -> name of its mirror image (default: derived, left <-> right)")
+    turn_values: OsmTags = Field({}, description="detection: name -> its turn:lanes value (default: derived, through_left -> left;through)")
 
     @field_validator("names", mode="before")
     @classmethod
@@ -295,6 +301,13 @@ class ClassParams(Section):
             bad = sorted(v for v in self.name_map.values() if v not in self.names)
             if bad:
                 raise ValueError(f"name_map: maps to '{bad[0]}', not one of names {list(self.names)}")
+        for key in ("mirror", "turn_values"):
+            mapping = getattr(self, key)
+            if mapping and self.task != "detection":
+                raise ValueError(f"{key}: applies to detection classes only; remove it")
+            bad = sorted(k for k in mapping if k not in self.names)
+            if bad:
+                raise ValueError(f"{key}: '{bad[0]}' is not one of names {list(self.names)}")
         if self.task == "detection" and len(self.names) > 1 and self.tags and not self.labels and not self.name_tag:
             raise ValueError("has several names and takes OSM features: set name_tag (the OSM key naming each)")
         if not self.osm_tags:
@@ -324,6 +337,8 @@ class ClassParams(Section):
             box_m=self.box_m,
             name_tag=self.name_tag,
             name_map=dict(self.name_map),
+            mirror=dict(self.mirror),
+            turn_values=dict(self.turn_values),
         )
 
 
@@ -898,6 +913,11 @@ def segmentation_classes(classes: list[ClassSpec]) -> list[ClassSpec]:
 def detection_names(classes: list[ClassSpec]) -> list[tuple[str, str]]:
     """``(class, sub-class name)`` of every detection label, in box class-id order."""
     return [(c.name, n) for c in classes if c.task == "detection" for n in c.names]
+
+
+def detection_mapping(classes: list[ClassSpec], key: str) -> dict[str, str]:
+    """The registry's ``mirror`` or ``turn_values`` entries of every detection class, merged (name -> value)."""
+    return {k: v for c in classes if c.task == "detection" for k, v in getattr(c, key).items()}
 
 
 def _under(path: str, folder: str) -> bool:

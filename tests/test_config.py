@@ -133,6 +133,8 @@ def test_every_field_has_help_text():
         ("classes.turn_markings.box_m", [5.0, -1], "classes.turn_markings.box_m[1]: -1 is out of range"),
         ("classes.turn_markings.complete", "a.geojson", "classes.turn_markings: complete: applies to segmentation classes only"),
         ("classes.turn_markings.name_map", {"left": "sharp_left"}, "name_map: needs name_tag"),
+        ("classes.turn_markings.mirror", {"u_turn": "left"}, "classes.turn_markings: mirror: 'u_turn' is not one of names"),
+        ("classes.parking.turn_values", {"left": "left"}, "classes.parking: turn_values: applies to detection classes only"),
         ("imagery.band_indexes", [1, 1, 2], "band_indexes: [1, 1, 2] names a band twice"),
         ("imagery.band_indexes", [1, 2, 3, 4], "band_indexes: 4 bands but bands is 3; set bands: 4"),
         ("train.crop", 100, "train.crop: 100 px must be a multiple of 16"),
@@ -269,10 +271,12 @@ classes:
     task: detection
     tags: {road_marking: arrow}
     osm_tags: {road_marking: arrow}
-    names: [left, right]
+    names: [left, right, u]
     name_tag: arrow
     name_map: {yes: left, 2: right}
     box_m: 4
+    mirror: {u: u}
+    turn_values: {u: reverse}
 """
     )
     specs = {c.name: c for c in validate_params({**SHIPPED, **data}).class_specs()}
@@ -281,4 +285,11 @@ classes:
     assert arrows.name_map == {"yes": "left", "2": "right"}  # YAML's True and 2 read as the OSM strings
     assert arrows.name_of({"road_marking": "arrow", "arrow": "yes"}) == "left"
     assert arrows.name_of({"road_marking": "arrow", "arrow": "u_turn"}) is None
+    assert (arrows.mirror, arrows.turn_values) == ({"u": "u"}, {"u": "reverse"})
+    from navml.config import detection_mapping
+    from navml.detect.augment import mirror_table
+    from navml.detect.lanes import turn_value
+
+    assert mirror_table(list(arrows.names), detection_mapping([arrows], "mirror")).tolist() == [1, 0, 2]
+    assert turn_value("u", detection_mapping([arrows], "turn_values")) == "reverse"
     assert specs["parking"].complete == "inputs/labels/parking_done.geojson"

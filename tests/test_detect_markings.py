@@ -21,6 +21,7 @@ from navml.detect.markings import (
     compare_turn_lanes,
     markings,
     read_roads,
+    world_score,
     write_markings,
 )
 from navml.detect.table import COLUMNS
@@ -184,8 +185,10 @@ def test_no_detections_give_a_valid_empty_file_and_say_so(tmp_path):
     assert data == {"features": [], "type": "FeatureCollection"}
     assert json.loads((tmp_path / "out" / BY_WAY_FILE).read_text())["ways"] == []
     proc = navml("markings", "--detections", str(det), "--roads", str(roads), "--out", str(tmp_path / "cli"),
-                 "--metrics", str(tmp_path / "m.json"), "--params", str(ROOT / "params.yaml"), cwd=tmp_path)
+                 "--metrics", str(tmp_path / "m.json"), "--params", str(ROOT / "params.yaml"),
+                 *truth_files(tmp_path, junction_detections()), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "P n/a R 0.000 F1 0.000 (0 of 9 truths, 0 false)" in proc.stdout
     assert "markings: 0 detections" in proc.stdout and "holds no detection" in proc.stderr
     assert json.loads((tmp_path / "m.json").read_text())["detections"] == 0
     assert read_features(tmp_path / "cli" / MARKINGS_FILE) == []
@@ -195,10 +198,14 @@ def test_cli_writes_markings_and_fails_in_one_line(tmp_path):
     det = tmp_path / "detections.csv"
     junction_detections().to_csv(det, index=False)
     roads = roads_file(tmp_path)
-    args = ["--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--params", str(ROOT / "params.yaml")]
+    args = ["--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "m.json"), "--params", str(ROOT / "params.yaml"),
+            *truth_files(tmp_path, junction_detections())]
     proc = navml("markings", "--detections", str(det), "--roads", str(roads), *args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "9 detections, 8 on a way" in proc.stdout and "1 agree" in proc.stdout
+    assert "over the test split (" in proc.stdout and "P 1.000 R 1.000 F1 1.000 (9 of 9 truths, 0 false)" in proc.stdout
+    world = json.loads((tmp_path / "m.json").read_text())["world"]
+    assert world["classes"]["left"]["tp"] == 2 and world["classes"]["through_right"]["f1"] == 1.0
     feats = read_features(tmp_path / "out" / MARKINGS_FILE)
     assert len(feats) == 9 and feats[0]["properties"]["class"] == "left" and feats[0]["properties"]["lane"] == 1
     for bad, match in [
@@ -212,6 +219,36 @@ def test_cli_writes_markings_and_fails_in_one_line(tmp_path):
     proc = navml("predict_detect", "--tiles", str(tmp_path / "none.csv"), "--params", str(ROOT / "params.yaml"), cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "tile index not found" in lines[0]
+
+
+def truth_files(tmp_path, dets: pd.DataFrame, split: str = "test") -> list[str]:
+    """The detections as truth labels (extract folder with turn_markings.geojson) and a tile index of their tiles in ``split``."""
+    feats = [{"geometry": poly, "properties": {"kind": c, "label": True}}
+             for poly, c in zip(box_polygons(dets[["x0", "y0", "x1", "y1"]].to_numpy(float), GRID), dets["class"])]
+    write_features(feats, tmp_path / "extract" / "turn_markings.geojson")
+    tiles = sorted({(int(x), int(y)) for x, y in zip(dets["x"], dets["y"])})
+    pd.DataFrame({"z": 18, "x": [t[0] for t in tiles], "y": [t[1] for t in tiles], "shard": "15-0-0", "block": "0",
+                  "split": split}).to_csv(tmp_path / "tiles.csv", index=False)
+    return ["--labels", str(tmp_path / "extract"), "--tiles", str(tmp_path / "tiles.csv")]
+
+
+def test_world_score_counts_per_class_inside_the_scored_tiles():
+    truth_boxes = [arrow(60, -1.75), arrow(60, -5.25), arrow(40, 1.75), arrow(30, 200)]
+    truth = {0: [(box_polygons(np.array([truth_boxes[0]]), GRID)[0], "turn_markings", "left")],
+             2: [(p, "turn_markings", "through") for p in box_polygons(np.array(truth_boxes[1:]), GRID)]}
+    shifted = np.array(arrow(40, 1.75)) + [0.0, 1.5, 0.0, 1.5]  # 1.5 px off a 3.9 px high box: IoU 0.45
+    dets = table([arrow(60, -1.75), arrow(60, -5.25), list(shifted), arrow(0, -20)], ["left", "left", "through", "right"])
+    feats, _, _ = markings(dets, [], GRID)
+    far = mercantile.tile(*lonlat(30, 200), 18)
+    tiles = sorted({mercantile.Tile(int(x), int(y), 18) for x, y in zip(dets["x"], dets["y"])} - {far})
+    w = world_score(feats, truth, tiles, GRID, NAMES)
+    assert (w["truths"], w["detections"]) == (3, 4)  # the truth at (30, 200) lies outside the scored tiles
+    assert (w["tp"], w["fp"], w["fn"]) == (1, 3, 2)
+    assert w["classes"]["left"] == {"truths": 1, "tp": 1, "fp": 1, "fn": 0, "precision": 0.5, "recall": 1.0, "f1": 0.6667}
+    assert w["classes"]["through"]["fn"] == 2 and w["classes"]["through"]["recall"] == 0.0
+    assert w["classes"]["right"] == {"truths": 0, "tp": 0, "fp": 1, "fn": 0, "precision": 0.0, "recall": None, "f1": 0.0}
+    assert w["classes"]["left_right"]["f1"] is None
+    assert world_score(feats, truth, tiles, GRID, NAMES, iou=0.4)["classes"]["through"]["tp"] == 1
 
 
 def test_read_roads_needs_the_file(tmp_path):

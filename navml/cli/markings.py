@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params
+from navml.cli.options import ExtractDir, Params, TilesCsv
 
 
 @exits
@@ -15,13 +15,18 @@ def command(
     detections: Path = typer.Option(Path("data/predict/detections.csv"), "--detections", help="Detections table written by `navml predict_detect`."),
     roads: Path = typer.Option(Path("data/extract/roads.geojson"), "--roads", help="OSM road ways written by `navml extract`."),
     out: Path = typer.Option(Path("data/output"), "--out", help="Folder for markings.geojson and markings_by_way.json."),
-    metrics: Path = typer.Option(Path("data/metrics/markings.json"), "--metrics", help="Counts and the turn:lanes agreement with OSM (dvc metrics)."),
+    metrics: Path = typer.Option(Path("data/metrics/markings.json"), "--metrics", help="Counts, the turn:lanes agreement with OSM and the world-level score (dvc metrics)."),
+    tiles: Path = TilesCsv,
+    labels: Path = ExtractDir,
     params: Path = Params,
 ) -> None:
-    from navml.config import detection_names
+    from navml.config import detection_mapping, detection_names
+    from navml.data.rasterize import detection_labels
     from navml.detect.markings import BY_WAY_FILE, MARKINGS_FILE, write_markings
     from navml.errors import ConfigError
+    from navml.geo.tile_index import read_index
     from navml.io import write_json
+    from navml.segment.dataset import split_tiles
 
     p = load_params(params)
     s = p.detect_predict
@@ -34,6 +39,10 @@ def command(
         out,
         p.grid.grid(),
         names,
+        turn_values=detection_mapping(p.class_specs(), "turn_values"),
+        truth=detection_labels(labels, p.class_specs()),
+        score_tiles=split_tiles(read_index(tiles), p.score.split, str(tiles)),
+        score_iou=p.score.iou,
         max_way_distance_m=s.max_way_distance_m,
         axis_aspect=s.axis_aspect,
         driving_side=s.driving_side,
@@ -47,6 +56,15 @@ def command(
         f"{summary['directions']} way directions: {summary['agree']} agree with OSM turn:lanes, {summary['partial']} partly, "
         f"{summary['differ']} differ, {summary['missing']} not in OSM (agreement {'n/a' if rate is None else f'{rate:.0%}'}) "
         f"-> {out}/{MARKINGS_FILE}, {BY_WAY_FILE}"
+    )
+    w = summary["world"]
+
+    def f3(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    typer.echo(
+        f"markings: in the world over the {p.score.split} split ({w['tiles']} tiles, IoU {w['iou']:g}): "
+        f"P {f3(w['precision'])} R {f3(w['recall'])} F1 {f3(w['f1'])} ({w['tp']} of {w['truths']} truths, {w['fp']} false)"
     )
     if not summary["detections"]:
         typer.echo(f"markings: warning: {detections} holds no detection; check detect_predict.score_threshold and the detector", err=True)

@@ -18,7 +18,7 @@ def command(
     live: Path = typer.Option(Path("data/metrics/train_detect"), "--live", help="dvclive folder for the loss and val mAP curves."),
     params: Path = Params,
 ) -> None:
-    from navml.config import detection_names
+    from navml.config import detection_mapping, detection_names
     from navml.detect.train import train_detection
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
@@ -33,6 +33,7 @@ def command(
         [name for _, name in pairs],
         out,
         classes_of=[cls for cls, _ in pairs],
+        mirror=detection_mapping(p.class_specs(), "mirror"),
         **d.model_dump(exclude={"loss", "augment"}),
         **d.loss.model_dump(),
         **aug,

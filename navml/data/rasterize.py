@@ -165,6 +165,53 @@ def write_masks(
     return counts
 
 
+def label_box(geom: BaseGeometry, grid: Grid, metres: tuple[float, float] | None = None) -> tuple[float, float, float, float] | None:
+    """Global pixel box ``(x0, y0, x1, y1)`` at the grid's zoom of a WGS84 label geometry; None for a zero-area one without ``metres``.
+
+    ``metres`` (east-west, north-south, ground metres) gives the degenerate
+    side(s) of a point's or a straight line's box their size, converted with
+    the ground resolution at the label's latitude.
+    """
+    size = grid.tile_size
+    x0, y0, x1, y1 = to_pixels(geom, grid.zoom, size).bounds
+    if x1 - x0 <= 1e-6 or y1 - y0 <= 1e-6:
+        if metres is None:
+            return None
+        res = ground_resolution(geom.centroid.y, grid.zoom, size)
+        if x1 - x0 <= 1e-6:
+            cx, half = (x0 + x1) / 2, metres[0] / res / 2
+            x0, x1 = cx - half, cx + half
+        if y1 - y0 <= 1e-6:
+            cy, half = (y0 + y1) / 2, metres[1] / res / 2
+            y0, y1 = cy - half, cy + half
+    return x0, y0, x1, y1
+
+
+def detection_labels(
+    labels: str | os.PathLike, classes: Sequence[ClassSpec]
+) -> tuple[dict[int, list[tuple[BaseGeometry, str, str]]], dict[int, tuple[float, float] | None]]:
+    """Detection labels of the extract folder ``labels`` by class id: ``({id: [(geometry, class, name)]}, {id: box_m})``.
+
+    Class ids are the positions in :func:`navml.config.detection_names`; a
+    label's name is its ``kind`` (classes with several names) or the one name.
+    """
+    labels = Path(labels)
+    ids = {pair: i for i, pair in enumerate(detection_names(list(classes)))}
+    det: dict[int, list] = {i: [] for i in ids.values()}
+    sizes: dict[int, tuple[float, float] | None] = {}
+    for c in classes:
+        if c.task != "detection":
+            continue
+        for n in c.names:
+            sizes[ids[(c.name, n)]] = c.box_m
+        for f in label_features(labels, c.name):
+            name = str(f["properties"].get("kind") or c.name) if len(c.names) > 1 else c.names[0]
+            if (c.name, name) not in ids:
+                raise InputError(f"{labels / (c.name + '.geojson')}: label kind '{name}' is not in classes.{c.name}.names {list(c.names)}")
+            det[ids[(c.name, name)]].append((f["geometry"], c.name, name))
+    return det, sizes
+
+
 def tile_boxes(
     tiles: Sequence[Tile],
     grid: Grid,
@@ -191,21 +238,13 @@ def tile_boxes(
     rows = []
     for class_id, items in labels.items():
         for geom, cls, name in items:
-            x0, y0, x1, y1 = to_pixels(geom, grid.zoom, size).bounds
-            if x1 - x0 <= 1e-6 or y1 - y0 <= 1e-6:
-                metres = box_m.get(class_id)
-                if metres is None:
-                    if stats is not None:
-                        stats["zero_area"] = stats.get("zero_area", 0) + 1
-                        stats[f"zero_area:{cls}"] = stats.get(f"zero_area:{cls}", 0) + 1
-                    continue
-                res = ground_resolution(geom.centroid.y, grid.zoom, size)
-                if x1 - x0 <= 1e-6:
-                    cx, half = (x0 + x1) / 2, metres[0] / res / 2
-                    x0, x1 = cx - half, cx + half
-                if y1 - y0 <= 1e-6:
-                    cy, half = (y0 + y1) / 2, metres[1] / res / 2
-                    y0, y1 = cy - half, cy + half
+            box = label_box(geom, grid, box_m.get(class_id))
+            if box is None:
+                if stats is not None:
+                    stats["zero_area"] = stats.get("zero_area", 0) + 1
+                    stats[f"zero_area:{cls}"] = stats.get(f"zero_area:{cls}", 0) + 1
+                continue
+            x0, y0, x1, y1 = box
             area = max((x1 - x0) * (y1 - y0), 1e-9)
             for ty in range(int(y0 // size), int(y1 // size) + 1):
                 for tx in range(int(x0 // size), int(x1 // size) + 1):
@@ -320,18 +359,7 @@ def rasterize_labels(
         )
 
     ids = {pair: i for i, pair in enumerate(detection_names(list(classes)))}
-    det: dict[int, list] = {i: [] for i in ids.values()}
-    sizes: dict[int, tuple[float, float] | None] = {}
-    for c in classes:
-        if c.task != "detection":
-            continue
-        for n in c.names:
-            sizes[ids[(c.name, n)]] = c.box_m
-        for f in label_features(labels, c.name):
-            name = str(f["properties"].get("kind") or c.name) if len(c.names) > 1 else c.names[0]
-            if (c.name, name) not in ids:
-                raise InputError(f"{labels / (c.name + '.geojson')}: label kind '{name}' is not in classes.{c.name}.names {list(c.names)}")
-            det[ids[(c.name, name)]].append((f["geometry"], c.name, name))
+    det, sizes = detection_labels(labels, classes)
     box_stats: dict[str, int] = {}
     boxes = tile_boxes(tiles, grid=store.grid, labels=det, box_m=sizes, stats=box_stats)
     zero = {k.split(":", 1)[1]: v for k, v in box_stats.items() if k.startswith("zero_area:")}

@@ -53,7 +53,7 @@ from navml.config import DetectPredictParams, ExtractParams
 from navml.detect.lanes import BACKWARD, FORWARD, LaneMarking, lane_index, station, travel_direction, turn_lanes
 from navml.errors import InputError
 from navml.geo.features import read_features, to_mercator
-from navml.geo.grid import Grid, lonlat_to_mercator, pixel_to_lonlat
+from navml.geo.grid import Grid, Tile, lonlat_to_mercator, pixel_to_lonlat
 
 _P = DetectPredictParams()
 _E = ExtractParams()
@@ -322,6 +322,68 @@ def markings(
     return features, rows, summary
 
 
+def _prf(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    p = tp / (tp + fp) if tp + fp else None
+    r = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": None if p is None else round(p, 4),
+            "recall": None if r is None else round(r, 4), "f1": None if f1 is None else round(f1, 4)}
+
+
+def world_score(
+    features: Sequence[dict[str, Any]],
+    truth: Mapping[int, Sequence[tuple[Any, str, str]]],
+    tiles: Sequence[Tile],
+    grid: Grid,
+    names: Sequence[str],
+    *,
+    box_m: Mapping[int, tuple[float, float] | None] | None = None,
+    iou: float = 0.5,
+) -> dict[str, Any]:
+    """End-to-end score of the markings (WGS84 boxes, after NMS and world conversion) against the truth labels.
+
+    ``truth``: labels by class id (:func:`navml.data.rasterize.detection_labels`);
+    both sides are read back onto the pixel grid at ``grid.zoom`` and only
+    boxes whose centre lies in one of ``tiles`` (the scored area, e.g. the test
+    split) count. Matching as in :func:`navml.detect.metrics.counts_at` at IoU
+    ``iou``. Returns overall and per-class TP, FP, FN, precision, recall, F1.
+    """
+    from navml.data.rasterize import label_box
+    from navml.detect.metrics import counts_at
+
+    size = grid.tile_size
+    area = {(t.x, t.y) for t in tiles}
+
+    def inside(b) -> bool:
+        return (int(((b[0] + b[2]) / 2) // size), int(((b[1] + b[3]) / 2) // size)) in area
+
+    tb, tc = [], []
+    for cid, items in truth.items():
+        for geom, _, _ in items:
+            b = label_box(geom, grid, (box_m or {}).get(cid))
+            if b is not None and inside(b):
+                tb.append(b)
+                tc.append(cid)
+    pb, ps, pc = [], [], []
+    for f in features:
+        b = label_box(f["geometry"], grid)
+        if b is not None and inside(b):
+            pb.append(b)
+            ps.append(f["properties"]["score"])
+            pc.append(f["properties"]["class_id"])
+    n = len(names)
+    c = counts_at([(np.reshape(tb, (-1, 4)), np.asarray(tc, int))], [(np.reshape(pb, (-1, 4)), np.asarray(ps, float), np.asarray(pc, int))],
+                  n, 0.0, iou)
+    return {
+        "iou": iou,
+        "tiles": len(area),
+        "truths": len(tb),
+        "detections": len(pb),
+        **_prf(int(c.tp.sum()), int(c.fp.sum()), int(c.fn.sum())),
+        "classes": {name: {"truths": int(c.tp[i] + c.fn[i]), **_prf(int(c.tp[i]), int(c.fp[i]), int(c.fn[i]))} for i, name in enumerate(names)},
+    }
+
+
 #: Files written by :func:`write_markings` into its output folder.
 MARKINGS_FILE = "markings.geojson"
 BY_WAY_FILE = "markings_by_way.json"
@@ -333,11 +395,18 @@ def write_markings(
     out_dir: str | os.PathLike,
     grid: Grid,
     names: Sequence[str],
+    *,
+    truth: tuple[Mapping[int, Sequence], Mapping[int, tuple[float, float] | None]] | None = None,
+    score_tiles: Sequence[Tile] = (),
+    score_iou: float = 0.5,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Read the detections and the roads, write ``markings.geojson`` and ``markings_by_way.json`` into ``out_dir``; the summary.
 
-    ``kwargs`` as for :func:`markings`. Inputs are read (and checked) before anything is written.
+    ``kwargs`` as for :func:`markings`. With ``truth`` (labels by class id and
+    their ``box_m``, :func:`navml.data.rasterize.detection_labels`) the summary
+    gains ``world``: :func:`world_score` over ``score_tiles`` at ``score_iou``.
+    Inputs are read (and checked) before anything is written.
     """
     from navml.detect.table import read_detections
     from navml.geo.features import write_features
@@ -346,6 +415,8 @@ def write_markings(
     dets = read_detections(detections_csv, names)
     roads = read_roads(roads_geojson)
     features, rows, summary = markings(dets, roads, grid, **kwargs)
+    if truth is not None:
+        summary["world"] = world_score(features, truth[0], score_tiles, grid, names, box_m=truth[1], iou=score_iou)
     out = Path(out_dir)
     write_features(features, out / MARKINGS_FILE)
     write_json(out / BY_WAY_FILE, {"summary": summary, "ways": rows})

@@ -125,6 +125,8 @@ def train_detection(
     noobj: float = _LOSS.noobj,
     cls: float = _LOSS.cls,
     prior: float = _LOSS.prior,
+    objectness: str = "mse",
+    obj_target: str = "iou",
     ignore_iou: float = _DETECT.ignore_iou,
     max_truths: int = _DETECT.max_truths,
     prior_steps: int = _DETECT.prior_steps,
@@ -186,7 +188,7 @@ def train_detection(
     val_counts = count_boxes(truth, val_tiles, n)
     train_boxes = np.concatenate([truth[t][0] for t in train_tiles if t in truth])
     fit = kmeans_anchors(box_shapes(train_boxes), anchors, seed=anchor_seed, where="detect.anchors")
-    mirror_ids = mirror_table(names, mirror)
+    mirror_ids = mirror_table(names, mirror) if flip else np.arange(n)  # names need a mirror image only when flipped
 
     import keras
     import tensorflow as tf
@@ -205,7 +207,7 @@ def train_detection(
     optimizer = keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps))
     loss = YoloLoss(
         fit.wh, stride, coord=coord, obj=obj, noobj=noobj, cls=cls, prior=prior, ignore_iou=ignore_iou,
-        warmup_steps=prior_steps, max_truths=max_truths, step=optimizer.iterations,
+        warmup_steps=prior_steps, max_truths=max_truths, objectness=objectness, obj_target=obj_target, step=optimizer.iterations,
     )
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = training_dataset(
