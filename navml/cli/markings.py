@@ -15,7 +15,7 @@ def command(
     detections: Path = typer.Option(Path("data/predict/detections.csv"), "--detections", help="Detections table written by `navml predict_detect`."),
     roads: Path = typer.Option(Path("data/extract/roads.geojson"), "--roads", help="OSM road ways written by `navml extract`."),
     out: Path = typer.Option(Path("data/output"), "--out", help="Folder for markings.geojson and markings_by_way.json."),
-    metrics: Path = typer.Option(Path("data/metrics/markings.json"), "--metrics", help="Counts, the turn:lanes agreement with OSM and the world-level score (dvc metrics)."),
+    metrics: Path = typer.Option(Path("data/metrics/markings.json"), "--metrics", help="Counts, turn:lanes vs OSM, world-level score (dvc metrics)."),
     tiles: Path = TilesCsv,
     labels: Path = ExtractDir,
     params: Path = Params,
