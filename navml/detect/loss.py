@@ -64,8 +64,6 @@ def loss_terms(
     *,
     ignore_iou: float = 0.6,
     max_truths: int = 64,
-    objectness: str = "mse",
-    obj_target: str = "iou",
 ) -> dict:
     """The loss terms before weighting, each of shape (b,): ``coord``, ``obj``, ``noobj``, ``cls``, ``prior``."""
     anchors = np.asarray(anchors, "float32").reshape(-1, 2)
@@ -93,12 +91,7 @@ def loss_terms(
 
     coord = per_image(m * ((sx - y_true[..., TX]) ** 2 + (sy - y_true[..., TY]) ** 2 + (tw - y_true[..., TW]) ** 2 + (th - y_true[..., TH]) ** 2))
     own_iou = ops.stop_gradient(_iou(pred, truth))
-    target = own_iou if obj_target == "iou" else ops.ones_like(own_iou)
-    to = y_pred[..., TO]
-    if objectness == "bce":  # cross-entropy on the logit: no vanishing gradient where sigmoid saturates
-        obj = per_image(m * (ops.softplus(to) - target * to))
-    else:
-        obj = per_image(m * (so - target) ** 2)
+    obj = per_image(m * (so - own_iou) ** 2)
 
     # best IoU of every prediction with any truth of its image: the top `max_truths` truth cells
     # (padded with max_truths empty entries, so that k is static and never exceeds the cells)
@@ -113,7 +106,7 @@ def loss_terms(
     all_iou = _iou(p_boxes, [ops.reshape(c, (b, 1, k)) for c in t_boxes]) * ops.reshape(t_m, (b, 1, k))
     best = ops.reshape(ops.stop_gradient(ops.max(all_iou, axis=2)), ops.shape(m))
     free = (1.0 - m) * ops.cast(best <= ignore_iou, "float32")
-    noobj = per_image(free * (ops.softplus(to) if objectness == "bce" else so**2))
+    noobj = per_image(free * so**2)
 
     logp = y_pred[..., N_BOX:] - ops.logsumexp(y_pred[..., N_BOX:], axis=-1, keepdims=True)
     cls = per_image(-m * ops.sum(y_true[..., N_BOX:] * logp, axis=-1))
@@ -145,8 +138,6 @@ class YoloLoss(keras.losses.Loss):
         ignore_iou: float = 0.6,
         warmup_steps: int = 0,
         max_truths: int = 64,
-        objectness: str = "mse",
-        obj_target: str = "iou",
         step=None,
         name: str = "yolo_loss",
         reduction: str = "sum_over_batch_size",
@@ -165,14 +156,11 @@ class YoloLoss(keras.losses.Loss):
         self.ignore_iou = float(ignore_iou)
         self.warmup_steps = int(warmup_steps)
         self.max_truths = int(max_truths)
-        self.objectness = objectness
-        self.obj_target = obj_target
         self.step = step
 
     def call(self, y_true, y_pred):
         terms = loss_terms(
-            y_true, y_pred, self.anchors, self.stride, ignore_iou=self.ignore_iou, max_truths=self.max_truths,
-            objectness=self.objectness, obj_target=self.obj_target,
+            y_true, y_pred, self.anchors, self.stride, ignore_iou=self.ignore_iou, max_truths=self.max_truths
         )
         total = sum(self.weights[k] * terms[k] for k in TERMS if k != "prior")
         if self.warmup_steps and self.step is not None and self.weights["prior"]:
@@ -190,6 +178,4 @@ class YoloLoss(keras.losses.Loss):
             "ignore_iou": self.ignore_iou,
             "warmup_steps": self.warmup_steps,
             "max_truths": self.max_truths,
-            "objectness": self.objectness,
-            "obj_target": self.obj_target,
         }

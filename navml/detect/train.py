@@ -125,8 +125,6 @@ def train_detection(
     noobj: float = _LOSS.noobj,
     cls: float = _LOSS.cls,
     prior: float = _LOSS.prior,
-    objectness: str = "mse",
-    obj_target: str = "iou",
     ignore_iou: float = _DETECT.ignore_iou,
     max_truths: int = _DETECT.max_truths,
     prior_steps: int = _DETECT.prior_steps,
@@ -207,7 +205,7 @@ def train_detection(
     optimizer = keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps))
     loss = YoloLoss(
         fit.wh, stride, coord=coord, obj=obj, noobj=noobj, cls=cls, prior=prior, ignore_iou=ignore_iou,
-        warmup_steps=prior_steps, max_truths=max_truths, objectness=objectness, obj_target=obj_target, step=optimizer.iterations,
+        warmup_steps=prior_steps, max_truths=max_truths, step=optimizer.iterations,
     )
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = training_dataset(
