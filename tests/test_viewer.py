@@ -33,8 +33,7 @@ def lot_polygon(tile: Tile = EDGE) -> dict:
     return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
 
 
-@pytest.fixture
-def city(tmp_path, small_grid):
+def make_city(tmp_path, small_grid):
     """Two shards of random imagery, a mask with a lot in the EDGE tile, probs, outputs and a tile index."""
     rng = np.random.default_rng(0)
     store = Store(tmp_path / "store", small_grid)
@@ -59,6 +58,11 @@ def city(tmp_path, small_grid):
         predict=pred.root, output=out, tiles=tmp_path / "tiles.csv", models=(tmp_path / "models",),
     )
     return paths, store, pred
+
+
+@pytest.fixture
+def city(tmp_path, small_grid):
+    return make_city(tmp_path, small_grid)
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ COMMANDS = {
     "evaluate_detect": "evaluate_detect",
     "predict_detect": "predict_detect",
     "markings": "markings",
+    # the review viewer (issue 11)
+    "serve": "serve",
 }
 
 

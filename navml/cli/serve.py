@@ -1,0 +1,47 @@
+"""Serve a local map viewer of the store, the predictions and live model runs, with review buttons (http://127.0.0.1:8765)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from navml.cli._common import exits, load_params
+from navml.cli.options import ExtractDir, Params, StoreDir, TilesCsv
+
+
+@exits
+def command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; the default serves this machine only."),
+    port: int = typer.Option(8765, "--port", help="TCP port."),
+    city: str = typer.Option("city", "--city", help="Name of the store in the viewer's city list."),
+    store: Path = StoreDir,
+    predict: Path = typer.Option(Path("data/predict"), "--predict", help="Predict store (probs layer, detections.csv)."),
+    output: Path = typer.Option(Path("data/output"), "--output", help="Folder of new_features / predictions / markings GeoJSON."),
+    models: list[Path] = typer.Option(
+        [Path("data/models"), Path("data/first/models")], "--models", help="Folder of model folders (repeatable; missing ones are skipped)."
+    ),
+    tiles: Path = TilesCsv,
+    labels: Path = ExtractDir,
+    aoi: Path = typer.Option(Path("data/synth/aoi.geojson"), "--aoi", help="AOI GeoJSON shown as an outline."),
+    negatives: Path = typer.Option(
+        Path("data/mining/seg/hard_negatives.geojson"), "--negatives", help="Hard-negatives GeoJSON that 'mark false' appends to."
+    ),
+    review: Path = typer.Option(Path("data/review/review.geojson"), "--review", help="GeoJSON that 'correct' verdicts go to."),
+    params: Path = Params,
+) -> None:
+    import uvicorn
+
+    from navml.config import segmentation_classes
+    from navml.palette import palette_of
+    from navml.viewer import StorePaths, create_app
+
+    p = load_params(params)
+    specs = p.class_specs()
+    paths = StorePaths(
+        store=store, grid=p.grid.grid(), palette=palette_of(specs), classes=tuple(c.name for c in segmentation_classes(specs)),
+        predict=predict, output=output, extract=labels, aoi=aoi, tiles=tiles, models=tuple(models),
+    )
+    app = create_app({city: paths}, negatives, review)
+    typer.echo(f"serve: open http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
