@@ -113,3 +113,34 @@ def test_page_loads_shows_tiles_toggles_layers_and_marks_false(tmp_path, small_g
     finally:
         driver.quit()
         served.stop()
+
+
+def test_dvc_plots_template_renders_offline(tmp_path):
+    """``plots.html_template`` of .dvc/config: a page with the vendored Vega scripts that draws a plot with no network."""
+    import configparser
+    from pathlib import Path
+
+    from dvc_render import VegaRenderer, render_html
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(root / ".dvc" / "config")
+    template = (root / ".dvc" / cfg["plots"]["html_template"]).resolve()
+    text = template.read_text()
+    assert "{plot_divs}" in text and "{scripts}" not in text  # no CDN script tags injected
+    assert "http" not in text.replace("http-equiv", "")
+    # the page's relative script paths expect dvc_plots/ beside navml/, as at the repository root
+    (tmp_path / "navml").symlink_to(root / "navml")
+    points = [{"step": i, "loss": 1 / (i + 1)} for i in range(20)]
+    out = tmp_path / "dvc_plots" / "index.html"
+    render_html([VegaRenderer(points, "loss", template="linear", x="step", y="loss")], out, html_template=template)
+    driver = chrome(900, 600)
+    try:
+        driver.get(out.as_uri())
+        wait(driver, "document.querySelector('svg.marks, canvas.marks') !== null")
+        srcs = driver.execute_script("return Array.from(document.scripts).map(s => s.src).filter(s => s)")
+        assert len(srcs) == 3 and all(s.startswith("file://") for s in srcs), srcs  # the vendored files only
+        page = out.read_text()
+        assert 'src="http' not in page and "cdn." not in page  # ("$schema" URLs are names, never fetched)
+    finally:
+        driver.quit()
