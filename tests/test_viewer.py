@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import mercantile
 import numpy as np
 import pytest
+from shapely.geometry import shape
 from starlette.testclient import TestClient
 
 from navml.errors import InputError
@@ -17,7 +18,7 @@ from navml.palette import palette_from_colors
 from navml.viewer import StorePaths, create_app
 from navml.viewer.live import input_window
 from navml.viewer.render import decode_png, heat_rgba
-from navml.viewer.review import ReviewLog, read_collection, review_feature
+from navml.viewer.review import ReviewLog, add_review, read_collection, review_feature, review_id
 
 SHARDS = (Tile(8577, 6245, 16), Tile(8578, 6245, 16))
 #: the last tile column of the west shard: its halo lies in the east shard
@@ -53,6 +54,11 @@ def make_city(tmp_path, small_grid):
     (out / "new_features.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [lot]}))
     (out / "predictions.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [lot]}))
     (tmp_path / "tiles.csv").write_text(f"z,x,y,split\n18,{EDGE.x},{EDGE.y},val\n")
+    (store.root / "boxes.csv").write_text(f"z,x,y,class_id,class,name,xmin,ymin,xmax,ymax\n18,{EDGE.x},{EDGE.y},0,turn_markings,left,10,20,14,32\n")
+    gx, gy = EDGE.x * 256, EDGE.y * 256
+    (pred.root / "detections.csv").write_text(
+        f"z,x,y,x0,y0,x1,y1,class_id,class,score\n18,{EDGE.x},{EDGE.y},{gx + 100},{gy + 50},{gx + 104.5},{gy + 62},2,through,0.87\n"
+    )
     paths = StorePaths(
         store=store.root, grid=small_grid, palette=palette_from_colors([GREEN]), classes=("parking",),
         predict=pred.root, output=out, tiles=tmp_path / "tiles.csv", models=(tmp_path / "models",),
@@ -145,6 +151,22 @@ def test_cities_vectors_and_tile_info(client):
     assert t["max_prob"]["parking"] == pytest.approx(200 / 255, abs=1e-3)
 
 
+def test_truth_boxes_and_detections_as_wgs84_boxes_with_labels(client):
+    from navml.geo.grid import pixel_to_lonlat
+
+    (box,) = client.get("/api/vector/test/boxes").json()["features"]
+    assert box["properties"] == {"class": "left", "tile": f"18-{EDGE.x}-{EDGE.y}"}
+    ring = np.array(box["geometry"]["coordinates"][0])
+    w, n = pixel_to_lonlat(EDGE.x * 256 + 10, EDGE.y * 256 + 20, 18)
+    e, s = pixel_to_lonlat(EDGE.x * 256 + 14, EDGE.y * 256 + 32, 18)
+    assert ring.min(axis=0) == pytest.approx([w, s], abs=1e-9) and ring.max(axis=0) == pytest.approx([e, n], abs=1e-9)
+    (det,) = client.get("/api/vector/test/detections").json()["features"]
+    assert det["properties"]["class"] == "through" and det["properties"]["score"] == 0.87
+    ring = np.array(det["geometry"]["coordinates"][0])
+    e, _ = pixel_to_lonlat(EDGE.x * 256 + 104.5, 0, 18)
+    assert ring[:, 0].max() == pytest.approx(float(e), abs=1e-9)
+
+
 def test_review_false_goes_to_hard_negatives_with_keep(client, tmp_path):
     body = {"feature": {"type": "Feature", "geometry": lot_polygon(), "properties": {"score": 0.9}},
             "verdict": "false", "kind": "segmentation", "class": "parking"}
@@ -154,20 +176,41 @@ def test_review_false_goes_to_hard_negatives_with_keep(client, tmp_path):
     assert len(neg) == 1
     p = neg[0]["properties"]
     assert p == {"class": "parking", "kind": "segmentation", "tile": f"18-{EDGE.x}-{EDGE.y}",
-                 "area_m2": p["area_m2"], "score": 0.9, "source": "review", "keep": True}
+                 "area_m2": p["area_m2"], "score": 0.9, "source": "review", "keep": True, "review_id": review_id(shape(lot_polygon()))}
     # the square is 0.3 of the tile on each side (in degrees: about 76.8 px), at the tile's latitude
     lat = lot_polygon()["coordinates"][0][0][1] + 0.15 * (mercantile.bounds(EDGE).north - mercantile.bounds(EDGE).south)
     assert p["area_m2"] == pytest.approx(76.8**2 * pixel_area_m2(lat, 18), rel=0.02)
     assert neg[0]["geometry"]["type"] == "Polygon"
-    body2 = {**body, "verdict": "correct"}
-    assert client.post("/api/review", json=body2).status_code == 200
-    ok = read_collection(tmp_path / "review" / "review.geojson")
-    assert ok[0]["properties"]["verdict"] == "correct" and "keep" not in ok[0]["properties"]
-    assert len(read_collection(tmp_path / "mining" / "hard_negatives.geojson")) == 1
-    exported = client.get("/api/review/export").json()
-    assert [f["properties"]["verdict"] for f in exported["features"]] == ["false", "correct"]
-    # the negatives layer now serves the new feature
+    assert [f["properties"]["verdict"] for f in read_collection(tmp_path / "review" / "review.geojson")] == ["false"]
+    # the negatives layer serves it
     assert len(client.get("/api/vector/test/negatives").json()["features"]) == 1
+    # a second verdict on the same lot replaces the first: "correct" takes it out of the negatives again
+    assert client.post("/api/review", json={**body, "verdict": "correct"}).status_code == 200
+    ok = read_collection(tmp_path / "review" / "review.geojson")
+    assert len(ok) == 1 and ok[0]["properties"]["verdict"] == "correct" and ok[0]["properties"]["keep"] is False
+    assert read_collection(tmp_path / "mining" / "hard_negatives.geojson") == []
+    exported = client.get("/api/review/export").json()
+    assert [f["properties"]["verdict"] for f in exported["features"]] == ["correct"]
+
+
+def test_negatives_per_kind_and_veto_of_a_mined_negative(tmp_path):
+    """``{model}`` in the path: lots to seg/, markings to det/; "correct" on a mined negative sets keep false, "false" back to true."""
+    log = ReviewLog(tmp_path / "mining" / "{model}" / "hard_negatives.geojson", tmp_path / "review.geojson")
+    seg, det = tmp_path / "mining" / "seg" / "hard_negatives.geojson", tmp_path / "mining" / "det" / "hard_negatives.geojson"
+    mined = {"type": "Feature", "geometry": lot_polygon(),
+             "properties": {"class": "parking", "kind": "segmentation", "tile": "18-1-2", "area_m2": 900.0, "score": 0.8,
+                            "source": "mined", "keep": True}}
+    add_review(seg, mined)  # as mining would have written it
+    other = lot_polygon(Tile(EDGE.x - 1, EDGE.y, 18))
+    log.add({"feature": other, "verdict": "false", "kind": "detection", "class": "left"}, 18)
+    assert [f["properties"]["class"] for f in read_collection(det)] == ["left"]
+    log.add({"feature": lot_polygon(), "verdict": "correct", "kind": "segmentation", "class": "parking"}, 18)
+    (f,) = read_collection(seg)
+    assert f["properties"]["source"] == "mined" and f["properties"]["keep"] is False and f["properties"]["score"] == 0.8
+    log.add({"feature": lot_polygon(), "verdict": "false", "kind": "segmentation", "class": "parking"}, 18)
+    (f,) = read_collection(seg)
+    assert f["properties"]["source"] == "mined" and f["properties"]["keep"] is True and f["properties"]["tile"] == "18-1-2"
+    assert len(read_collection(tmp_path / "review.geojson")) == 2  # one verdict per feature: the latest
 
 
 def test_cross_origin_post_is_refused(client, tmp_path):
@@ -192,10 +235,11 @@ def test_review_feature_rejects_bad_input():
 
 def test_review_log_concurrent_writers_lose_nothing(tmp_path):
     log = ReviewLog(tmp_path / "neg.geojson", tmp_path / "rev.geojson")
-    body = {"feature": lot_polygon(), "verdict": "false", "class": "parking"}
+    tiles = [Tile(EDGE.x + i % 6, EDGE.y + i // 6, 18) for i in range(24)]
     with ThreadPoolExecutor(8) as ex:
-        list(ex.map(lambda _: log.add(body, 18), range(24)))
+        list(ex.map(lambda t: log.add({"feature": lot_polygon(t), "verdict": "false", "class": "parking"}, 18), tiles))
     assert len(read_collection(tmp_path / "neg.geojson")) == 24
+    assert len(read_collection(tmp_path / "rev.geojson")) == 24
     assert not list(tmp_path.glob(".*part*"))  # no temporary file left
 
 
@@ -264,3 +308,15 @@ def test_live_predict_equals_the_full_mosaic_in_the_tile(client, city):
     assert client.get(f"/predict/test/nope/{EDGE.z}/{EDGE.x}/{EDGE.y}.png").status_code == 404
     assert client.get(f"/predict/test/tiny/18/{EDGE.x + 50}/{EDGE.y}.png").status_code == 404
     assert client.get(f"/predict/test/tiny/{EDGE.z}/{EDGE.x}/{EDGE.y}.json").status_code == 404  # not a detector
+
+
+def test_foreign_host_header_is_refused(city, tmp_path):
+    """Against DNS rebinding: a page of evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    paths, _, _ = city
+    app = create_app({"test": paths}, tmp_path / "n.geojson", tmp_path / "r.geojson", allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/cities").status_code == 200
+        assert c.get("/api/cities", headers={"Host": "evil.example:8765"}).status_code == 400
+        body = {"feature": lot_polygon(), "verdict": "false", "class": "parking"}
+        r = c.post("/api/review", json=body, headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"})
+        assert r.status_code == 400 and not (tmp_path / "n.geojson").exists()

@@ -24,10 +24,12 @@ def command(
     tiles: Path = TilesCsv,
     labels: Path = ExtractDir,
     aoi: Path = typer.Option(Path("data/synth/aoi.geojson"), "--aoi", help="AOI GeoJSON shown as an outline."),
-    negatives: Path = typer.Option(
-        Path("data/mining/seg/hard_negatives.geojson"), "--negatives", help="Hard-negatives GeoJSON that 'mark false' appends to."
+    negatives: str = typer.Option(
+        "data/mining/{model}/hard_negatives.geojson", "--negatives",
+        help="Hard-negatives GeoJSON that 'mark false' writes to ({model}: seg for lots, det for markings).",
     ),
     review: Path = typer.Option(Path("data/review/review.geojson"), "--review", help="GeoJSON that 'correct' verdicts go to."),
+    open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in the default browser."),
     params: Path = Params,
 ) -> None:
     import uvicorn
@@ -42,6 +44,13 @@ def command(
         store=store, grid=p.grid.grid(), palette=palette_of(specs), classes=tuple(c.name for c in segmentation_classes(specs)),
         predict=predict, output=output, extract=labels, aoi=aoi, tiles=tiles, models=tuple(models),
     )
-    app = create_app({city: paths}, negatives, review)
-    typer.echo(f"serve: open http://{host}:{port}/ (Ctrl-C stops)")
+    hosts = None if host in ("0.0.0.0", "::") else [host, "127.0.0.1", "localhost"]
+    app = create_app({city: paths}, negatives, review, allowed_hosts=hosts)
+    url = f"http://{host}:{port}/"
+    typer.echo(f"serve: open {url} (Ctrl-C stops)")
+    if open_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, (url,)).start()
     uvicorn.run(app, host=host, port=port, log_level="warning")

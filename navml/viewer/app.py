@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -83,9 +84,14 @@ def model_folders(roots: tuple[Path, ...]) -> dict[str, Path]:
     return out
 
 
-def vector_files(p: StorePaths, negatives: Path, reviews: Path) -> dict[str, list[Path]]:
-    """Allow-listed vector layer name -> its GeoJSON files (only names whose files exist)."""
+def vector_files(p: StorePaths, negatives: Sequence[Path], reviews: Path) -> dict[str, list[Path]]:
+    """Allow-listed vector layer name -> its files (only names whose files exist): GeoJSON, or the CSV tables of :data:`TABLES`."""
     cand: dict[str, list[Path]] = {}
+    cand["boxes"] = [p.store / "boxes.csv"]
+    if p.predict:
+        cand["detections"] = [p.predict / "detections.csv"]
+    if p.tiles:
+        cand["splits"] = [p.tiles.with_suffix(".geojson")]
     if p.output:
         cand["predictions"] = [p.output / "new_features.geojson"]
         cand["polygons"] = [p.output / "predictions.geojson"]
@@ -94,10 +100,41 @@ def vector_files(p: StorePaths, negatives: Path, reviews: Path) -> dict[str, lis
         cand["osm"] = [p.extract / f"{c}.geojson" for c in p.classes]
     if p.aoi:
         cand["aoi"] = [p.aoi]
-    cand["negatives"] = [negatives]
+    cand["negatives"] = list(negatives)
     cand["reviews"] = [reviews]
     always = ("negatives", "reviews")  # written while the viewer runs
     return {k: v if k in always else [f for f in v if f.is_file()] for k, v in cand.items() if k in always or any(f.is_file() for f in v)}
+
+
+#: Vector layers read from a CSV table (boxes in pixels), drawn as WGS84 boxes.
+TABLES = ("boxes", "detections")
+
+
+def box_features(df, grid: Grid, table: str) -> list[dict]:
+    """GeoJSON boxes (WGS84) of ``boxes.csv`` (tile pixels: ``xmin..ymax`` in tile ``z/x/y``) or ``detections.csv``
+    (global pixels ``x0..y1`` at zoom ``z``), with ``class`` (the sub-class name), ``tile`` and ``score`` when given."""
+    from navml.geo.grid import pixel_to_lonlat
+
+    size = grid.tile_size
+    if table == "boxes":
+        x0, y0 = df["x"] * size + df["xmin"], df["y"] * size + df["ymin"]
+        x1, y1 = df["x"] * size + df["xmax"], df["y"] * size + df["ymax"]
+        names = df["name"] if "name" in df else df["class"]
+    else:
+        x0, y0, x1, y1 = df["x0"], df["y0"], df["x1"], df["y1"]
+        names = df["class"]
+    out = []
+    for i in range(len(df)):
+        z = int(df["z"].iloc[i])
+        w, n = pixel_to_lonlat(x0.iloc[i], y0.iloc[i], z, size)
+        e, s_ = pixel_to_lonlat(x1.iloc[i], y1.iloc[i], z, size)
+        w, n, e, s_ = float(w), float(n), float(e), float(s_)
+        props = {"class": str(names.iloc[i]), "tile": f"{z}-{int(df['x'].iloc[i])}-{int(df['y'].iloc[i])}"}
+        if "score" in df:
+            props["score"] = round(float(df["score"].iloc[i]), 4)
+        out.append({"type": "Feature", "properties": props,
+                    "geometry": {"type": "Polygon", "coordinates": [[[w, s_], [e, s_], [e, n], [w, n], [w, s_]]]}})
+    return out
 
 
 def polygon_status(polygons: list[dict], new: list[dict], osm: list[dict]) -> list[dict]:
@@ -140,7 +177,7 @@ def read_split(path: Path | None) -> dict[tuple[int, int, int], str]:
 class City:
     """One city's stores, vector files and lazily loaded live predictors."""
 
-    def __init__(self, name: str, paths: StorePaths, negatives: Path, reviews: Path):
+    def __init__(self, name: str, paths: StorePaths, negatives: Sequence[Path], reviews: Path):
         self.name = name
         self.paths = paths
         self.grid = paths.grid
@@ -237,11 +274,22 @@ def _origin_ok(request: Request) -> bool:
     return origin.rstrip("/") == own
 
 
-def create_app(stores: Mapping[str, StorePaths], negatives_path: str | Path = NEGATIVES, review_path: str | Path = REVIEWS) -> Starlette:
-    """The viewer app for ``stores`` (city name -> :class:`StorePaths`); reviews go to ``negatives_path`` / ``review_path``."""
-    negatives, reviews = Path(negatives_path), Path(review_path)
-    cities = {name: City(name, p, negatives, reviews) for name, p in stores.items() if NAME.match(name)}
-    log = ReviewLog(negatives, reviews)
+def create_app(
+    stores: Mapping[str, StorePaths],
+    negatives_path: str | Path = NEGATIVES,
+    review_path: str | Path = REVIEWS,
+    allowed_hosts: Sequence[str] | None = None,
+) -> Starlette:
+    """The viewer app for ``stores`` (city name -> :class:`StorePaths`); reviews go to ``negatives_path`` / ``review_path``.
+
+    ``negatives_path`` may hold ``{model}``: ``seg`` for segmentation features, ``det`` for detections
+    (:class:`navml.viewer.review.ReviewLog`).
+
+    ``allowed_hosts``: accepted ``Host`` header names (others get 400), against DNS
+    rebinding; ``None`` accepts any (``navml serve`` passes its address and localhost).
+    """
+    log = ReviewLog(negatives_path, review_path)
+    cities = {name: City(name, p, log.negatives_paths(), log.reviews) for name, p in stores.items() if NAME.match(name)}
 
     def city_of(request: Request) -> City:
         c = cities.get(request.path_params["city"])
@@ -282,7 +330,12 @@ def create_app(stores: Mapping[str, StorePaths], negatives_path: str | Path = NE
         name = request.path_params["name"]
         if name not in c.vectors:
             raise HTTPException(404, "unknown vector layer")
-        feats = [f for path in c.vectors[name] for f in read_collection(path)]
+        if name in TABLES:
+            import pandas as pd
+
+            feats = [f for path in c.vectors[name] for f in box_features(pd.read_csv(path, dtype={"class": str, "name": str}), c.grid, name)]
+        else:
+            feats = [f for path in c.vectors[name] for f in read_collection(path)]
         if name == "polygons":
             new = read_collection(c.vectors["predictions"][0]) if "predictions" in c.vectors else []
             osm = [f for path in c.vectors.get("osm", []) for f in read_collection(path)]
@@ -374,7 +427,10 @@ def create_app(stores: Mapping[str, StorePaths], negatives_path: str | Path = NE
     app = Starlette(
         routes=routes,
         exception_handlers={NavmlError: navml_error},
-        middleware=[Middleware(BaseHTTPMiddleware, dispatch=security_headers)],
+        middleware=[
+            *([Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))] if allowed_hosts is not None else []),
+            Middleware(BaseHTTPMiddleware, dispatch=security_headers),
+        ],
     )
     app.state.cities = cities
     app.state.review = log

@@ -1,18 +1,29 @@
-"""Review verdicts from the viewer: hard negatives for mining, confirmations for the record.
+"""Review verdicts from the viewer: hard negatives for mining, every verdict for the record.
 
-A reviewer marks a predicted feature *false* or *correct*. A false one is
-appended to the hard-negatives file (default ``data/mining/seg/hard_negatives.geojson``),
-the schema the mining stage reads: a GeoJSON FeatureCollection (WGS84) of
+A reviewer marks a predicted feature *false* or *correct*. A false one goes
+into the hard-negatives file of its kind (default
+``data/mining/{model}/hard_negatives.geojson``, ``{model}`` being ``seg`` for a
+segmentation feature and ``det`` for a detection; a path without ``{model}`` takes
+both), the schema the mining stage reads: a GeoJSON FeatureCollection (WGS84) of
 Polygon features with properties ``class``, ``kind`` (``segmentation`` or
 ``detection``), ``tile`` (``"z-x-y"``), ``area_m2`` (ground m²), ``score``
-(0..1 or null), ``source: "review"`` and ``keep: true`` (mining drops features
-whose ``keep`` is false). A correct one goes to ``data/review/review.geojson``
-with ``verdict: "correct"``. Files are rewritten whole and atomically
-(:func:`navml.io.write_text`); :class:`ReviewLog` serialises writers with a lock.
+(0..1 or null), ``source`` (``"review"`` here, ``"mined"`` for what mining found)
+and ``keep`` (mining drops features whose ``keep`` is false). Every verdict also
+goes to the review file (``data/review/review.geojson``) with ``verdict``.
+
+A feature is identified by its geometry (``review_id``: a hash of the
+normalized polygon at 1e-9 degrees): a later verdict on the same feature
+replaces the earlier one in both files. A *correct* verdict on a mined negative
+vetoes it (``keep: false``, the feature stays in the file); on a reviewed
+negative it removes it. Files are rewritten whole and atomically
+(:func:`add_review`, :func:`navml.io.write_text`) under a per-file lock, so a
+crash of the server leaves either the old or the new file, and concurrent
+clicks lose nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -31,7 +42,9 @@ from navml.io import dumps_json, write_text
 VERDICTS = ("false", "correct")
 KINDS = ("segmentation", "detection")
 #: Default paths (relative to the project root).
-NEGATIVES = Path("data/mining/seg/hard_negatives.geojson")
+NEGATIVES = "data/mining/{model}/hard_negatives.geojson"
+#: ``{model}`` of the negatives path per kind: the model folders (data/models/seg, data/models/det) mining reads for.
+MODEL_OF_KIND = {"segmentation": "seg", "detection": "det"}
 REVIEWS = Path("data/review/review.geojson")
 _GEOD = Geod(ellps="WGS84")
 
@@ -46,6 +59,68 @@ def read_collection(path: str | os.PathLike) -> list[dict[str, Any]]:
         return list(data["features"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"{p}: not a GeoJSON FeatureCollection ({exc}); fix or remove it") from exc
+
+
+def review_id(geometry) -> str:
+    """A stable id of a polygon (WGS84): SHA-1 of its normalized WKB at 1e-9 degrees, 16 hex digits."""
+    g = shapely.set_precision(shape(geometry) if isinstance(geometry, Mapping) else geometry, 1e-9).normalize()
+    return hashlib.sha1(shapely.to_wkb(g, hex=False)).hexdigest()[:16]
+
+
+_LOCKS: dict[Path, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _lock(path: Path) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault(Path(path).resolve(), threading.Lock())
+
+
+def _id_of(feature: Mapping[str, Any]) -> str | None:
+    props = feature.get("properties") or {}
+    if props.get("review_id"):
+        return str(props["review_id"])
+    try:
+        return review_id(feature["geometry"])
+    except Exception:  # noqa: BLE001 - a feature without a usable geometry matches nothing
+        return None
+
+
+def add_review(path: str | os.PathLike, feature: Mapping[str, Any]) -> Path:
+    """Put ``feature`` into the FeatureCollection file ``path`` (created when missing), atomically.
+
+    A feature with the same id (``review_id``, else the geometry's) is replaced;
+    a mined one (``source: "mined"``) keeps its properties and takes only the new ``keep``.
+    """
+    path = Path(path)
+    key = _id_of(feature)
+    with _lock(path):
+        feats, out = read_collection(path), []
+        new = dict(feature)
+        for f in feats:
+            if _id_of(f) != key:
+                out.append(f)
+            elif (f.get("properties") or {}).get("source") == "mined":
+                new = {**f, "properties": {**f["properties"], "keep": feature["properties"].get("keep", True), "review_id": key}}
+        return write_collection(path, [*out, new])
+
+
+def veto(path: str | os.PathLike, key: str) -> int:
+    """A *correct* verdict on ``path``'s feature ``key``: a mined negative gets ``keep: false``, a reviewed one goes; returns features changed."""
+    path = Path(path)
+    with _lock(path):
+        feats = read_collection(path)
+        out, changed = [], 0
+        for f in feats:
+            if _id_of(f) != key:
+                out.append(f)
+                continue
+            changed += 1
+            if (f.get("properties") or {}).get("source") == "mined":
+                out.append({**f, "properties": {**f["properties"], "keep": False, "review_id": key}})
+        if changed:
+            write_collection(path, out)
+        return changed
 
 
 def write_collection(path: str | os.PathLike, features: list[dict[str, Any]]) -> Path:
@@ -70,7 +145,7 @@ def review_feature(body: Mapping[str, Any], zoom: int) -> tuple[str, dict[str, A
 
     ``body``: ``{"feature": GeoJSON Feature or geometry, "verdict": "false"|"correct",
     "kind": "segmentation"|"detection", "class": name}``. A false verdict gives the
-    hard-negative schema (``keep: true``); a correct one adds ``verdict``.
+    hard-negative schema with ``keep: true``, a correct one ``keep: false``; both carry ``verdict`` and ``review_id``.
     """
     verdict = body.get("verdict")
     kind = body.get("kind", "segmentation")
@@ -104,35 +179,41 @@ def review_feature(body: Mapping[str, Any], zoom: int) -> tuple[str, dict[str, A
         "area_m2": round(area_m2(geom), 1),
         "score": None if score is None else float(score),
         "source": "review",
+        "keep": verdict == "false",
+        "verdict": verdict,
+        "review_id": review_id(geom),
     }
-    if verdict == "false":
-        properties["keep"] = True
-    else:
-        properties["verdict"] = "correct"
     geom = shapely.set_precision(geom, 1e-9)
     return verdict, {"type": "Feature", "geometry": mapping(geom), "properties": properties}
 
 
 class ReviewLog:
-    """Appends reviewed features to the negatives and review files, one writer at a time."""
+    """Records verdicts: false ones into the negatives file of their kind, all into the review file."""
 
     def __init__(self, negatives: str | os.PathLike = NEGATIVES, reviews: str | os.PathLike = REVIEWS):
-        self.negatives = Path(negatives)
+        self.negatives = str(negatives)
         self.reviews = Path(reviews)
-        self._lock = threading.Lock()
+
+    def negatives_path(self, kind: str) -> Path:
+        """The hard-negatives file of ``kind`` (``{model}`` of the path replaced)."""
+        return Path(self.negatives.replace("{model}", MODEL_OF_KIND[kind]))
+
+    def negatives_paths(self) -> list[Path]:
+        """Every hard-negatives file this log writes (one per kind, or one for both)."""
+        return list(dict.fromkeys(self.negatives_path(k) for k in KINDS))
 
     def add(self, body: Mapping[str, Any], zoom: int) -> dict[str, Any]:
-        """Record one review (see :func:`review_feature`); returns the feature written and the file."""
+        """Record one review (see :func:`review_feature`); returns the feature and the files written."""
         verdict, feature = review_feature(body, zoom)
-        path = self.negatives if verdict == "false" else self.reviews
-        with self._lock:
-            write_collection(path, [*read_collection(path), feature])
-        return {"written": str(path), "feature": feature}
+        neg = self.negatives_path(feature["properties"]["kind"])
+        written = [str(add_review(self.reviews, feature))]
+        if verdict == "false":
+            props = {k: v for k, v in feature["properties"].items() if k != "verdict"}
+            written.append(str(add_review(neg, {**feature, "properties": props})))
+        elif veto(neg, feature["properties"]["review_id"]):
+            written.append(str(neg))
+        return {"written": written, "feature": feature}
 
     def export(self) -> dict[str, Any]:
-        """Every review as one FeatureCollection: the negatives (``verdict: "false"``) then the correct ones."""
-        with self._lock:
-            neg = read_collection(self.negatives)
-            ok = read_collection(self.reviews)
-        out = [{**f, "properties": {**f.get("properties", {}), "verdict": "false"}} for f in neg if f.get("properties", {}).get("source") == "review"]
-        return {"type": "FeatureCollection", "features": [*out, *ok]}
+        """Every verdict as one FeatureCollection (the review file)."""
+        return {"type": "FeatureCollection", "features": read_collection(self.reviews)}

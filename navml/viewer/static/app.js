@@ -2,6 +2,8 @@
 "use strict";
 
 const STATUS_COLORS = { "new": "#00e5ff", "in OSM": "#8bc34a", "on road": "#ff9800" };
+const SPLIT_COLORS = { train: "#2196f3", val: "#ffc107", test: "#f44336", buffer: "#9e9e9e" };
+const LABELLED = ["markings", "boxes", "detections"];  // drawn with their class as a tooltip
 const state = { cities: {}, city: null, info: null, threshold: 0.35, model: "", model2: "", selected: null, lastMs: null };
 const $ = (id) => document.getElementById(id);
 
@@ -31,6 +33,32 @@ const LiveLayer = L.GridLayer.extend({
   },
 });
 
+// Live detections: one JSON request per visible tile; boxes are clickable for review (kind detection).
+const LiveDetections = L.GridLayer.extend({
+  initialize: function (options) {
+    L.GridLayer.prototype.initialize.call(this, options);
+    this.boxes = L.geoJSON(null, {
+      style: { color: "#e040fb", weight: 1.5, fillOpacity: 0.1 },
+      onEachFeature: (f, l) => {
+        l.bindTooltip(`${f.properties.class} ${f.properties.score}`, { className: "mark-label" });
+        l.on("click", (e) => { L.DomEvent.stopPropagation(e); select("detections", f); });
+      },
+    });
+  },
+  onAdd: function (map) { L.GridLayer.prototype.onAdd.call(this, map); this.boxes.addTo(map); },
+  onRemove: function (map) { this.boxes.remove(); this.boxes.clearLayers(); L.GridLayer.prototype.onRemove.call(this, map); },
+  createTile: function (coords, done) {
+    const div = document.createElement("div");
+    fetch(this.options.urlFor(coords)).then((r) => {
+      if (!r.ok) throw new Error(r.status);
+      const ms = r.headers.get("X-Predict-Ms");
+      if (ms !== null && r.headers.get("X-Cache") !== "hit") $("ms").textContent = `live det: ${ms} ms`;
+      return r.json();
+    }).then((fc) => { this.boxes.addData(fc); done(null, div); }).catch((e) => done(e, div));
+    return div;
+  },
+});
+
 function rasterLayers(info, map, model) {
   const c = encodeURIComponent(info.name);
   const o = tileOpts(info);
@@ -41,12 +69,19 @@ function rasterLayers(info, map, model) {
   if (model) {
     out[`live ${model}`] = new LiveLayer({ ...o, urlFor: (p) => `/predict/${c}/${encodeURIComponent(model)}/${p.z}/${p.x}/${p.y}.png?threshold=${state.threshold}` });
   }
+  const det = info.models.find((m) => m.task === "detection");
+  if (det) {
+    out[`live ${det.name} (detections)`] = new LiveDetections({ ...o, urlFor: (p) => `/predict/${c}/${encodeURIComponent(det.name)}/${p.z}/${p.x}/${p.y}.json` });
+  }
   return out;
 }
 
 function featureColor(name, f) {
   if (name === "predictions" || name === "polygons") return STATUS_COLORS[f.properties.status] || "#fff";
-  if (name === "negatives") return "#ff1744";
+  if (name === "negatives") return f.properties.keep === false ? "#9e9e9e" : "#ff1744";
+  if (name === "splits") return SPLIT_COLORS[f.properties.split] || "#fff";
+  if (name === "boxes") return "#ffffff";
+  if (name === "detections") return "#e040fb";
   if (name === "reviews") return "#76ff03";
   if (name === "osm") return "#ffeb3b";
   if (name === "aoi") return "#ffffff";
@@ -56,9 +91,13 @@ function featureColor(name, f) {
 
 function vectorLayer(info, name) {
   const layer = L.geoJSON(null, {
-    style: (f) => ({ color: featureColor(name, f), weight: name === "aoi" ? 2 : 1.5, fill: name !== "aoi", fillOpacity: 0.15 }),
+    style: (f) => ({ color: featureColor(name, f), weight: name === "aoi" ? 2 : name === "splits" ? 0.5 : 1.5, fill: name !== "aoi",
+                     fillOpacity: name === "splits" ? 0.25 : 0.15 }),
     onEachFeature: (f, l) => {
-      if (name === "markings" && f.properties.class) l.bindTooltip(f.properties.class, { permanent: false, className: "mark-label" });
+      if (LABELLED.includes(name) && f.properties.class) {
+        const text = f.properties.score !== undefined ? `${f.properties.class} ${f.properties.score}` : f.properties.class;
+        l.bindTooltip(text, { permanent: false, className: "mark-label" });
+      }
       l.on("click", (e) => { L.DomEvent.stopPropagation(e); select(name, f); });
     },
   });
@@ -91,7 +130,7 @@ function buildMap(id, model, withControl) {
     for (const name of ["predictions", "aoi"]) if (vectors[name]) vectors[name].addTo(map).load();
     map.on("click", (e) => tileInfo(e.latlng));
   } else {
-    for (const [k, v] of Object.entries(r)) if (k.startsWith("live")) v.addTo(map);
+    for (const [k, v] of Object.entries(r)) if (k.startsWith("live") && !k.endsWith("(detections)")) v.addTo(map);
   }
   return map;
 }
@@ -133,11 +172,13 @@ function tileInfo(latlng) {
 
 function select(name, f) {
   state.selected = { name, feature: f };
-  const kind = name === "markings" ? "detection" : "segmentation";
+  const kind = f.properties.kind || (LABELLED.includes(name) ? "detection" : "segmentation");
   const cls = f.properties.class || (state.info.classes[0] || "");
-  const reviewable = ["predictions", "polygons", "markings"].includes(name);
+  const reviewable = ["predictions", "polygons", "markings", "detections", "negatives", "reviews"].includes(name);
+  // on a negative, "correct" vetoes it (mined: keep false; reviewed: removed) and "mark false" keeps it
+  const [no, yes] = name === "negatives" ? ["keep negative", "veto (correct)"] : ["mark false", "correct"];
   $("info").innerHTML = `<h4>${esc(name)}</h4>` + table(f.properties) +
-    (reviewable ? `<div class="review"><button id="mark-false">mark false</button><button id="mark-correct">correct</button> <span id="review-msg"></span></div>` : "");
+    (reviewable ? `<div class="review"><button id="mark-false">${no}</button><button id="mark-correct">${yes}</button> <span id="review-msg"></span></div>` : "");
   if (reviewable) {
     $("mark-false").onclick = () => markFeature(f, "false", kind, cls);
     $("mark-correct").onclick = () => markFeature(f, "correct", kind, cls);
@@ -151,8 +192,10 @@ function markFeature(feature, verdict, kind, cls) {
   }).then((r) => r.json().then((j) => ({ ok: r.ok, j }))).then(({ ok, j }) => {
     const msg = $("review-msg");
     if (msg) msg.textContent = ok ? `saved (${verdict})` : `error: ${j.error}`;
-    const layer = vectors[verdict === "false" ? "negatives" : "reviews"];
-    if (ok && layer && maps[0].hasLayer(layer)) layer.load();
+    for (const name of ["negatives", "reviews"]) {
+      const layer = vectors[name];
+      if (ok && layer && maps[0].hasLayer(layer)) layer.load();
+    }
     return { ok, ...j };
   });
 }
