@@ -121,6 +121,7 @@ def test_dvc_plots_template_renders_offline(tmp_path):
     from pathlib import Path
 
     from dvc_render import VegaRenderer, render_html
+    from selenium.webdriver.common.by import By
 
     root = Path(__file__).resolve().parents[1]
     cfg = configparser.ConfigParser()
@@ -138,8 +139,16 @@ def test_dvc_plots_template_renders_offline(tmp_path):
     try:
         driver.get(out.as_uri())
         wait(driver, "document.querySelector('svg.marks, canvas.marks') !== null")
+        wait(driver, "document.querySelectorAll('.marks path, .marks line').length > 0 || !!document.querySelector('canvas.marks')")
         srcs = driver.execute_script("return Array.from(document.scripts).map(s => s.src).filter(s => s)")
         assert len(srcs) == 3 and all(s.startswith("file://") for s in srcs), srcs  # the vendored files only
+        names = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert all(n.startswith("file://") for n in names), names  # nothing left the machine
+        # the plot is drawn: its area holds dark line pixels on the white page, not only an empty element
+        rect = driver.find_element(By.CSS_SELECTOR, "svg.marks, canvas.marks").rect
+        shot = cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), "uint8"), cv2.IMREAD_GRAYSCALE)
+        area = shot[int(rect["y"]) : int(rect["y"] + rect["height"]), int(rect["x"]) : int(rect["x"] + rect["width"])]
+        assert area.size and (area < 128).mean() > 0.005, (area < 128).mean()
         page = out.read_text()
         assert 'src="http' not in page and "cdn." not in page  # ("$schema" URLs are names, never fetched)
     finally:
