@@ -77,6 +77,23 @@ def main() -> None:
                 assert r.status_code == 200, (layer, r.status_code)
             q = statistics.quantiles(ms, n=10)
             print(f"  {layer:8s} {len(ms)} tiles: median {statistics.median(ms):.1f} ms, p90 {q[-1]:.1f} ms")
+        # concurrency: the same tiles by 8 clients at once; every answer must be the one served alone
+        from concurrent.futures import ThreadPoolExecutor
+
+        want = {t: client.get(f"/tiles/city/imagery/{t[0]}/{t[1]}/{t[2]}.png").content for t in tiles[: args.tiles]}
+
+        def fetch(t):
+            with httpx.Client(base_url=base, timeout=120) as c:
+                t0 = time.perf_counter()
+                r = c.get(f"/tiles/city/imagery/{t[0]}/{t[1]}/{t[2]}.png")
+                return (time.perf_counter() - t0) * 1000, r.status_code == 200 and r.content == want[t]
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(8) as ex:
+            res = list(ex.map(fetch, tiles[: args.tiles] * 4))
+        wall = time.perf_counter() - t0
+        print(f"  imagery, 8 clients at once, {len(res)} requests: {len(res) / wall:.0f} tiles/s, median {statistics.median(r[0] for r in res):.1f} ms, "
+              f"{sum(ok for _, ok in res)}/{len(res)} identical to the answer served alone")
         live = []
         for i, (z, x, y) in enumerate(tiles[: args.live + 1]):
             r = client.get(f"/predict/city/seg/{z}/{x}/{y}.png")
@@ -107,8 +124,13 @@ def screenshot(base: str, out: Path) -> None:
         wait(driver, "document.querySelectorAll('img.leaflet-tile-loaded[src*=\"/imagery/\"]').length >= 4")
         driver.execute_script("navml.layers().rasters.probabilities.addTo(navml.map); navml.layers().vectors.polygons.addTo(navml.map).load();")
         time.sleep(4)
-        driver.execute_script("navml.tileInfo(navml.map.getCenter())")
-        wait(driver, "document.getElementById('info').textContent.includes('split')")
+        # a new lot selected: its properties and the two review buttons in the panel
+        wait(driver, "navml.layers().vectors.polygons.getLayers().length > 0")
+        driver.execute_script(
+            "const fs = navml.layers().vectors.polygons.toGeoJSON().features.filter(f => f.properties.status === 'new');"
+            "const b = navml.map.getBounds(); const f = fs.find(f => b.contains(L.geoJSON(f).getBounds().getCenter())) || fs[0];"
+            "navml.select('polygons', f);")
+        wait(driver, "document.getElementById('mark-false') !== null")
         img = cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), "uint8"), cv2.IMREAD_COLOR)
     finally:
         driver.quit()
