@@ -186,7 +186,8 @@ def test_cli_predict_with_scheduler_and_env_var_equal_the_serial_run(tmp_path, s
 
 def test_cli_bad_scheduler_is_one_line(tmp_path, small_grid):
     args = cli_inputs(tmp_path, small_grid)
-    proc = navml(*args, "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path)  # nothing listens on port 9
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    proc = navml(*args, "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path, env=env)  # nothing listens on port 9
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
     assert not (tmp_path / "data" / "predict" / PROBS).exists()

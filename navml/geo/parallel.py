@@ -53,8 +53,6 @@ from navml.errors import ConfigError, NavmlError
 ENV = "NAVML_DASK_SCHEDULER"
 #: Scheduler names besides an address (``None``: in-process).
 NAMES = ("threads", "local")
-#: Seconds to wait for a remote scheduler before giving up.
-CONNECT_TIMEOUT_S = 20
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -234,7 +232,8 @@ def dask_client(plan: Plan, desc: str = "navml") -> Iterator[Any]:
             where = f"local cluster of {plan.workers} workers"
         else:
             try:
-                client = stack.enter_context(Client(plan.address, timeout=f"{CONNECT_TIMEOUT_S}s"))
+                # waits up to Dask's distributed.comm.timeouts.connect (30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)
+                client = stack.enter_context(Client(plan.address))
             except (OSError, TimeoutError) as exc:
                 raise SchedulerError(
                     f"cannot reach the Dask scheduler {plan.address} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
