@@ -180,7 +180,7 @@ def map_shards(
             results = _threads(fn, items, plan, shared, in_flight)
         else:
             results = _dask(fn, items, plan, shared, in_flight, desc)
-        with contextlib.closing(results) if hasattr(results, "close") else contextlib.nullcontext():
+        with contextlib.closing(results):  # a generator: closing it shuts the pool or the cluster down
             for i, result in enumerate(results):
                 bar.update(weights[i] if weights is not None else 1)
                 yield result

@@ -33,6 +33,14 @@ pixels) the probabilities are 0, whatever the model outputs on the black
 frame, and the ``probs`` shards carry the same valid-data mask, so
 :mod:`navml.segment.vectorize` never draws a polygon there. A window without a
 single valid pixel is not run at all.
+
+Where the windows run is the caller's (``scheduler`` / ``workers``,
+:func:`navml.geo.parallel.map_shards`): in this process by default, else each
+window is a task (:func:`predict_window`) that reads its input by path and runs
+the model, sent once to each worker and built once per worker, with the
+client's TensorFlow thread count (the last float bit depends on it). The cores
+come back in plan order and are put into shards and written here, so the files
+are the same bytes wherever the windows ran.
 """
 
 from __future__ import annotations
