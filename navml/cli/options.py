@@ -10,6 +10,22 @@ import typer
 Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read (the whole file is validated first).")
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
+Scheduler = typer.Option(
+    None,
+    "--scheduler",
+    envvar="NAVML_DASK_SCHEDULER",
+    help="Where the shard work runs: a Dask scheduler address (tcp://host:8786), 'local' (a local Dask cluster) or 'threads'; "
+    "default: in this process (or a local cluster with --workers > 1). Outputs are the same bytes wherever it runs.",
+    show_default=False,
+)
+Workers = typer.Option(
+    None,
+    "--workers",
+    min=1,
+    help="Worker processes of a local Dask cluster (threads with --scheduler threads); default: 1 (in this process), "
+    "or one per CPU core with --scheduler local. Ignored with a scheduler address.",
+    show_default=False,
+)
 ExtractDir = typer.Option(Path("data/extract"), "--labels", help="Folder of per-class GeoJSON written by `navml extract`.")
 
 

@@ -7,16 +7,18 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import Params, Scheduler, TilesCsv, Workers
 
 
 @exits
 def command(
     tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    store: str = typer.Option("data/store", "--store", help="Shard store holding the imagery (a folder or s3://bucket/prefix)."),
     model: Path = typer.Option(Path("data/models/seg"), "--model", help="Segmentation model folder written by `navml train`."),
-    out: Path = typer.Option(Path("data/predict"), "--out", help="Prediction store root; probabilities go to <out>/probs/<shard>.tif."),
+    out: str = typer.Option("data/predict", "--out", help="Prediction store (a folder or s3://bucket/prefix); probabilities go to <out>/probs/<shard>.tif."),
     params: Path = Params,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.geo.store import Store
@@ -34,6 +36,8 @@ def command(
         [c.name for c in segmentation_classes(p.class_specs())],
         window=s.window_px,
         halo=s.halo_px or None,
+        scheduler=scheduler,
+        workers=workers,
     )
     typer.echo(
         f"predict: {report.tiles} tiles in {report.shards} shards, {report.windows} windows, halo {report.halo} px "

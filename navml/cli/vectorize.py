@@ -8,14 +8,14 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import Params, override
+from navml.cli.options import Params, Scheduler, Workers, override
 from navml.config import PostProcess
 from navml.config import VectorizeParams as V
 
 
 @exits
 def command(
-    store: Path = typer.Option(Path("data/predict"), "--store", help="Store root holding the layer (data/predict for probs, data/store for masks)."),
+    store: str = typer.Option("data/predict", "--store", help="Store root holding the layer (data/predict for probs, data/store for masks; a folder or s3://bucket/prefix)."),
     layer: str = override("vectorize", V, "layer"),
     out: Path = typer.Option(Path("data/output/predictions.geojson"), "--out", help="GeoJSON to write (WGS84)."),
     threshold: float = typer.Option(
@@ -23,6 +23,8 @@ def command(
         show_default=False,
     ),
     params: Path = Params,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.errors import ConfigError
@@ -36,5 +38,7 @@ def command(
         if not 0.0 <= threshold <= 1.0:
             raise ConfigError(f"--threshold is {threshold}; it must lie in 0..1")
         specs = [dataclasses.replace(c, post=dataclasses.replace(c.post, threshold=threshold)) for c in specs]
-    counts = vectorize_store(Store(store, p.grid.grid()), v.layer, specs, out, kind=v.resolved_kind())
+    counts = vectorize_store(
+        Store(store, p.grid.grid()), v.layer, specs, out, kind=v.resolved_kind(), scheduler=scheduler, workers=workers
+    )
     typer.echo(f"vectorize: {', '.join(f'{k} {n}' for k, n in counts.items())} polygons from {store}/{v.layer} -> {out}")

@@ -17,10 +17,22 @@ copies it into ``probs``.
 A stage replaces a layer as a whole: it writes into a hidden staging layer and
 :meth:`Store.staged_layer` swaps the folders at the end, so an interrupted or
 failed run leaves the previous layer exactly as it was.
+
+*On S3*: a root ``s3://bucket/prefix`` keeps the same layout as objects, for
+workers that share no disk (docs/cluster.md). Shards are read by GDAL
+(``/vsis3/``, credentials from the usual AWS chain) and listed and written with
+s3fs; a shard is built in a local temporary file and uploaded in one PUT, so
+each object appears whole. A custom endpoint (MinIO, Ceph, moto) is the
+standard ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), which navml hands
+to GDAL as well (:func:`gdal_s3_options`). S3 cannot rename a folder: a staged
+layer is copied over the old one object by object at the end (the old
+layer stays intact when the run fails before that), then the objects the new
+layer lacks are deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -50,25 +62,90 @@ from navml.geo.grid import (
 )
 from navml.io import follow_umask
 
+#: URL schemes of remote stores.
+REMOTE = ("s3://",)
+
+
+def is_remote(root: str | os.PathLike) -> bool:
+    """Whether a store root is an object-store URL (``s3://bucket/prefix``) rather than a folder."""
+    return str(root).startswith(REMOTE)
+
+
+def gdal_s3_options(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """GDAL config options for ``/vsis3/`` from the AWS environment: the endpoint of ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` (``http://host:port``) as ``AWS_S3_ENDPOINT``, ``AWS_HTTPS`` and path-style addressing.
+
+    Nothing is set that the environment sets itself (``AWS_S3_ENDPOINT``, ``AWS_HTTPS``,
+    ``AWS_VIRTUAL_HOSTING``); without a custom endpoint only the listing on open is turned off.
+    """
+    from urllib.parse import urlsplit
+
+    env = os.environ if environ is None else environ
+    opts = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
+    url = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if url and "AWS_S3_ENDPOINT" not in env:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        opts["AWS_S3_ENDPOINT"] = parts.netloc
+        opts.setdefault("AWS_HTTPS", "NO" if parts.scheme == "http" else "YES")
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return {k: v for k, v in opts.items() if k not in env}
+
 
 class Store:
-    """A folder of shard GeoTIFFs on one :class:`~navml.geo.grid.Grid`."""
+    """A folder (or S3 prefix) of shard GeoTIFFs on one :class:`~navml.geo.grid.Grid`."""
 
     def __init__(self, root: str | os.PathLike, grid: Grid):
-        self.root = Path(root)
+        if is_remote(root):
+            from upath import UPath
+
+            # listings are not cached: other processes write the same prefix
+            self.root = UPath(str(root).rstrip("/"), use_listings_cache=False)
+        else:
+            self.root = Path(root)
         self.grid = grid
 
+    def __reduce__(self):
+        # picklable for Dask workers: a path and a grid, no open file system
+        return (type(self), (str(self.root), self.grid))
+
+    @property
+    def remote(self) -> bool:
+        """Whether the store lives on S3."""
+        return is_remote(self.root)
+
     def path(self, layer: str, shard: Tile) -> Path:
-        """File of ``layer`` for ``shard``."""
+        """File of ``layer`` for ``shard`` (a ``UPath`` on S3)."""
         return self.root / layer / f"{tile_key(shard)}.tif"
+
+    def _env(self):
+        """The GDAL settings reads of this store need (S3 endpoint, no stale cache of rewritten objects)."""
+        if not self.remote:
+            return contextlib.nullcontext()
+        vsi = "/vsis3/" + str(self.root).split("://", 1)[1]
+        return rasterio.Env(CPL_VSIL_CURL_NON_CACHED=vsi, **gdal_s3_options())
+
+    @contextmanager
+    def open(self, path: Path):
+        """``rasterio.open`` of one shard file of this store, read-only."""
+        with self._env(), rasterio.open(str(path) if self.remote else path) as src:
+            yield src
 
     def shards(self, layer: str) -> list[Tile]:
         """Shards present in ``layer``, sorted north to south, west to east."""
         folder = self.root / layer
-        if not folder.is_dir():
-            return []
-        shards = [parse_tile(p.stem) for p in folder.glob("*.tif")]
+        if self.remote:
+            names = [p.rsplit("/", 1)[-1] for p in folder.fs.glob(f"{folder.path}/*.tif")]
+            shards = [parse_tile(n[: -len(".tif")]) for n in names]
+        else:
+            if not folder.is_dir():
+                return []
+            shards = [parse_tile(p.stem) for p in folder.glob("*.tif")]
         return sorted(shards, key=lambda s: (s.y, s.x))
+
+    def tags(self, layer: str, shard: Tile) -> dict[str, str]:
+        """The GeoTIFF tags of one shard of ``layer``."""
+        with self.open(self.path(layer, shard)) as src:
+            return src.tags()
 
     def has(self, layer: str, shard: Tile) -> bool:
         return self.path(layer, shard).exists()
@@ -109,8 +186,9 @@ class Store:
         if valid is not None and valid.shape != (n, n):
             raise ValueError(f"shard mask is {valid.shape}, expected {(n, n)}")
         target = self.path(layer, shard)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tif.part", dir=target.parent)
+        if not self.remote:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tif.part", dir=None if self.remote else target.parent)
         os.close(fd)
         try:
             profile = self.profile(shard, array.shape[0], str(array.dtype))
@@ -131,8 +209,11 @@ class Store:
                 finally:
                     if rasterio.shutil.exists(mem):
                         rasterio.shutil.delete(mem)
-            follow_umask(tmp)
-            os.replace(tmp, target)
+            if self.remote:
+                target.fs.put_file(tmp, target.path)  # one PUT: the object appears whole
+            else:
+                follow_umask(tmp)
+                os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -142,7 +223,7 @@ class Store:
         """The whole shard as (bands, rows, cols)."""
         path = self.path(layer, shard)
         try:
-            with rasterio.open(path) as src:
+            with self.open(path) as src:
                 return src.read()
         except rasterio.errors.RasterioIOError as exc:
             raise InputError(f"{path}: cannot read shard ({exc}); re-run the stage that writes '{layer}'") from exc
@@ -152,7 +233,7 @@ class Store:
         shards = self.shards(layer)
         if not shards:
             return 0
-        with rasterio.open(self.path(layer, shards[0])) as src:
+        with self.open(self.path(layer, shards[0])) as src:
             return src.count
 
     def read_window(self, layer: str, window: Window, bands: int | None = None, fill: int = 0) -> np.ndarray:
@@ -194,7 +275,7 @@ class Store:
             sw = shard_window(shard, g)
             part_win = intersection(window, sw)
             try:
-                with rasterio.open(path) as src:
+                with self.open(path) as src:
                     part = read(src, RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
             except rasterio.errors.RasterioIOError as exc:
                 raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
@@ -217,6 +298,10 @@ class Store:
         and the old layer is left exactly as it was. A run killed between the
         two renames is repaired at the next start (the old folder comes back).
         """
+        if self.remote:
+            with self._staged_remote(layer) as staging:
+                yield staging
+            return
         target = self.root / layer
         staging = f".{layer}.partial"
         old = self.root / f".{layer}.old"
@@ -238,6 +323,29 @@ class Store:
             shutil.rmtree(self.root / staging, ignore_errors=True)
             if new_root and not done and not any(self.root.iterdir()):
                 self.root.rmdir()  # a failed first run leaves no empty store behind
+
+    @contextmanager
+    def _staged_remote(self, layer: str) -> Iterator[str]:
+        """:meth:`staged_layer` on S3: objects copied over the old layer at the end, then the ones it lacks deleted."""
+        fs = self.root.fs
+        base = self.root.path
+        staging = f".{layer}.partial"
+
+        def rm(prefix: str) -> None:
+            if fs.exists(prefix):
+                fs.rm(prefix, recursive=True)
+
+        rm(f"{base}/{staging}")
+        try:
+            yield staging
+            new = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{base}/{staging}/*")}
+            for name in sorted(new):
+                fs.copy(f"{base}/{staging}/{name}", f"{base}/{layer}/{name}")
+            stale = [p for p in fs.glob(f"{base}/{layer}/*") if p.rsplit("/", 1)[-1] not in new]
+            if stale:
+                fs.rm(stale)
+        finally:
+            rm(f"{base}/{staging}")
 
     def read_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """One tile of ``layer`` (bands, size, size), optionally with ``halo`` pixels around it."""

@@ -26,6 +26,8 @@ centre lies in the core (:mod:`navml.detect.predict`).
 from __future__ import annotations
 
 import math
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -261,3 +263,92 @@ def check_inputs(
     if window < grid.tile_size:
         raise ConfigError(f"{key}.window_px is {window}; it must be at least the tile size {grid.tile_size}")
     return tiles, bands, groups
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A saved-model folder as bytes (``model.keras``, ``meta.json``, ...): sent once to each Dask worker, so
+    workers that share no disk with the client run the same model; :meth:`runner` builds it once per worker."""
+
+    name: str  # the folder's name (shard tags, messages)
+    files: tuple[tuple[str, bytes], ...]
+    digest: str  # SHA-256 of the files: the per-worker cache key
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> ModelFiles:
+        """The plain files of a model folder (not its subfolders)."""
+        import hashlib
+        from pathlib import Path
+
+        folder = Path(folder)
+        try:
+            files = tuple((p.name, p.read_bytes()) for p in sorted(folder.iterdir()) if p.is_file())
+        except OSError as exc:
+            raise ModelError(f"{folder}: cannot read the model folder ({exc}); train a model first") from exc
+        h = hashlib.sha256()
+        for name, data in files:
+            h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
+        return cls(folder.name, files, h.hexdigest())
+
+    def load(self):
+        """``(keras.Model, ModelMeta)`` of these files (written to a temporary folder, loaded, removed)."""
+        import tempfile
+        from pathlib import Path
+
+        from navml.models.io import load_model
+
+        with tempfile.TemporaryDirectory(prefix="navml-model-") as tmp:
+            for name, data in self.files:
+                (Path(tmp) / name).write_bytes(data)
+            return load_model(tmp)
+
+    def runner(self, bands: int, threads: int | None = None):
+        """The compiled inference function of this model (:func:`runner` over the folded, widened model), built
+        once per process (:func:`navml.geo.parallel.worker_cached`); ``threads``: :func:`pin_tf_threads` first."""
+        from navml.geo.parallel import worker_cached
+
+        if threads:
+            pin_tf_threads(threads)
+
+        def build():
+            model, _ = self.load()
+            return runner(fold_batchnorm(flexible(model, bands)), bands)
+
+        return worker_cached(("runner", self.digest, bands), build)
+
+
+def tf_threads() -> int:
+    """The threads TensorFlow gives one op in this process (``TF_NUM_INTRAOP_THREADS``, else one per usable CPU core).
+
+    A model's output depends on it in the last float bit (the partition of the
+    reductions), so a worker runs with the client's count (:func:`pin_tf_threads`)
+    and writes the same bytes as the client would in-process.
+    """
+    env = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    if env.strip().isdigit() and int(env) > 0:
+        return int(env)
+    if "tensorflow" in sys.modules:
+        n = sys.modules["tensorflow"].config.threading.get_intra_op_parallelism_threads()
+        if n > 0:
+            return int(n)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_PINNED: list[int] = []
+
+
+def pin_tf_threads(threads: int) -> None:
+    """Give TensorFlow ops ``threads`` threads in this (worker) process; raises :class:`ModelError` when TensorFlow
+    already runs with another count (it cannot change once started)."""
+    if _PINNED and _PINNED[0] == threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+    except RuntimeError as exc:
+        raise ModelError(
+            f"this worker's TensorFlow already runs {_PINNED[0] if _PINNED else tf_threads()} threads per op and the client "
+            f"{threads}; outputs would differ in the last bit: restart the workers or set TF_NUM_INTRAOP_THREADS alike"
+        ) from exc
+    _PINNED[:] = [int(threads)]

@@ -33,10 +33,19 @@ pixels) the probabilities are 0, whatever the model outputs on the black
 frame, and the ``probs`` shards carry the same valid-data mask, so
 :mod:`navml.segment.vectorize` never draws a polygon there. A window without a
 single valid pixel is not run at all.
+
+Where the windows run is the caller's (``scheduler`` / ``workers``,
+:func:`navml.geo.parallel.map_shards`): in this process by default, else each
+window is a task (:func:`predict_window`) that reads its input by path and runs
+the model, sent once to each worker and built once per worker, with the
+client's TensorFlow thread count (the last float bit depends on it). The cores
+come back in plan order and are put into shards and written here, so the files
+are the same bytes wherever the windows ran.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter, deque
@@ -55,12 +64,14 @@ from navml.models.inference import (  # noqa: F401 - the windowing is shared; re
     DEFAULT_WINDOW,
     STRIP_SHARDS,
     Job,
+    ModelFiles,
     check_inputs,
     flexible,
     fold_batchnorm,
     plan_windows,
     prediction_halo,
     runner,
+    tf_threads,
 )
 
 #: Layer of the prediction store that holds the probabilities.
@@ -119,6 +130,8 @@ def predict_store(
     halo: int | None = None,
     layer: str = "imagery",
     progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> PredictReport:
     """Predict class probabilities for every tile in ``tiles`` into ``out``'s ``probs`` layer.
 
@@ -130,12 +143,26 @@ def predict_store(
     receptive field). The layer is replaced as a whole when every shard is
     done; on error the old one stays. The inputs are checked before the model
     is loaded.
-    """
-    from navml.models.io import load_model
 
+    ``scheduler`` / ``workers`` say where the windows run
+    (:func:`navml.geo.parallel.resolve_scheduler`): in this process by
+    default; else each window is a task that reads its input by path and runs
+    the model (sent once to each worker, loaded once per worker), and the
+    shards are assembled and written here in plan order, so the files are the
+    same bytes as in-process.
+    """
+    from navml.geo.parallel import resolve_scheduler
+    from navml.models.io import load_model, read_meta
+
+    plan = resolve_scheduler(scheduler, workers)
     _check_inputs(store, tiles, out, window, layer)  # before the slow model load (and again, cheaply, below)
-    model, meta = load_model(model_dir)
-    return predict_with_model(store, tiles, model, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir))
+    if plan.serial:
+        model, meta = load_model(model_dir)
+        return predict_with_model(store, tiles, model, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir))
+    meta = read_meta(model_dir)
+    files = ModelFiles.read(model_dir)
+    return _predict(store, tiles, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir),
+                    windows=_distributed(files, plan))
 
 
 def predict_with_model(
@@ -152,15 +179,89 @@ def predict_with_model(
     progress: bool = True,
     where: str = "model",
 ) -> PredictReport:
-    """:func:`predict_store` with a model already in memory (``keras.Model`` and its ``ModelMeta``);
+    """:func:`predict_store` with a model already in memory (``keras.Model`` and its ``ModelMeta``), in this process;
     ``where`` names it in errors and in the shards' tags."""
+
+    def windows(tasks: list[WindowTask]):
+        run = runner(fold_batchnorm(flexible(model, tasks[0].bands)), tasks[0].bands)
+        with ThreadPoolExecutor(1) as reader:  # reads the next window while the model runs
+            next_x = reader.submit(read_input, tasks[0])
+            for i, task in enumerate(tasks):
+                x, valid = next_x.result()
+                if i + 1 < len(tasks):
+                    next_x = reader.submit(read_input, tasks[i + 1])
+                yield predict_core(run, x, valid, task)
+
+    return _predict(store, tiles, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=where, windows=windows)
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    """One prediction window, as a task of :func:`navml.geo.parallel.map_shards` (picklable: the store is a path)."""
+
+    store: Store
+    layer: str
+    bands: int
+    job: Job
+    classes: int
+    where: str
+    threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
+
+
+def read_input(task: WindowTask) -> tuple[np.ndarray | None, np.ndarray]:
+    """The model input of a window (None when its core has no imagery at all) and the core's valid-data mask."""
+    job = task.job
+    valid = task.store.read_valid(task.layer, job.core)
+    if not valid.any():
+        return None, valid
+    x = task.store.read_window(task.layer, job.input, bands=task.bands)
+    return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+
+
+def predict_core(run, x: np.ndarray | None, valid: np.ndarray, task: WindowTask) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8 probabilities (classes, rows, cols), valid mask)`` of a window's core: the model's output centre-cropped,
+    0 where there is no imagery; all 0 without running the model when ``x`` is None."""
+    job, n_cls = task.job, task.classes
+    if x is None:  # no imagery in the whole core: nothing to predict
+        return np.zeros((n_cls, job.core.height, job.core.width), dtype="uint8"), valid
+    y = run(x)
+    if y.ndim != 4 or y.shape[-1] != n_cls + 1:
+        raise ModelError(f"{task.where}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
+    r0 = job.core.row - job.input.row
+    c0 = job.core.col - job.input.col
+    core = np.moveaxis(to_uint8(y[0, r0 : r0 + job.core.height, c0 : c0 + job.core.width, 1:]), -1, 0)
+    core *= valid[None]
+    return core, valid
+
+
+def predict_window(task: WindowTask, model: ModelFiles) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_core` of one window, its input read here: a task that runs on any worker (model built once per worker)."""
+    x, valid = read_input(task)
+    return predict_core(model.runner(task.bands, task.threads) if x is not None else None, x, valid, task)
+
+
+def _distributed(files: ModelFiles, plan):
+    """The window results of ``plan`` (threads or Dask): :func:`predict_window` over the tasks, in order."""
+    from navml.geo.parallel import map_shards
+
+    def windows(tasks: list[WindowTask]):
+        if plan.distributed:  # workers compute as this process would: the same bytes
+            threads = tf_threads()
+            tasks = [dataclasses.replace(t, threads=threads) for t in tasks]
+        return map_shards(predict_window, tasks, scheduler=plan, shared=files, desc="predict", unit="window", progress=False)
+
+    return windows
+
+
+def _predict(store, tiles, meta, out: Store, classes, *, window, halo, layer, progress, where, windows) -> PredictReport:
+    """Plan the windows, get their cores from ``windows(tasks)`` (in task order) and write each shard once all of its windows are in."""
     t_start = time.perf_counter()
     tiles, bands, groups = _check_inputs(store, tiles, out, window, layer)
     grid = store.grid
     check_model(meta, grid, bands, classes, where)
     halo = prediction_halo(meta.receptive_field, meta.stride, halo)
     jobs = plan_windows(tiles, grid, window, halo, meta.stride)
-    run = runner(fold_batchnorm(flexible(model, bands)), bands)
+    tasks = [WindowTask(store, layer, bands, job, len(classes), where) for job in jobs]
 
     work = Store(out.root, grid)
     n = grid.shard_size
@@ -169,34 +270,11 @@ def predict_with_model(
     remaining = Counter(s for j in jobs for s in shards_of_window(j.core, grid) if s in groups)
     buffers: dict[Tile, tuple[np.ndarray, np.ndarray]] = {}
 
-    def read(job: Job) -> tuple[np.ndarray | None, np.ndarray]:
-        """The model input of ``job`` (None when its core has no imagery at all) and the core's valid-data mask."""
-        valid = store.read_valid(layer, job.core)
-        if not valid.any():
-            return None, valid
-        x = store.read_window(layer, job.input, bands=bands)
-        return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
-
-    with work.staged_layer(PROBS) as tmp_layer, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, tqdm(
+    with work.staged_layer(PROBS) as tmp_layer, ThreadPoolExecutor(1) as writer, tqdm(
         total=len(tiles), desc="predict", unit="tile", disable=None if progress else True
     ) as bar:
         writes: deque[Future] = deque()
-        next_x = reader.submit(read, jobs[0])
-        for i, job in enumerate(jobs):
-            x, valid = next_x.result()
-            if i + 1 < len(jobs):
-                next_x = reader.submit(read, jobs[i + 1])
-            if x is None:  # no imagery in the whole core: nothing to predict
-                core = np.zeros((n_cls, job.core.height, job.core.width), dtype="uint8")
-            else:
-                y = run(x)
-                if y.ndim != 4 or y.shape[-1] != n_cls + 1:
-                    raise ModelError(f"{where}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
-                r0 = job.core.row - job.input.row
-                c0 = job.core.col - job.input.col
-                core = np.moveaxis(to_uint8(y[0, r0 : r0 + job.core.height, c0 : c0 + job.core.width, 1:]), -1, 0)
-                core *= valid[None]
-                del x, y
+        for job, (core, valid) in zip(jobs, windows(tasks)):
             for shard in shards_of_window(job.core, grid):
                 if shard not in groups:
                     continue
@@ -216,6 +294,7 @@ def predict_with_model(
                     writes.append(writer.submit(work.write_shard, tmp_layer, shard, done, tags, done_ok))
                     while len(writes) > 3:  # at most 3 finished shards wait for the disk
                         writes.popleft().result()  # re-raises a failed write
+            del core, valid
             bar.update(job.tiles)
         while writes:
             writes.popleft().result()

@@ -43,12 +43,11 @@ import shapely
 from affine import Affine
 from rasterio.features import shapes as trace_shapes
 from shapely.geometry import Polygon, shape
-from tqdm import tqdm
 
 from navml.config import ClassSpec
 from navml.errors import ConfigError, InputError
 from navml.geo.features import to_lonlat, write_features
-from navml.geo.grid import Grid, Window, metres_to_pixels, pixel_area_m2, pixel_to_lonlat, shard_window
+from navml.geo.grid import Grid, Tile, Window, metres_to_pixels, pixel_area_m2, pixel_to_lonlat, shard_window
 from navml.geo.store import Store
 
 KINDS = ("probs", "labels")
@@ -370,6 +369,47 @@ def vectorize_array(
     return _sorted(feats, classes)
 
 
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard of :func:`vectorize_store`, as a task of :func:`navml.geo.parallel.map_shards` (picklable)."""
+
+    store: Store
+    layer: str
+    shard: Tile
+    classes: tuple[ClassSpec, ...]
+    kind: str
+    count: int
+
+
+def vectorize_shard(task: ShardTask) -> tuple[list[dict[str, Any]], list[list[Piece]]]:
+    """The finished features of the pieces wholly inside one shard, and per class the pieces touching its edge.
+
+    The shard is read with the halo its morphology needs (by path, inside the
+    task: it may run on a Dask worker); the edge pieces are joined across
+    shards afterwards, by the caller, over the whole layer.
+    """
+    store, classes, grid = task.store, task.classes, task.store.grid
+    n = grid.shard_size
+    core = shard_window(task.shard, grid)
+    lat = _window_lat(core, grid)
+    halo = morph_halo(classes, lat, grid)
+    win = Window(core.col - halo, core.row - halo, n + 2 * halo, n + 2 * halo)
+    values = store.read_window(task.layer, win, bands=task.count)
+    valid = store.read_valid(task.layer, win)
+    feats: list[dict[str, Any]] = []
+    border: list[list[Piece]] = [[] for _ in classes]
+    for ci, pieces in enumerate(_pieces_of(values, halo, core, classes, task.kind, lat, grid, valid)):
+        for p in pieces:
+            x0, y0, x1, y1 = p.geom.bounds
+            if x0 <= core.col or y0 <= core.row or x1 >= core.col + n or y1 >= core.row + n:
+                border[ci].append(p)
+                continue
+            f = polygon_feature(p, classes[ci], grid, task.kind)
+            if f is not None:
+                feats.append(f)
+    return feats, border
+
+
 def vectorize_store(
     store: Store,
     layer: str,
@@ -378,6 +418,8 @@ def vectorize_store(
     *,
     kind: str = "probs",
     progress: bool = True,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, int]:
     """Vectorize every shard of ``layer`` into a GeoJSON file ``out`` (WGS84), atomically.
 
@@ -385,47 +427,41 @@ def vectorize_store(
     ``probs`` layer, value ``i + 1`` of a ``labels`` layer. No polygon covers a
     pixel outside the layer's valid-data mask. Returns the number of features
     per class.
+
+    The shards are vectorized where ``scheduler`` / ``workers`` say
+    (:func:`navml.geo.parallel.map_shards`: in-process by default, threads, a
+    local Dask cluster or a scheduler's address); the pieces on shard edges
+    are joined here, over the whole layer, so the output is the same file
+    whichever way it ran.
     """
+    from navml.geo.parallel import map_shards
+
     _check_kind(kind)
     _check_thresholds(classes)
     if not classes:
         raise ConfigError("params: the registry has no segmentation class to vectorize")
-    grid = store.grid
     shards = store.shards(layer)
     if not shards:
         raise InputError(f"{store.root / layer}: no shards to vectorize; run the stage that writes '{layer}' first")
     count = store.count(layer)
     _bands_for(kind, count, classes, str(store.root / layer))
     if kind == "probs":
-        import rasterio
-
-        with rasterio.open(store.path(layer, shards[0])) as src:
-            written = src.tags().get("classes")
+        written = store.tags(layer, shards[0]).get("classes")
         names = ",".join(c.name for c in classes)
         if written is not None and written != names:
             raise InputError(f"{store.path(layer, shards[0])}: probabilities of classes '{written}', the registry has '{names}'; re-run predict")
-    n = grid.shard_size
     feats: list[dict[str, Any]] = []
     border: list[list[Piece]] = [[] for _ in classes]
-    for shard in tqdm(shards, desc=f"vectorize {layer}", unit="shard", disable=None if progress else True):
-        core = shard_window(shard, grid)
-        lat = _window_lat(core, grid)
-        halo = morph_halo(classes, lat, grid)
-        win = Window(core.col - halo, core.row - halo, n + 2 * halo, n + 2 * halo)
-        values = store.read_window(layer, win, bands=count)
-        valid = store.read_valid(layer, win)
-        for ci, pieces in enumerate(_pieces_of(values, halo, core, classes, kind, lat, grid, valid)):
-            for p in pieces:
-                x0, y0, x1, y1 = p.geom.bounds
-                if x0 <= core.col or y0 <= core.row or x1 >= core.col + n or y1 >= core.row + n:
-                    border[ci].append(p)
-                    continue
-                f = polygon_feature(p, classes[ci], grid, kind)
-                if f is not None:
-                    feats.append(f)
+    tasks = [ShardTask(store, layer, s, tuple(classes), kind, count) for s in shards]
+    for shard_feats, shard_border in map_shards(
+        vectorize_shard, tasks, scheduler=scheduler, workers=workers, desc=f"vectorize {layer}", unit="shard", progress=progress
+    ):
+        feats.extend(shard_feats)
+        for ci, pieces in enumerate(shard_border):
+            border[ci].extend(pieces)
     for spec, pieces in zip(classes, border):
         for p in merge_pieces(pieces):
-            f = polygon_feature(p, spec, grid, kind)
+            f = polygon_feature(p, spec, grid=store.grid, kind=kind)
             if f is not None:
                 feats.append(f)
     feats = _sorted(feats, classes)

@@ -1,0 +1,259 @@
+"""Map a function over shards (or any picklable work items): in-process, threads, or Dask distributed.
+
+One call, :func:`map_shards`, runs the shard-level work of a stage (prediction
+windows, vectorizing shards) wherever the user says:
+
+* **in-process** (no scheduler, one worker: the default, and what the DVC
+  stages do): a plain loop in the calling thread;
+* ``"threads"``: a thread pool of ``workers`` threads in this process;
+* ``"local"``: a Dask :class:`~distributed.LocalCluster` of ``workers``
+  processes (default: one per CPU core) with one thread each, started for
+  the call and closed after it; asking for more than one worker without a
+  scheduler means the same;
+* ``"tcp://host:8786"`` (any ``scheme://`` address): the Dask scheduler of a
+  real cluster (``dask scheduler``, dask-jobqueue, Kubernetes); see
+  docs/cluster.md.
+
+The scheduler comes from the argument, else from the environment variable
+:data:`ENV` (``NAVML_DASK_SCHEDULER``), so ``NAVML_DASK_SCHEDULER=local dvc
+repro`` runs the stages on a local cluster without touching params.yaml (where
+the work runs never changes what it writes).
+
+Results come back **in input order** whatever the order the tasks finish in,
+with at most ``in_flight`` tasks submitted ahead (default: twice the workers),
+so the caller assembles and writes exactly as a serial loop would: the same
+bytes, and memory bounded by a few shards, not by the area. Tasks get plain
+picklable arguments (paths, tiles, frozen dataclasses) and open rasterio
+datasets by path inside the task, so no GDAL handle is shared between threads
+or processes. ``shared`` (a model's bytes, say) is sent to each worker once
+and handed to every call as its second argument; :func:`worker_cached` keeps
+what a worker builds from it (a loaded model) for the worker's lifetime.
+
+With Dask, the dashboard link is printed to stderr at the start; progress is a
+tqdm bar over the results in every mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from navml.errors import ConfigError, NavmlError
+
+#: Environment variable naming the scheduler when no ``--scheduler`` is given.
+ENV = "NAVML_DASK_SCHEDULER"
+#: Scheduler names besides an address (``None``: in-process).
+NAMES = ("threads", "local")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class SchedulerError(NavmlError):
+    """The Dask scheduler cannot be reached or started."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where :func:`map_shards` runs: ``mode`` is ``serial``, ``threads``, ``local`` or ``address``."""
+
+    mode: str
+    workers: int
+    address: str | None = None
+
+    @property
+    def serial(self) -> bool:
+        """Whether the work runs in the calling thread, in order."""
+        return self.mode == "serial"
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the work runs in other processes (Dask): arguments must pickle."""
+        return self.mode in ("local", "address")
+
+
+def resolve_scheduler(scheduler: str | Plan | None = None, workers: int | None = None) -> Plan:
+    """The :class:`Plan` of a ``--scheduler`` / ``--workers`` pair (``None``: :data:`ENV`, then in-process).
+
+    ``workers`` is the number of threads (``threads``) or worker processes
+    (``local``; default one per CPU core); it is ignored with an address (the
+    cluster has the workers it has). Raises :class:`ConfigError` on a name
+    that is neither ``threads``, ``local`` nor a ``scheme://`` address, or on
+    ``workers < 1``.
+    """
+    if isinstance(scheduler, Plan):
+        return scheduler
+    if workers is not None and int(workers) < 1:
+        raise ConfigError(f"--workers is {workers}; it must be at least 1")
+    if scheduler is None or scheduler == "":
+        scheduler = os.environ.get(ENV) or None
+    cores = os.cpu_count() or 1
+    if scheduler is None:
+        if workers is None or int(workers) == 1:
+            return Plan("serial", 1)
+        return Plan("local", int(workers))
+    name = str(scheduler).strip()
+    if name == "threads":
+        return Plan("threads", int(workers or cores))
+    if name == "local":
+        return Plan("local", int(workers or cores))
+    if "://" in name and name.split("://", 1)[1]:
+        return Plan("address", int(workers or 0), name)
+    raise ConfigError(
+        f"scheduler '{name}' (--scheduler or {ENV}) is not threads, local or a Dask scheduler address such as tcp://host:8786"
+    )
+
+
+_CACHE: dict[Any, Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def worker_cached(key: Any, make: Callable[[], T]) -> T:
+    """``make()`` once per process and ``key`` (a loaded model, say); later calls with ``key`` return the same object.
+
+    Thread-safe: threads asking for the same key while it is made wait for it.
+    """
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = make()
+        return _CACHE[key]
+
+
+def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
+    """Environment of a local worker process: its share of the cores for OpenMP and BLAS threads.
+
+    TensorFlow's threads per op are not set here: a prediction task sets them to
+    the client's count (:func:`navml.models.inference.pin_tf_threads`), on which the output bytes depend.
+    """
+    n = str(max(1, (cores or os.cpu_count() or 1) // max(1, workers)))
+    return {
+        "OMP_NUM_THREADS": n,
+        "MKL_NUM_THREADS": n,
+        "OPENBLAS_NUM_THREADS": n,
+        "TF_NUM_INTEROP_THREADS": "1",
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+
+
+def map_shards(
+    fn: Callable[..., R],
+    items: Iterable[T],
+    *,
+    scheduler: str | Plan | None = None,
+    workers: int | None = None,
+    desc: str = "shards",
+    unit: str = "shard",
+    weights: Sequence[int] | None = None,
+    shared: Any = None,
+    in_flight: int | None = None,
+    progress: bool = True,
+) -> Iterator[R]:
+    """``fn(item)`` (or ``fn(item, shared)`` when ``shared`` is given) for each item, results in input order.
+
+    ``scheduler`` / ``workers``: see :func:`resolve_scheduler`. ``weights``
+    (one per item) advance the progress bar by that many ``unit`` per result
+    (tiles per window, say). ``in_flight`` bounds the tasks submitted ahead of
+    the result being consumed (default ``2 * workers``, at least 2). A failing
+    task raises its exception here (a :class:`~navml.errors.NavmlError` keeps
+    its one-line message) and the tasks not yet done are cancelled. A
+    generator: the cluster lives while it is iterated and closes when it ends
+    or is closed.
+    """
+    plan = resolve_scheduler(scheduler, workers)
+    items = list(items)
+    if weights is not None and len(weights) != len(items):
+        raise ValueError(f"map_shards: {len(weights)} weights for {len(items)} items")
+    total = sum(weights) if weights is not None else len(items)
+    with tqdm(total=total, desc=desc, unit=unit, disable=None if progress else True) as bar:
+        if plan.serial:
+            results: Iterator[R] = (fn(item) if shared is None else fn(item, shared) for item in items)
+        elif plan.mode == "threads":
+            results = _threads(fn, items, plan, shared, in_flight)
+        else:
+            results = _dask(fn, items, plan, shared, in_flight, desc)
+        with contextlib.closing(results):  # a generator: closing it shuts the pool or the cluster down
+            for i, result in enumerate(results):
+                bar.update(weights[i] if weights is not None else 1)
+                yield result
+
+
+def _ordered(submit: Callable[[T], Any], wait: Callable[[Any], R], cancel: Callable[[Any], None], items: Sequence[T], ahead: int) -> Iterator[R]:
+    """Submit at most ``ahead`` items beyond the one awaited; yield results in input order; cancel the rest on exit."""
+    pending: deque = deque()
+    it = iter(items)
+    try:
+        for item in it:
+            pending.append(submit(item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = wait(pending.popleft())
+            for item in it:
+                pending.append(submit(item))
+                break
+            yield result
+    finally:
+        for fut in pending:
+            cancel(fut)
+
+
+def _threads(fn, items, plan: Plan, shared, in_flight) -> Iterator:
+    ahead = max(2, in_flight or 2 * plan.workers)
+    with ThreadPoolExecutor(plan.workers, thread_name_prefix="navml-map") as pool:
+        args = () if shared is None else (shared,)
+        yield from _ordered(lambda item: pool.submit(fn, item, *args), lambda f: f.result(), lambda f: f.cancel(), items, ahead)
+
+
+@contextlib.contextmanager
+def dask_client(plan: Plan, desc: str = "navml") -> Iterator[Any]:
+    """A ``distributed.Client`` for ``plan`` (``local``: a LocalCluster started here, closed on exit); prints the dashboard link."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise SchedulerError(f"Dask distributed is not installed ({exc}); pip install 'dask[distributed]'") from exc
+    with contextlib.ExitStack() as stack:
+        if plan.mode == "local":
+            try:
+                cluster = stack.enter_context(
+                    LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, env=thread_env(plan.workers))
+                )
+            except OSError as exc:
+                raise SchedulerError(f"cannot start a local Dask cluster of {plan.workers} workers ({exc})") from exc
+            client = stack.enter_context(Client(cluster))
+            where = f"local cluster of {plan.workers} workers"
+        else:
+            try:
+                # waits up to Dask's distributed.comm.timeouts.connect (30 s; DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT)
+                client = stack.enter_context(Client(plan.address))
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerError(
+                    f"cannot reach the Dask scheduler {plan.address} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                    f"start one (`dask scheduler`) or fix --scheduler / {ENV}"
+                ) from exc
+            n = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            where = f"{plan.address} ({n} workers now)"
+        print(f"{desc}: Dask on {where}; dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
+        yield client
+
+
+def _dask(fn, items, plan: Plan, shared, in_flight, desc) -> Iterator:
+    with dask_client(plan, desc) as client:
+        workers = plan.workers if plan.mode == "local" else max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        ahead = max(2, in_flight or 2 * workers)
+        args = () if shared is None else (client.scatter(shared, broadcast=True, hash=False),)
+        yield from _ordered(
+            lambda item: client.submit(fn, item, *args, pure=False),
+            lambda f: f.result(),
+            lambda f: f.cancel(),
+            items,
+            ahead,
+        )

@@ -1,0 +1,195 @@
+"""Shard work on Dask: the same bytes as in-process, from the library and from the command line.
+
+One LocalCluster of two worker processes is shared by the module (it takes
+seconds to start); the tests reach it by its tcp:// address, as a real
+cluster is reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import PARKING, navml
+from shapely.geometry import Polygon, box
+from test_predict import SHARD0, all_tiles, imagery_store, save, tiny_fcn
+from test_vectorize import pixel_poly_to_mask, write_mosaic
+
+from navml.config import ClassSpec, PostProcess
+from navml.errors import ConfigError, ModelError
+from navml.geo.grid import Tile, Window, parse_tile, tile_key
+from navml.geo.parallel import ENV, Plan, map_shards, resolve_scheduler, thread_env, worker_cached
+from navml.geo.store import Store
+from navml.segment.predict import PROBS, predict_store
+from navml.segment.vectorize import vectorize_store
+
+LOT = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.5, close_m=2.0, simplify_m=1.0, min_area_m2=20))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a LocalCluster of 2 single-threaded worker processes (closed after the module)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=thread_env(2)) as c:
+        yield c.scheduler_address
+
+
+def files(store: Store, layer: str) -> dict[str, bytes]:
+    return {tile_key(s): store.path(layer, s).read_bytes() for s in store.shards(layer)}
+
+
+def test_resolve_scheduler(monkeypatch):
+    monkeypatch.delenv(ENV, raising=False)
+    assert resolve_scheduler() == Plan("serial", 1)
+    assert resolve_scheduler(None, 1).serial
+    assert resolve_scheduler(None, 3) == Plan("local", 3)
+    assert resolve_scheduler("local") == Plan("local", os.cpu_count() or 1)
+    assert resolve_scheduler("threads", 2) == Plan("threads", 2)
+    plan = resolve_scheduler("tcp://10.0.0.5:8786", 4)
+    assert plan.mode == "address" and plan.address == "tcp://10.0.0.5:8786" and plan.distributed
+    monkeypatch.setenv(ENV, "tcp://sched:8786")
+    assert resolve_scheduler().address == "tcp://sched:8786"
+    assert resolve_scheduler("threads").mode == "threads"  # the argument wins over the environment
+    with pytest.raises(ConfigError, match="not threads, local or a Dask scheduler address"):
+        resolve_scheduler("dask")
+    with pytest.raises(ConfigError, match="--workers is 0"):
+        resolve_scheduler(None, 0)
+
+
+def test_thread_env_shares_the_cores():
+    assert thread_env(2, cores=8)["OMP_NUM_THREADS"] == "4"
+    assert thread_env(16, cores=2)["OMP_NUM_THREADS"] == "1"
+
+
+def test_worker_cached_makes_once_per_key():
+    calls = []
+    make = lambda: calls.append(1) or object()  # noqa: E731
+    a, b = worker_cached(("test", 1), make), worker_cached(("test", 1), make)
+    c = worker_cached(("test", 2), make)
+    assert a is b and a is not c and len(calls) == 2
+
+
+@pytest.mark.parametrize("where", ["serial", "threads", "dask"])
+def test_map_shards_keeps_input_order_and_raises_task_errors(cluster, where):
+    scheduler = {"serial": None, "threads": "threads", "dask": cluster}[where]
+    texts = [f"18/{x}/{y}" for x, y in [(5, 9), (100, 3), (7, 7), (1, 2), (2, 1), (64, 64), (3, 0)]]
+    got = list(map_shards(parse_tile, texts, scheduler=scheduler, workers=2, in_flight=3, progress=False))
+    assert got == [Tile(5, 9, 18), Tile(100, 3, 18), Tile(7, 7, 18), Tile(1, 2, 18), Tile(2, 1, 18), Tile(64, 64, 18), Tile(3, 0, 18)]
+    # a NavmlError raised on a worker keeps its class and its one-line message
+    with pytest.raises(ConfigError, match="'18/x/1' is not a tile"):
+        list(map_shards(parse_tile, ["18/1/1", "18/x/1", "18/2/2"], scheduler=scheduler, workers=2, progress=False))
+
+
+def test_shared_argument_reaches_every_task(cluster):
+    got = list(map_shards(divmod, [7, 9, 12], scheduler=cluster, shared=4, progress=False))
+    assert got == [(1, 3), (2, 1), (3, 0)]
+
+
+def test_predict_on_dask_writes_the_same_shards_as_in_process(tmp_path, small_grid, cluster):
+    store = imagery_store(tmp_path, small_grid)
+    folder = save(tmp_path, tiny_fcn(seed=3))
+    # an L-shaped AOI (the upper-right shard left out) in windows of 2 x 2 tiles: 12 windows, 3 shards
+    tiles = [t for t in all_tiles(small_grid) if not (t.x >= SHARD0.x * 4 + 4 and t.y < SHARD0.y * 4 + 4)]
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}, "threads": {"scheduler": "threads", "workers": 2}}.items():
+        out = Store(tmp_path / name, small_grid)
+        rep = predict_store(store, tiles, folder, out, ["parking"], window=512, progress=False, **kw)
+        assert rep.windows == 12 and rep.shards == 3
+        runs[name] = files(out, PROBS)
+    assert len(runs["serial"]) == 3
+    probs = Store(tmp_path / "serial", small_grid).read_shard(PROBS, Tile(SHARD0.x, SHARD0.y, 16))
+    assert probs.std() > 5  # the model is not constant: a real comparison
+    assert runs["dask"] == runs["serial"]  # byte for byte: pixels, mask, tags, layout
+    assert runs["threads"] == runs["serial"]
+
+
+def test_a_model_error_on_a_worker_is_one_line_and_leaves_the_old_layer(tmp_path, small_grid, cluster):
+    store = imagery_store(tmp_path, small_grid)
+    good = save(tmp_path, tiny_fcn())
+    out = Store(tmp_path / "predict", small_grid)
+    tiles = all_tiles(small_grid)[:16]
+    predict_store(store, tiles, good, out, ["parking"], window=512, progress=False)
+    before = files(out, PROBS)
+    # meta says 2 classes, the model has 1 (+ background): found on the worker, at its first window
+    bad = save(tmp_path, tiny_fcn(), classes=["parking", "building"])
+    with pytest.raises(ModelError, match="model output has shape"):
+        predict_store(store, tiles, bad, out, ["parking", "building"], window=512, progress=False, scheduler=cluster)
+    assert files(out, PROBS) == before
+
+
+def lots_store(tmp_path, grid) -> tuple[Store, Window]:
+    """Probabilities of lots across the shard corner and borders of 2 x 2 shards, plus some inside one shard."""
+    n = grid.shard_size
+    w = Window(SHARD0.x * n, SHARD0.y * n, 2 * n, 2 * n)
+    cx, cy = w.col + n, w.row + n
+    polys = [
+        Polygon([(cx - 90, cy - 60), (cx + 70, cy - 75), (cx + 85, cy + 50), (cx - 70, cy + 80)]),  # on the corner
+        box(cx - 300, w.row + 100, cx + 40, w.row + 180),  # across the vertical border
+        box(w.col + 60, cy - 30, w.col + 400, cy + 25),  # across the horizontal border
+        box(w.col + 100, w.row + 100, w.col + 220, w.row + 200),  # inside one shard
+        box(cx + 300, cy + 300, cx + 420, cy + 390),
+    ]
+    mask = pixel_poly_to_mask(polys, w)
+    rng = np.random.default_rng(1)
+    probs = np.where(mask > 0, rng.integers(150, 256, mask.shape), rng.integers(0, 100, mask.shape)).astype("uint8")
+    store = Store(tmp_path / "probs-store", grid)
+    write_mosaic(store, PROBS, probs[None], w)
+    return store, w
+
+
+def test_vectorize_on_dask_writes_the_same_file(tmp_path, small_grid, cluster):
+    store, w = lots_store(tmp_path, small_grid)
+    counts = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        counts[name] = vectorize_store(store, PROBS, [LOT], tmp_path / f"{name}.geojson", progress=False, **kw)
+    assert counts["serial"] == counts["dask"] == {"parking": 5}
+    assert (tmp_path / "dask.geojson").read_bytes() == (tmp_path / "serial.geojson").read_bytes()
+    # the lot on the shard corner came out as one polygon, joined on the client
+    feats = json.loads((tmp_path / "dask.geojson").read_text())["features"]
+    assert max(f["properties"]["area_m2"] for f in feats) > 4000
+
+
+def cli_inputs(tmp_path, small_grid) -> list[str]:
+    store = imagery_store(tmp_path, small_grid)
+    folder = save(tmp_path, tiny_fcn(seed=2))
+    tiles = all_tiles(small_grid)
+    pd.DataFrame({"z": [t.z for t in tiles], "x": [t.x for t in tiles], "y": [t.y for t in tiles], "shard": "", "block": "",
+                  "split": "test"}).to_csv(tmp_path / "tiles.csv", index=False)
+    params = {"grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16}, "classes": {"parking": PARKING},
+              "predict": {"window_px": 1024}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return ["predict", "--tiles", "tiles.csv", "--store", str(store.root), "--model", str(folder), "--params", "params.yaml"]
+
+
+def test_cli_predict_with_scheduler_and_env_var_equal_the_serial_run(tmp_path, small_grid, cluster):
+    args = cli_inputs(tmp_path, small_grid)
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    serial = navml(*args, "--out", "serial", cwd=tmp_path, env=env)
+    assert serial.returncode == 0, serial.stderr
+    assert "Dask" not in serial.stderr
+    dask = navml(*args, "--out", "dask", "--scheduler", cluster, cwd=tmp_path, env=env)
+    assert dask.returncode == 0, dask.stderr
+    assert f"Dask on {cluster}" in dask.stderr and "dashboard http" in dask.stderr
+    via_env = navml(*args, "--out", "env", cwd=tmp_path, env={**env, ENV: cluster})
+    assert via_env.returncode == 0, via_env.stderr
+    assert f"Dask on {cluster}" in via_env.stderr
+    ref = files(Store(tmp_path / "serial", small_grid), PROBS)
+    assert len(ref) == 4
+    assert files(Store(tmp_path / "dask", small_grid), PROBS) == ref
+    assert files(Store(tmp_path / "env", small_grid), PROBS) == ref
+
+
+def test_cli_bad_scheduler_is_one_line(tmp_path, small_grid):
+    args = cli_inputs(tmp_path, small_grid)
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
+    proc = navml(*args, "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path, env=env)  # nothing listens on port 9
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
+    assert not (tmp_path / "data" / "predict" / PROBS).exists()
+    proc = navml(*args, "--scheduler", "yarn", cwd=tmp_path)
+    assert proc.returncode == 1 and "is not threads, local or a Dask scheduler address" in proc.stderr
