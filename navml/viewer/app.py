@@ -356,27 +356,28 @@ def create_app(
         out["detections"] = c.detections.get(key, 0) if c.detections else None
         return JSONResponse(out)
 
-    def predict_png(request: Request) -> Response:
+    def live_model(request: Request, task: str):
+        """The city and the live runner of the request's model, which must be a ``task`` model."""
         c = city_of(request)
         model = request.path_params["model"]
-        if model not in c.models or c.tasks().get(model) != "segmentation":
-            raise HTTPException(404, "unknown segmentation model")
-        t = xyz(request, c)
-        probs, ms, hit = c.live(model).probs(t)
+        if model not in c.models or c.tasks().get(model) != task:
+            raise HTTPException(404, f"unknown {task} model")
+        return c, c.live(model)
+
+    def timing(ms: float, hit: bool) -> dict[str, str]:
+        return {"X-Predict-Ms": f"{ms:.1f}", "X-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache",
+                "Access-Control-Expose-Headers": "X-Predict-Ms, X-Cache"}
+
+    def predict_png(request: Request) -> Response:
+        c, live = live_model(request, "segmentation")
+        probs, ms, hit = live.probs(xyz(request, c))
         img = render.heat_rgba(probs, _threshold(request))
-        headers = {"X-Predict-Ms": f"{ms:.1f}", "X-Cache": "hit" if hit else "miss", "Cache-Control": "no-cache",
-                   "Access-Control-Expose-Headers": "X-Predict-Ms, X-Cache"}
-        return Response(render.png(img), media_type="image/png", headers=headers)
+        return Response(render.png(img), media_type="image/png", headers=timing(ms, hit))
 
     def predict_json(request: Request) -> Response:
-        c = city_of(request)
-        model = request.path_params["model"]
-        if model not in c.models or c.tasks().get(model) != "detection":
-            raise HTTPException(404, "unknown detection model")
-        t = xyz(request, c)
-        feats, ms, hit = c.live(model).detections(t)
-        return JSONResponse({"type": "FeatureCollection", "features": feats},
-                            headers={"X-Predict-Ms": f"{ms:.1f}", "X-Cache": "hit" if hit else "miss"})
+        c, live = live_model(request, "detection")
+        feats, ms, hit = live.detections(xyz(request, c))
+        return JSONResponse({"type": "FeatureCollection", "features": feats}, headers=timing(ms, hit))
 
     async def review(request: Request) -> Response:
         if not _origin_ok(request):
