@@ -253,6 +253,10 @@ class SynthParams(Section):
     gsd_m: float = Field(0.3, ge=0.05, le=2.0, description="ground sample distance of the orthophoto, metres")
     unmapped_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of visible lots left out of OSM")
     shift_m: float = Field(2.0, ge=0.0, le=50.0, description="max offset of mapped outlines, metres")
+    decoy_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="how many look-alikes the city draws (plazas, flat grey roofs, courts, paved yards; painted words): 0 few .. 1 many",
+    )
 
 
 class ClassParams(Section):
