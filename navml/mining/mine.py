@@ -54,6 +54,7 @@ class MineReport:
     found: int = 0  # regions found before the max_negatives cut
     kept: int = 0
     small: int = 0  # regions below min_area_m2
+    outside: int = 0  # regions wholly outside the complete areas (on a mapped road there, say)
     edge_px: int = 0  # predicted background pixels within edge_m of a label, left out
     area_m2: float = 0.0  # of the kept regions
     tiles: list[str] = field(default_factory=list)  # tiles of the kept regions
@@ -67,6 +68,7 @@ class MineReport:
             "tiles_with_negatives": len(self.tiles),
             "area_m2": round(self.area_m2, 1),
             "left_out_small": self.small,
+            "left_out_outside_complete": self.outside,
             "left_out_edge_px": self.edge_px,
         }
 
@@ -84,7 +86,12 @@ def candidate_tiles(index: pd.DataFrame, complete: Sequence[BaseGeometry | None]
     tiles = split_tiles(index, "train", where)
     if any(a is None for a in complete):
         return tiles
-    return [t for t in tiles if any(a.intersects(tile_polygon(t)) for a in complete)]  # type: ignore[union-attr]
+    return [t for t in tiles if any(_overlaps(a, tile_polygon(t)) for a in complete)]
+
+
+def _overlaps(area: BaseGeometry | None, foot: BaseGeometry) -> bool:
+    """Whether ``area`` (None: everywhere) shares more than a border with ``foot``."""
+    return area is None or (area.intersects(foot) and not area.touches(foot))
 
 
 def pick_tiles(tiles: Sequence[Tile], share: float, seed: int) -> list[Tile]:
@@ -196,7 +203,7 @@ def mine_segmentation(
         mask = reader.mask(tile)
         for i, name in enumerate(classes):
             area = areas[i]
-            if area is not None and not area.intersects(foot):
+            if not _overlaps(area, foot):
                 continue
             near = _near_labels(store, tile, i + 1, radius)
             regions, small, edge = tile_regions(p[i], mask, near, float(thresholds[name]), min_px)
@@ -206,10 +213,11 @@ def mine_segmentation(
                 geom = _polygon(m, tile, size)
                 if area is not None:
                     geom = geom.intersection(area)
-                feat = None
-                if not geom.is_empty and geom.geom_type in ("Polygon", "MultiPolygon"):
-                    feat = negative_feature(geom, cls=name, kind="segmentation", tile=tile_key(tile), score=score)
-                if feat is None or feat["properties"]["area_m2"] < min_area_m2:
+                if geom.is_empty or geom.geom_type not in ("Polygon", "MultiPolygon"):
+                    report.outside += 1
+                    continue
+                feat = negative_feature(geom, cls=name, kind="segmentation", tile=tile_key(tile), score=score)
+                if feat["properties"]["area_m2"] < min_area_m2:
                     report.small += 1
                     continue
                 found.append((-score, -feat["properties"]["area_m2"], k, feat))

@@ -89,7 +89,7 @@ def retrain_segmentation(
     if not masks:
         copy_model(first_dir, out_dir)
         return {**summary, "copied_first_model": True, "model_dir": str(out_dir)}
-    kwargs = dict(train)
+    kwargs = {k: v for k, v in train.items() if k not in ("progress", "where", "live_dir")}
     if mode == "finetune":
         kwargs.update(steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
     result = train_segmentation(
