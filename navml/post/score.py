@@ -186,6 +186,53 @@ def score_decoys(
     return {**dict(sorted(out.items())), "total": total}
 
 
+#: A false detection lies on a decoy when this share of its box does.
+DECOY_BOX_SHARE = 0.3
+
+
+def box_iou_max(boxes: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """Per box (n, 4: x0, y0, x1, y1) its largest IoU with any of ``truths`` (m, 4); 0 without truths."""
+    boxes, truths = np.reshape(boxes, (-1, 4)).astype(float), np.reshape(truths, (-1, 4)).astype(float)
+    if not len(boxes) or not len(truths):
+        return np.zeros(len(boxes))
+    ix = np.clip(np.minimum(boxes[:, None, 2], truths[None, :, 2]) - np.maximum(boxes[:, None, 0], truths[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(boxes[:, None, 3], truths[None, :, 3]) - np.maximum(boxes[:, None, 1], truths[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    union = area(boxes)[:, None] + area(truths)[None, :] - inter
+    return (inter / np.maximum(union, 1e-9)).max(axis=1)
+
+
+def score_box_decoys(
+    boxes: np.ndarray, truths: np.ndarray, decoys: Sequence[tuple[BaseGeometry, str]], iou_threshold: float = 0.5
+) -> dict[str, Any]:
+    """False detections on decoys by kind: ``{false_detections, on_decoys, kinds: {kind: n}}``.
+
+    ``boxes`` and ``truths`` (n, 4) and the decoy polygons share one pixel grid. A detection is false when
+    its IoU with every truth box is below ``iou_threshold``; it lies on the decoy covering most of it, if
+    that covers :data:`DECOY_BOX_SHARE` of its box or more.
+    """
+    from shapely.geometry import box as make_box
+
+    boxes = np.reshape(boxes, (-1, 4))
+    false = boxes[box_iou_max(boxes, truths) < iou_threshold]
+    geoms = [g for g, _ in decoys]
+    tree = shapely.STRtree(geoms) if geoms else None
+    kinds: dict[str, int] = {}
+    for b in false:
+        if tree is None:
+            break
+        bb = make_box(*b)
+        best, kind = 0.0, None
+        for j in tree.query(bb, predicate="intersects").tolist():
+            a = bb.intersection(geoms[j]).area
+            if a > best:
+                best, kind = a, decoys[j][1]
+        if kind is not None and best >= DECOY_BOX_SHARE * bb.area:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return {"false_detections": int(len(false)), "on_decoys": int(sum(kinds.values())), "kinds": dict(sorted(kinds.items()))}
+
+
 def score_class(
     preds: Sequence[dict[str, Any]],
     new: Sequence[dict[str, Any]],
