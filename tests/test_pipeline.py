@@ -31,7 +31,8 @@ TINY = {
     "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
-    "detect": {"steps": 4, "eval_every": 2, "patience": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
+    "detect": {"steps": 4, "eval_every": 2, "patience": 2},
+    "retrain": {"steps": 2, "eval_every": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
 }
 
 
@@ -100,7 +101,13 @@ def test_repro_produces_the_stage_outputs(project):
     legend = json.loads((project / "data/store/labels.json").read_text())
     assert legend["pixels"]["parking"] > 10_000
     assert legend["boxes"] > 0
-    assert {p.name for p in (project / "data/models/seg").iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
+    for model in ("data/first/models/seg", "data/models/seg_mined"):  # the first model and the mined one (issue 9)
+        assert {p.name for p in (project / model).iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
+    mined = json.loads((project / "data/mining/seg/hard_negatives.geojson").read_text())
+    assert mined["type"] == "FeatureCollection"
+    retrain = json.loads((project / "data/metrics/retrain.json").read_text())
+    assert retrain["copied_first_model"] == (retrain["hard_tiles"] == 0)
+    assert json.loads((project / "data/first/metrics/seg.json").read_text())["tiles"] > 0
     seg = json.loads((project / "data/metrics/seg.json").read_text())
     p = seg["parking"]
     assert seg["tiles"] == sum(1 for row in tiles[1:] if ",test," in row)
