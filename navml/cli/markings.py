@@ -49,7 +49,9 @@ def command(
         centre_gap_m=s.centre_gap_m,
         lane_width_m=p.extract.lane_width_m,
     )
-    if p.score.decoys:
+    from navml.cli.score import decoys_file
+
+    if decoys_file(p.score.decoys):
         summary["decoys"] = marking_decoys(out, p, labels)
     write_json(metrics, summary)
     rate = summary["agreement_rate"]

@@ -154,8 +154,8 @@ def outline_negatives(rgb: np.ndarray, tile: Tile, size: int, negatives: Sequenc
         local = to_pixels(g, tile.z, size, origin=(w.col, w.row))
         for part in getattr(local, "geoms", [local]):
             for ring in [part.exterior, *part.interiors]:
-                pts = np.round((np.asarray(ring.coords) - 0.5) * 16).astype(np.int32)  # pixel edges -> OpenCV's centres, 4 bits
-                cv2.polylines(rgb, [pts], True, color, 1, cv2.LINE_AA, 4)
+                pts = np.round(np.asarray(ring.coords)).astype(np.int32)  # a pixel edge -> the pixel after it: crisp 1-px lines
+                cv2.polylines(rgb, [pts], True, color, 1, cv2.LINE_8)
 
 
 def _write_index(out: Path, tiles: Sequence[Tile], layers: Sequence[str]) -> None:
