@@ -14,18 +14,21 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from navml.config import TrainParams
 from navml.errors import ConfigError, InputError, ModelError
+from navml.geo.grid import Tile, tile_key
 from navml.geo.store import Store
 from navml.io import write_json
 from navml.models.io import THRESHOLDS_FILE
 from navml.segment.dataset import (
     Augment,
+    MinedReader,
     TileReader,
     check_store,
     label_counts,
@@ -91,9 +94,13 @@ def learning_rate_schedule(learning_rate: float, steps: int, warmup_steps: int =
     )
 
 
-def training_dataset(reader: TileReader, tiles, *, batch_size: int, augment: Augment | None, seed: int, crop: int | None):
+def training_dataset(
+    reader: TileReader, tiles, *, batch_size: int, augment: Augment | None, seed: int, crop: int | None, mined_weight: float | None = None
+):
     """The endless, shuffled, augmented stream of training batches the train stage feeds ``model.fit``."""
-    return make_dataset(reader, tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed, crop=crop, repeat=True)
+    return make_dataset(
+        reader, tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed, crop=crop, repeat=True, mined_weight=mined_weight
+    )
 
 
 def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) -> None:
@@ -134,6 +141,10 @@ def train_segmentation(
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",
+    init_model: str | os.PathLike | None = None,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float = 1.0,
 ) -> dict:
     """Train a U-Net for the segmentation ``classes`` (registry order) and save it in ``out_dir``.
 
@@ -153,6 +164,12 @@ def train_segmentation(
     ``metrics.json``). After training, the per-class probability threshold that
     maximizes ``threshold_metric`` on the val split goes to
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
+
+    Hard-negative retraining (:mod:`navml.mining`): ``init_model`` (a model folder)
+    starts from its weights instead of a fresh U-Net (fine-tuning; its architecture
+    wins over ``depth``/``base_filters``/...); ``hard`` maps train tiles to boolean
+    ``(rows, cols)`` masks of mined background pixels: each such tile is drawn
+    ``hard_repeats`` times per pass and its mined pixels weigh ``mined_weight`` in the loss.
     """
     from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
     from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
@@ -177,12 +194,18 @@ def train_segmentation(
         crop = None
 
     train_tiles = select_training_tiles(index, classes, negative_share, "train", where)
+    if hard:
+        in_train = set(train_tiles.all)
+        outside = sorted(tile_key(t) for t in hard if t not in in_train)
+        if outside:
+            raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile of {where}; only train tiles are mined")
+        train_tiles = train_tiles.with_hard(sorted(hard, key=lambda t: (t.z, t.y, t.x)), hard_repeats)
     val_tiles = split_tiles(index, "val", where)
     for split, tiles in (("train", train_tiles.all), ("val", val_tiles)):
         if not tiles:
             raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
     check_store(store, train_tiles.all + val_tiles, bands)
-    reader = TileReader(store, n, bands)
+    reader = MinedReader(store, n, bands, hard) if hard else TileReader(store, n, bands)
     train_counts = training_counts(reader, train_tiles, progress)
     _require_pixels(train_counts, classes, "train", store)
     val_counts = label_counts(reader, val_tiles, progress, "val labels")
@@ -193,7 +216,16 @@ def train_segmentation(
     import tensorflow as tf
 
     set_determinism(seed)
-    model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout, downsample=downsample)
+    if init_model is not None:
+        from navml.models.io import load_model
+
+        model, first = load_model(init_model)
+        first.check_fits(zoom=store.grid.zoom, bands=bands, classes=classes, where=str(init_model))
+        arch = first.extra
+        depth, base_filters = int(arch.get("depth", depth)), int(arch.get("base_filters", base_filters))
+        downsample, encoder = int(arch.get("downsample", downsample)), str(arch.get("encoder", encoder))
+    else:
+        model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout, downsample=downsample)
     checks = -(-steps // eval_every)
     total_steps = checks * eval_every
     model.compile(
@@ -202,7 +234,9 @@ def train_segmentation(
         metrics=[MaskedIoU(n + 1, list(range(1, n + 1)), name="iou")],
         jit_compile=False,
     )
-    train_ds = training_dataset(reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop)
+    train_ds = training_dataset(
+        reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop, mined_weight=mined_weight if hard else None
+    )
     val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +289,13 @@ def train_segmentation(
             "val_tiles": len(val_tiles),
             "class_weights": weights,
         }
+        if hard:
+            summary["hard_tiles"] = len(train_tiles.hard)
+            summary["hard_repeats"] = int(hard_repeats)
+            summary["mined_pixels"] = int(sum(int(np.count_nonzero(m)) for m in hard.values()))
+            summary["mined_weight"] = float(mined_weight)
+        if init_model is not None:
+            summary["init_model"] = Path(init_model).as_posix()
         if live is not None:
             live.summary.update({"best_val_iou": summary["best_val_iou"], "best_step": summary["best_step"]})
             live.make_summary()
