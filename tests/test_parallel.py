@@ -247,3 +247,99 @@ def test_cli_exits_1_with_one_line_when_a_worker_dies(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: predict: a Dask worker died running task 1 of 1")
+
+
+# ---------------------------------------------------------------- the other shard work: imagery, rasterize, predict_detect
+
+
+@pytest.fixture
+def tile_server():
+    """test_imagery.py's HTTP tile server on 127.0.0.1."""
+    from test_imagery import TileServer
+
+    srv = TileServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    srv.thread.join(timeout=5)
+
+
+def test_imagery_geotiff_and_xyz_on_dask_write_the_same_shards(tmp_path, small_grid, cluster, tile_server):
+    from test_imagery import LAT, LON, UTM, make_geotiff, shard_corner, tiles_around, xyz_tiles
+
+    from navml.data.imagery import build_imagery
+
+    tif = tmp_path / "ortho.tif"
+    make_geotiff(tif, UTM, shard_corner(small_grid), (LON, LAT))
+    tiles = tiles_around(*shard_corner(small_grid), 0.0012)  # tiles of 4 shards around a shard corner
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / f"geotiff-{name}", small_grid)
+        counts = build_imagery(store, tiles, source="geotiff", geotiff=str(tif), progress=False, **kw)
+        assert counts["shards"] == 4
+        runs[name] = files(store, "imagery")
+    assert len(runs["serial"]) == 4 and runs["dask"] == runs["serial"]
+
+    xyz = xyz_tiles(small_grid, nx=6, ny=2)  # 2 shards
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / f"xyz-{name}", small_grid)
+        counts = build_imagery(store, xyz, source="xyz", url=tile_server.base + "/{z}/{x}/{y}.png", workers=2,
+                               cache_dir=tmp_path / f"cache-{name}", timeout_s=5, progress=False, **kw)
+        assert counts["fetched"] == len(xyz) and counts["requests"] == len(xyz)  # counted on the workers too
+        runs[name] = files(store, "imagery")
+    assert len(runs["serial"]) == 2 and runs["dask"] == runs["serial"]
+    assert len(list((tmp_path / "cache-dask").rglob("*.png"))) == len(xyz)  # the workers' cache (one machine here)
+
+
+def test_rasterize_on_dask_writes_the_same_masks(tmp_path, small_grid, cluster):
+    from navml.config import parse_classes
+    from navml.data.rasterize import rasterize_labels
+    from navml.geo.features import write_features
+    from navml.geo.grid import tile_polygon, tiles_of_shard
+
+    shards = [Tile(8577 + dx, 6245 + dy, 16) for dy in (0, 1) for dx in (0, 1)]
+    tiles = [t for s in shards for t in tiles_of_shard(s, small_grid)]
+    w, _, _, n = tile_polygon(shards[0]).bounds
+    _, s, e, _ = tile_polygon(shards[3]).bounds
+    cx, cy = tile_polygon(shards[3]).bounds[0], tile_polygon(shards[3]).bounds[3]  # where the four shards meet
+    lots = [box(cx - 0.0008, cy - 0.0005, cx + 0.0006, cy + 0.0007), box(w + 0.0002, s + 0.0002, w + 0.0009, s + 0.0006)]
+    labels = tmp_path / "extract"
+    write_features([{"geometry": g, "properties": {}} for g in lots], labels / "parking.geojson")
+    write_features([{"geometry": box(w + 0.0003, n - 0.0003, w + 0.00034, n - 0.00028), "properties": {}}],
+                   labels / "marks.geojson")
+    half = tmp_path / "complete.geojson"  # complete mapping in the west half only: the rest is 255 (unknown)
+    write_features([{"geometry": box(w, s, (w + e) / 2, n), "properties": {}}], half)
+    classes = parse_classes({"parking": {"task": "segmentation", "tags": {"amenity": "parking"}},
+                             "marks": {"task": "detection", "labels": "x.geojson", "names": ["left"]}})
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / name, small_grid)
+        legend = rasterize_labels(labels, tiles, store, classes, complete=str(half), roads=False, progress=False, **kw)
+        assert legend["shards"] == 4 and legend["boxes"] >= 1
+        runs[name] = {**files(store, "masks"), "boxes": (store.root / "boxes.csv").read_bytes(),
+                      "legend": (store.root / "labels.json").read_bytes()}
+    mask = np.stack([Store(tmp_path / "serial", small_grid).read_shard("masks", sh) for sh in shards])
+    assert (mask == 1).sum() > 1000 and (mask == 255).sum() > 1000 and (mask == 0).sum() > 1000
+    assert runs["dask"] == runs["serial"]
+
+
+def test_predict_detect_on_dask_gives_the_same_table(tmp_path, small_grid, cluster):
+    from test_detect_predict import ANCHORS, NAMES, STRIDE, all_tiles, meta, store_with
+
+    from navml.detect.predict import detect_store, detections_table, write_detections
+    from navml.models.io import save_model
+    from navml.models.yolo import build_yolo, receptive_field
+
+    store = store_with(tmp_path, small_grid, seed=3)
+    folder = save_model(build_yolo(3, len(NAMES), len(ANCHORS), STRIDE, base_filters=4),
+                        meta(receptive_field=receptive_field(STRIDE)), tmp_path / "det")
+    out = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}, "threads": {"scheduler": "threads", "workers": 2}}.items():
+        dets, rep = detect_store(store, all_tiles(small_grid), folder, NAMES, window=1024, score_threshold=0.0005,
+                                 progress=False, **kw)
+        assert rep.windows == 4 and rep.shards == 4
+        out[name] = write_detections(detections_table(dets, NAMES, small_grid), tmp_path / f"{name}.csv").read_bytes()
+    assert out["serial"].count(b"\n") > 20  # an untrained detector at a low threshold: many boxes, scores to the last digit
+    assert out["dask"] == out["serial"] and out["threads"] == out["serial"]

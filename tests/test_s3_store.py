@@ -119,3 +119,25 @@ def test_predict_and_vectorize_on_s3_equal_the_local_runs(tmp_path, s3, small_gr
     assert (tmp_path / "s3.geojson").read_bytes() == (tmp_path / "local.geojson").read_bytes()
     vectorize_store(lots_s3, PROBS, [LOT], tmp_path / "s3-dask.geojson", progress=False, scheduler=cluster)
     assert (tmp_path / "s3-dask.geojson").read_bytes() == (tmp_path / "local.geojson").read_bytes()
+
+
+def test_imagery_written_to_s3_by_dask_workers_equals_the_local_layer(tmp_path, s3, small_grid, cluster):
+    """Workers that share no disk with the client: each warps its shard and uploads it itself, into the staged layer."""
+    from test_imagery import LAT, LON, UTM, make_geotiff, shard_corner, tiles_around
+
+    from navml.data.imagery import build_imagery
+
+    tif = tmp_path / "ortho.tif"
+    make_geotiff(tif, UTM, shard_corner(small_grid), (LON, LAT))
+    s3.upload_file(str(tif), BUCKET, "src/ortho.tif")
+    tiles = tiles_around(*shard_corner(small_grid), 0.0012)
+    local = Store(tmp_path / "local", small_grid)
+    build_imagery(local, tiles, source="geotiff", geotiff=str(tif), progress=False)
+    remote = Store(f"s3://{BUCKET}/city/store", small_grid)
+    # the workers read the source from S3 too (GDAL /vsis3/)
+    counts = build_imagery(remote, tiles, source="geotiff", geotiff=f"/vsis3/{BUCKET}/src/ortho.tif", progress=False, scheduler=cluster)
+    assert counts["shards"] == 4
+    assert keys(s3, "city/") == sorted(f"city/store/imagery/{tile_key(s)}.tif" for s in local.shards("imagery"))
+    for s in local.shards("imagery"):
+        a, b = local.read_shard("imagery", s), remote.read_shard("imagery", s)
+        assert np.array_equal(a, b) and a.any()

@@ -132,6 +132,18 @@ def resolve_scheduler(scheduler: str | Plan | None = None, workers: int | None =
     )
 
 
+def writes_on_workers(plan: Plan, root: str | os.PathLike) -> bool:
+    """Whether a task may write its shard to the store at ``root`` itself, rather than send it back to be written here.
+
+    True in this process, on a local cluster (the same disk) and for a store on S3;
+    False for a folder with a scheduler address: the cluster's workers need not share
+    this machine's disk (the shard's pixels then travel back to the client).
+    """
+    from navml.geo.store import is_remote
+
+    return plan.mode != "address" or is_remote(root)
+
+
 _CACHE: dict[Any, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -175,6 +187,7 @@ def map_shards(
     shared: Any = None,
     in_flight: int | None = None,
     progress: bool = True,
+    stop: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """``fn(item)`` (or ``fn(item, shared)`` when ``shared`` is given) for each item, results in input order.
 
@@ -183,12 +196,14 @@ def map_shards(
     (tiles per window, say). ``in_flight`` bounds the tasks submitted ahead of
     the result being consumed (default ``2 * workers``, at least 2). A failing
     task raises its exception here (a :class:`~navml.errors.NavmlError` keeps
-    its one-line message) and the tasks not yet done are cancelled. A
-    generator: the cluster lives while it is iterated and closes when it ends
+    its one-line message) and the tasks not yet done are cancelled. ``stop``
+    (threads only) is called first when the map ends early (an error, Ctrl-C),
+    before the running tasks are waited for: it ends what they wait on (downloads).
+    A generator: the cluster lives while it is iterated and closes when it ends
     or is closed.
     """
     plan = resolve_scheduler(scheduler, workers)
-    items = list(items)
+    items = items if isinstance(items, Sequence) else list(items)  # a lazy Sequence stays lazy
     if weights is not None and len(weights) != len(items):
         raise ValueError(f"map_shards: {len(weights)} weights for {len(items)} items")
     total = sum(weights) if weights is not None else len(items)
@@ -196,7 +211,7 @@ def map_shards(
         if plan.serial:
             results: Iterator[R] = (fn(item) if shared is None else fn(item, shared) for item in items)
         elif plan.mode == "threads":
-            results = _threads(fn, items, plan, shared, in_flight)
+            results = _threads(fn, items, plan, shared, in_flight, stop)
         else:
             results = _dask(fn, items, plan, shared, in_flight, desc)
         with contextlib.closing(results):  # a generator: closing it shuts the pool or the cluster down
@@ -225,11 +240,16 @@ def _ordered(submit: Callable[[T], Any], wait: Callable[[Any], R], cancel: Calla
             cancel(fut)
 
 
-def _threads(fn, items, plan: Plan, shared, in_flight) -> Iterator:
+def _threads(fn, items, plan: Plan, shared, in_flight, stop=None) -> Iterator:
     ahead = max(2, in_flight or 2 * plan.workers)
     with ThreadPoolExecutor(plan.workers, thread_name_prefix="navml-map") as pool:
         args = () if shared is None else (shared,)
-        yield from _ordered(lambda item: pool.submit(fn, item, *args), lambda f: f.result(), lambda f: f.cancel(), items, ahead)
+        try:
+            yield from _ordered(lambda item: pool.submit(fn, item, *args), lambda f: f.result(), lambda f: f.cancel(), items, ahead)
+        except BaseException:  # GeneratorExit included: the consumer stopped early
+            if stop is not None:
+                stop()
+            raise
 
 
 @contextlib.contextmanager
