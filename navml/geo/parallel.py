@@ -160,7 +160,7 @@ def worker_cached(key: Any, make: Callable[[], T]) -> T:
 
 
 def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
-    """Environment of a local worker process: its share of the cores for OpenMP and BLAS threads.
+    """Environment of a local worker process: its share of the cores for OpenMP, BLAS and OpenCV threads.
 
     TensorFlow's threads per op are not set here: a prediction task sets them to
     the client's count (:func:`navml.models.inference.pin_tf_threads`), on which the output bytes depend.
@@ -170,6 +170,7 @@ def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
+        "OPENCV_FOR_THREADS_NUM": n,  # OpenCV's own thread pool (morphology, resizing)
         "TF_NUM_INTEROP_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
