@@ -7,20 +7,24 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import Params, Scheduler, StoreRoot, TilesCsv, Workers
 
 
 @exits
 def command(
     params: Path = Params,
     tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    store: str = StoreRoot,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.data.imagery import build_imagery
     from navml.errors import InputError
+    from navml.geo.parallel import resolve_scheduler
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
+    plan = resolve_scheduler(scheduler, workers)
     p = load_params(params)
     s = p.imagery
     tile_list = tiles_from_index(read_index(tiles))
@@ -42,6 +46,7 @@ def command(
         stretch=s.stretch,
         percentiles=tuple(s.percentiles),
         resampling=s.resampling,
+        scheduler=plan,
     )
     extra = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("source", "shards", "tiles"))
-    typer.echo(f"imagery ({counts['source']}): {counts['tiles']} tiles in {counts['shards']} shards -> {store / 'imagery'}; {extra}")
+    typer.echo(f"imagery ({counts['source']}): {counts['tiles']} tiles in {counts['shards']} shards -> {store}/imagery; {extra}")

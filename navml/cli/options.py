@@ -10,6 +10,7 @@ import typer
 Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read (the whole file is validated first).")
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
+StoreRoot = typer.Option("data/store", "--store", help="Shard store holding the imagery: a folder or s3://bucket/prefix.")
 Scheduler = typer.Option(
     None,
     "--scheduler",

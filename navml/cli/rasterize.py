@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import ExtractDir, Params, StoreDir, TilesCsv
+from navml.cli.options import ExtractDir, Params, Scheduler, StoreDir, TilesCsv, Workers
 
 
 @exits
@@ -16,6 +16,8 @@ def command(
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
     params: Path = Params,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.data.rasterize import rasterize_labels
     from navml.geo.store import Store
@@ -24,7 +26,8 @@ def command(
     p = load_params(params)
     r = p.rasterize
     legend = rasterize_labels(
-        labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads
+        labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads,
+        scheduler=scheduler, workers=workers,
     )
     for note in legend["notes"]:
         typer.echo(f"navml: note: {note}", err=True)

@@ -28,6 +28,7 @@ order) and ``score_threshold`` (the score the training chose, used when
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -45,7 +46,17 @@ from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile
 from navml.geo.store import Store
-from navml.models.inference import check_inputs, flexible, fold_batchnorm, plan_windows, prediction_halo, runner
+from navml.models.inference import (
+    Job,
+    ModelFiles,
+    check_inputs,
+    flexible,
+    fold_batchnorm,
+    plan_windows,
+    prediction_halo,
+    runner,
+    tf_threads,
+)
 
 _P = DetectPredictParams()
 #: Params section named in messages.
@@ -154,6 +165,79 @@ class DetectReport:
         return self.input_pixels / max(1, self.aoi_pixels)
 
 
+@dataclass(frozen=True)
+class DetectTask:
+    """One window of :func:`detect_store`, as a task of :func:`navml.geo.parallel.map_shards` (picklable: the store is
+    a path; ``present`` holds only the AOI tiles the window's input touches)."""
+
+    store: Store
+    layer: str
+    bands: int
+    job: Job
+    det: Detector
+    n_names: int
+    score_threshold: float
+    core_margin_px: float
+    present: frozenset[tuple[int, int]]
+    where: str
+    threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
+
+
+def read_detect_input(task: DetectTask) -> tuple[np.ndarray | None, np.ndarray]:
+    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask."""
+    job = task.job
+    valid = task.store.read_valid(task.layer, job.input)
+    r0, c0 = job.core.row - job.input.row, job.core.col - job.input.col
+    if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
+        return None, valid
+    x = task.store.read_window(task.layer, job.input, bands=task.bands)
+    return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+
+
+def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections:
+    """Boxes of a window's core (and margin) from the detector's raw output ``y`` (batch, rows, cols, values):
+    decoded, centre in core, on imagery, in an AOI tile."""
+    det, job = task.det, task.job
+    stride, size = det.stride, task.store.grid.tile_size
+    per = N_BOX + task.n_names
+    n_out = len(det.anchors) * per
+    if y.ndim != 4:
+        raise ModelError(f"{task.where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
+    y = y[0]
+    margin_cells = math.ceil(task.core_margin_px / stride)
+    inp, core = job.input, job.core
+    gh, gw = inp.height // stride, inp.width // stride
+    if y.shape != (gh, gw, n_out):
+        raise ModelError(f"{task.where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
+    i0 = max(0, (core.row - inp.row) // stride - margin_cells)
+    j0 = max(0, (core.col - inp.col) // stride - margin_cells)
+    i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
+    j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
+    y = y[i0:i1, j0:j1]
+    # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
+    rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
+             for a, b in zip(edges[::2], edges[1::2])]
+    d = _concat(found)
+    d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
+    if not len(d):
+        return d
+    cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
+    cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
+    r, c = np.clip(cy - inp.row, 0, inp.height - 1), np.clip(cx - inp.col, 0, inp.width - 1)
+    ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in task.present for a, b in zip(cx, cy)], bool)
+    return d.take(ok)
+
+
+def detect_window(task: DetectTask, model: ModelFiles) -> Detections:
+    """The boxes of one window, its input read here: a task that runs on any worker (the model built once per worker)."""
+    x, valid = read_detect_input(task)
+    if x is None:
+        return _concat([])
+    return keep_boxes(task, model.runner(task.bands, task.threads)(x), valid)
+
+
 def detect_store(
     store: Store,
     tiles: Sequence[Tile],
@@ -167,6 +251,8 @@ def detect_store(
     core_margin_px: float = _P.core_margin_px,
     layer: str = "imagery",
     progress: bool = True,
+    scheduler=None,
+    workers: int | None = None,
 ) -> tuple[Detections, DetectReport]:
     """Detections (global pixel boxes) of the detector in ``model_dir`` over every tile of ``tiles``.
 
@@ -174,15 +260,35 @@ def detect_store(
     model must have the same). ``halo`` None: half the receptive field;
     ``score_threshold`` None: the model's own (``meta.json``). The inputs are
     checked before the model is loaded.
+
+    ``scheduler`` / ``workers`` say where the windows run
+    (:func:`navml.geo.parallel.resolve_scheduler`): in this process by
+    default; else each window is a task (:func:`detect_window`) that reads its
+    input by path and runs the model (its files sent once to each worker,
+    loaded once per worker, with this process's TensorFlow threads per op),
+    and NMS runs here over the boxes of all windows in plan order, so the
+    detections are the same wherever the windows ran.
     """
-    from navml.models.io import load_model
+    from navml.geo.parallel import map_shards, resolve_scheduler
+    from navml.models.io import load_model, read_meta
 
+    plan = resolve_scheduler(scheduler, workers)
     check_inputs(store, tiles, window, layer, KEY)
+    kw = dict(window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold, core_margin_px=core_margin_px,
+              layer=layer, progress=progress, where=str(model_dir))
+    if plan.serial:
+        model, meta = load_model(model_dir)
+        return detect_with_model(store, tiles, model, meta, names, **kw)
+    meta = read_meta(model_dir)
+    files = ModelFiles.read(model_dir)
 
-    model, meta = load_model(model_dir)
-    return detect_with_model(store, tiles, model, meta, names, window=window, halo=halo, nms_iou=nms_iou,
-                             score_threshold=score_threshold, core_margin_px=core_margin_px, layer=layer,
-                             progress=progress, where=str(model_dir))
+    def windows(tasks: list[DetectTask]):
+        if plan.distributed:  # workers compute as this process would: the same boxes
+            threads = tf_threads()
+            tasks = [dataclasses.replace(t, threads=threads) for t in tasks]
+        return map_shards(detect_window, tasks, scheduler=plan, shared=files, desc=KEY, unit="window", progress=False)
+
+    return _detect(store, tiles, meta, names, windows=windows, **kw)
 
 
 def detect_with_model(
@@ -201,7 +307,32 @@ def detect_with_model(
     progress: bool = True,
     where: str = "model",
 ) -> tuple[Detections, DetectReport]:
-    """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``); ``where`` names it in errors."""
+    """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``), in this process;
+    ``where`` names it in errors."""
+
+    def windows(tasks: list[DetectTask]):
+        run = runner(fold_batchnorm(flexible(model, tasks[0].bands)), tasks[0].bands)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:  # read the next window, decode the last
+            next_x = reader.submit(read_detect_input, tasks[0])
+            for i, task in enumerate(tasks):
+                x, valid = next_x.result()
+                if i + 1 < len(tasks):
+                    next_x = reader.submit(read_detect_input, tasks[i + 1])
+                if x is None:
+                    yield None
+                    continue
+                y = run(x)
+                del x
+                yield post.submit(keep_boxes, task, y, valid)
+
+    return _detect(store, tiles, meta, names, window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold,
+                   core_margin_px=core_margin_px, layer=layer, progress=progress, where=where, windows=windows)
+
+
+def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold, core_margin_px, layer, progress, where,
+            windows) -> tuple[Detections, DetectReport]:
+    """Plan the windows, get their boxes from ``windows(tasks)`` (in task order: Detections, futures of them, or None),
+    and run NMS over all of them."""
     t_start = time.perf_counter()
     tiles, bands, groups = check_inputs(store, tiles, window, layer, KEY)
     grid = store.grid
@@ -217,66 +348,23 @@ def detect_with_model(
     stride = det.stride
     halo = prediction_halo(det.receptive_field, stride, halo, KEY)
     jobs = plan_windows(tiles, grid, window, halo, stride)
-    run = runner(fold_batchnorm(flexible(model, bands)), bands)
     size = grid.tile_size
     present = {(t.x, t.y) for t in tiles}
-    per = N_BOX + len(names)
-    n_out = len(det.anchors) * per
-    margin_cells = math.ceil(core_margin_px / stride)
 
-    def read(job):
-        """The detector input of ``job`` (None when its core has no imagery) and the input's valid-data mask."""
-        valid = store.read_valid(layer, job.input)
-        r0, c0 = job.core.row - job.input.row, job.core.col - job.input.col
-        if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
-            return None, valid
-        x = store.read_window(layer, job.input, bands=bands)
-        return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+    def touched(job: Job) -> frozenset[tuple[int, int]]:
+        w = job.input
+        return frozenset((x, y) for y in range(w.row // size, (w.row + w.height - 1) // size + 1)
+                         for x in range(w.col // size, (w.col + w.width - 1) // size + 1) if (x, y) in present)
 
-    def keep(job, y: np.ndarray, valid: np.ndarray) -> Detections:
-        """Boxes of ``job``'s core (and margin) from its raw output: decoded, centre in core, on imagery, in an AOI tile."""
-        inp, core = job.input, job.core
-        gh, gw = inp.height // stride, inp.width // stride
-        if y.shape != (gh, gw, n_out):
-            raise ModelError(f"{where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
-        i0 = max(0, (core.row - inp.row) // stride - margin_cells)
-        j0 = max(0, (core.col - inp.col) // stride - margin_cells)
-        i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
-        j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
-        y = y[i0:i1, j0:j1]
-        # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
-        rows = (sigmoid(y[..., TO::per]) >= score_threshold).any(axis=(1, 2))
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-        found = [decode(y[a:b], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
-                 for a, b in zip(edges[::2], edges[1::2])]
-        d = _concat(found)
-        d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), core_margin_px))
-        if not len(d):
-            return d
-        cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
-        cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
-        r, c = np.clip(cy - inp.row, 0, inp.height - 1), np.clip(cx - inp.col, 0, inp.width - 1)
-        ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in present for a, b in zip(cx, cy)], bool)
-        return d.take(ok)
-
-    parts: list[Detections] = []
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post, tqdm(
-        total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True
-    ) as bar:
-        pending = []
-        next_x = reader.submit(read, jobs[0])
-        for i, job in enumerate(jobs):
-            x, valid = next_x.result()
-            if i + 1 < len(jobs):
-                next_x = reader.submit(read, jobs[i + 1])
-            if x is not None:
-                y = run(x)
-                if y.ndim != 4:
-                    raise ModelError(f"{where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
-                pending.append(post.submit(keep, job, y[0], valid))
-                del x
+    tasks = [DetectTask(store, layer, bands, job, det, len(names), float(score_threshold), float(core_margin_px),
+                        touched(job), where) for job in jobs]
+    parts: list = []
+    with tqdm(total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True) as bar:
+        for job, got in zip(jobs, windows(tasks)):
+            if got is not None:
+                parts.append(got)
             bar.update(job.tiles)
-        parts = [f.result() for f in pending]
+        parts = [p.result() if hasattr(p, "result") else p for p in parts]
     merged = _concat(parts)
     out = merged.take(grid_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou))
     report = DetectReport(
