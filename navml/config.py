@@ -577,6 +577,10 @@ class DetectParams(Section):
     anchor_seed: int = Field(0, description="seed of the k-means++ start")
     base_filters: int = Field(8, ge=1, le=256, description="filters of the first level, doubling per level (16: ~4x the cost)")
     loss: DetectLossParams = Field(DetectLossParams(), description="weights of the YOLOv2 loss terms")
+    offset_scale: float = Field(
+        1.0, ge=1.0, le=4.0, description="centre offset s sigmoid(t) - (s - 1) / 2 in cells: 1 = YOLOv2 (0..1), 2 = YOLOv5 (-0.5..1.5)"
+    )
+    neighbours: bool = Field(False, description="each box also a positive in the 2 neighbouring cells nearest its centre (YOLOv5; needs offset_scale 2)")
     ignore_iou: float = Field(0.6, gt=0.0, le=1.0, description="no-object term off where a prediction overlaps a truth more than this")
     max_truths: int = Field(64, ge=1, description="truth boxes per crop the no-object term compares with")
     prior_steps: int = Field(100, ge=0, description="steps during which the prior term pulls predictions toward their anchors")

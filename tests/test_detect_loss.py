@@ -103,3 +103,16 @@ def test_loss_in_a_graph_with_unknown_window_size():
     p[0, 1, 2, 1, TX] += 1.0
     assert float(graph(y_true, p)) == pytest.approx(_total(y_true, p), rel=1e-5)
     assert float(graph(y_true, p)) > 0.01
+
+
+def test_loss_is_least_at_its_target_with_the_wide_offset():
+    """offset_scale 2 (YOLOv5): the coordinate term vanishes at the target's logits, neighbours included."""
+    t = encode_targets(BOXES, CLASSES, 32, 32, ANCHORS, 2, 8, neighbours=True)[None]
+    exact = target_logits(t, offset_scale=2.0).astype("float32")
+    terms = loss_terms(t, exact, ANCHORS, 8, offset_scale=2.0)
+    assert float(np.asarray(terms["coord"])[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(np.asarray(terms["obj"])[0]) == pytest.approx(0.0, abs=1e-4)
+    off = loss_terms(t, exact, ANCHORS, 8, offset_scale=1.0)  # read at the YOLOv2 offset, the same logits miss
+    assert float(np.asarray(off["coord"])[0]) > 0.01
+    with pytest.raises(ConfigError, match="offset_scale"):
+        YoloLoss(ANCHORS, 8, offset_scale=0.5)

@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from navml.detect.targets import assign_boxes, decode, encode_targets, grid_shape, split_head, target_logits
+from navml.detect.targets import (
+    TO,
+    TX,
+    TY,
+    assign_boxes,
+    check_offset,
+    decode,
+    encode_targets,
+    grid_shape,
+    neighbour_cells,
+    split_head,
+    target_logits,
+)
 from navml.errors import ConfigError, InputError
 
 ANCHORS = np.array([[4.0, 11.0], [11.0, 4.0], [8.0, 8.0]])  # (w, h) px
@@ -77,3 +89,32 @@ def test_decode_origin_threshold_and_errors():
         encode_targets(np.array([[5.0, 5.0, 5.0, 9.0]]), np.array([0]), 16, 16, ANCHORS, 1, 8)
     with pytest.raises(InputError, match="class ids"):
         encode_targets(np.array([[1.0, 1.0, 5.0, 9.0]]), np.array([3]), 16, 16, ANCHORS, 2, 8)
+
+
+def test_neighbour_positives_decode_to_the_box_three_times():
+    """YOLOv5 assignment: the centre's cell and the nearest neighbour across each cell border, offsets in -0.5..1.5."""
+    anchors = np.array([[4.0, 11.0], [11.0, 4.0]])
+    boxes = np.array([[10.0, 3.0, 14.0, 14.0], [20.0, 17.0, 31.0, 21.0]])  # centres (12, 8.5) and (25.5, 19)
+    assert neighbour_cells(boxes, 32, 32, 8) == [[(1, 2), (0, 1)], [(2, 2), (1, 3)]]
+    t = encode_targets(boxes, np.array([0, 1]), 32, 32, anchors, 2, 8, neighbours=True)
+    assert t[..., TO].sum() == 6
+    assert t[0, 1, 0, TX] == pytest.approx(0.5) and t[0, 1, 0, TY] == pytest.approx(1.0625)
+    assert t[1, 2, 0, TX] == pytest.approx(-0.5)
+    det = decode(target_logits(t, offset_scale=2.0), anchors, 8, score_threshold=0.5, offset_scale=2.0)
+    assert len(det) == 6
+    np.testing.assert_allclose(np.sort(det.boxes, axis=0), np.sort(np.repeat(boxes, 3, axis=0), axis=0), atol=1e-6)
+    assert sorted(det.class_ids.tolist()) == [0, 0, 0, 1, 1, 1]
+    # without neighbours: one positive each, and the same boxes at either offset scale
+    one = encode_targets(boxes, np.array([0, 1]), 32, 32, anchors, 2, 8)
+    assert one[..., TO].sum() == 2
+    for s in (1.0, 2.0):
+        np.testing.assert_allclose(decode(target_logits(one, offset_scale=s), anchors, 8, 0.5, offset_scale=s).boxes[:, 0], [10.0, 20.0], atol=1e-6)
+
+
+def test_neighbours_need_the_wide_offset():
+    check_offset(1.0)
+    check_offset(2.0, neighbours=True)
+    with pytest.raises(ConfigError, match="offset_scale"):
+        check_offset(1.0, neighbours=True)
+    with pytest.raises(ConfigError, match="offset_scale"):
+        check_offset(0.5)

@@ -150,6 +150,7 @@ def sample_stream(
     flip: bool = True,
     rotate: bool = True,
     box_crops: float = _DETECT.box_crops,
+    neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
 ):
     """A generator function yielding ``(image float32 (s, s, bands), target (s/stride, s/stride, A, 5 + C))``;
@@ -175,7 +176,7 @@ def sample_stream(
                 image, truth.get(tile, EMPTY), rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
             )
             rows, cols = img.shape[:2]
-            yield img, encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride)
+            yield img, encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
 
     return gen
 
@@ -194,6 +195,7 @@ def training_dataset(
     flip: bool = True,
     rotate: bool = True,
     box_crops: float = _DETECT.box_crops,
+    neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
 ):
     """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``."""
@@ -204,7 +206,7 @@ def training_dataset(
         raise ConfigError(f"params: 'detect.crop' is {size} px; use a multiple of detect.stride {stride}")
     gen = sample_stream(
         reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, stride=stride, crop=crop,
-        flip=flip, rotate=rotate, box_crops=box_crops, seed=seed,
+        flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
     )
     cells = size // stride
     ds = tf.data.Dataset.from_generator(

@@ -67,6 +67,7 @@ def predict_detections(
     score_floor: float = SCORE_FLOOR,
     max_detections: int = MAX_DETECTIONS,
     clip: bool = True,
+    offset_scale: float = 1.0,
 ) -> list[Detections]:
     """Detections of each image (n, rows, cols, bands) 0..255: decode, class-aware NMS, best ``max_detections``.
 
@@ -77,7 +78,7 @@ def predict_detections(
         chunk = images[start : start + batch_size]
         raw = np.asarray(model.predict_on_batch(chunk))
         for r in raw:
-            d = decode(r, anchors, stride, score_threshold=score_floor)
+            d = decode(r, anchors, stride, score_threshold=score_floor, offset_scale=offset_scale)
             d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou)[:max_detections])
             if clip:
                 rows, cols = chunk.shape[1:3]
@@ -230,6 +231,7 @@ def evaluate_detection(
         anchors = np.asarray(meta.extra["anchors"], float).reshape(-1, 2)
         threshold = float(meta.extra["score_threshold"] if score_threshold is None else score_threshold)
         nms_iou = float(meta.extra.get("nms_iou", 0.5))
+        offset_scale = float(meta.extra.get("offset_scale", 1.0))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{model_dir}: meta.json lacks the detector's anchors or score_threshold ({exc}); retrain it") from exc
     if not 0.0 <= threshold <= 1.0:
@@ -249,7 +251,8 @@ def evaluate_detection(
     for start in tqdm(range(0, len(tiles), batch_size), desc="test", unit="batch", disable=None if progress else True, leave=False):
         chunk = tiles[start : start + batch_size]
         images = tile_images(reader, chunk)
-        for tile, img, d in zip(chunk, images, predict_detections(model, images, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou)):
+        found = predict_detections(model, images, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+        for tile, img, d in zip(chunk, images, found):
             preds.append(d)
             images_of[tile] = img
     as_tuples = [(d.boxes, d.scores, d.class_ids) for d in preds]

@@ -5,11 +5,14 @@
 the cells and anchors holding a truth box, per image (summed over cells and
 anchors)::
 
-    coord   * sum m [(sig(t_x) - x)² + (sig(t_y) - y)² + (t_w - w)² + (t_h - h)²]
+    coord   * sum m [(g(t_x) - x)² + (g(t_y) - y)² + (t_w - w)² + (t_h - h)²]
     obj     * sum m (sig(t_o) - IoU(predicted box, its truth box))²      (IoU not differentiated)
     noobj   * sum (1 - m) [best IoU with any truth <= ignore_iou] sig(t_o)²
     cls     * sum m cross-entropy(softmax(c), one-hot class)
-    prior   * sum (1 - m) [(sig(t_x) - 1/2)² + (sig(t_y) - 1/2)² + t_w² + t_h²]   while step < warmup_steps
+    prior   * sum (1 - m) [(g(t_x) - 1/2)² + (g(t_y) - 1/2)² + t_w² + t_h²]   while step < warmup_steps
+
+with the centre offset ``g(t) = s sig(t) - (s - 1) / 2`` of the offset scale
+``s`` (:mod:`navml.detect.targets`; 1 in YOLOv2).
 
 The "best IoU with any truth" compares each predicted box with the truth
 boxes of its image (at most ``max_truths`` per image, those of the target
@@ -64,6 +67,7 @@ def loss_terms(
     *,
     ignore_iou: float = 0.6,
     max_truths: int = 64,
+    offset_scale: float = 1.0,
 ) -> dict:
     """The loss terms before weighting, each of shape (b,): ``coord``, ``obj``, ``noobj``, ``cls``, ``prior``."""
     anchors = np.asarray(anchors, "float32").reshape(-1, 2)
@@ -78,7 +82,8 @@ def loss_terms(
     ah = ops.reshape(ops.convert_to_tensor(anchors[:, 1]), (1, 1, 1, n_a))
 
     m = y_true[..., TO]
-    sx, sy = ops.sigmoid(y_pred[..., TX]), ops.sigmoid(y_pred[..., TY])
+    shift = (offset_scale - 1.0) / 2.0
+    sx, sy = offset_scale * ops.sigmoid(y_pred[..., TX]) - shift, offset_scale * ops.sigmoid(y_pred[..., TY]) - shift
     tw, th = y_pred[..., TW], y_pred[..., TH]
     so = ops.sigmoid(y_pred[..., TO])
     pred = _corners((gx + sx) * stride, (gy + sy) * stride, aw * ops.exp(ops.minimum(tw, 10.0)), ah * ops.exp(ops.minimum(th, 10.0)))
@@ -138,6 +143,7 @@ class YoloLoss(keras.losses.Loss):
         ignore_iou: float = 0.6,
         warmup_steps: int = 0,
         max_truths: int = 64,
+        offset_scale: float = 1.0,
         step=None,
         name: str = "yolo_loss",
         reduction: str = "sum_over_batch_size",
@@ -148,6 +154,8 @@ class YoloLoss(keras.losses.Loss):
                 raise ConfigError(f"params: loss weight '{key}' is {v}; use 0 or more")
         if not 0.0 < ignore_iou <= 1.0:
             raise ConfigError(f"params: loss 'ignore_iou' is {ignore_iou}; use a value in (0, 1], YOLOv2 uses 0.6")
+        if not offset_scale >= 1.0:
+            raise ConfigError(f"params: detect.offset_scale is {offset_scale}; use 1 (YOLOv2) or more")
         if warmup_steps < 0 or max_truths < 1:
             raise ConfigError("params: loss 'warmup_steps' must be 0 or more and 'max_truths' at least 1")
         self.anchors = np.asarray(anchors, "float32").reshape(-1, 2)
@@ -156,11 +164,13 @@ class YoloLoss(keras.losses.Loss):
         self.ignore_iou = float(ignore_iou)
         self.warmup_steps = int(warmup_steps)
         self.max_truths = int(max_truths)
+        self.offset_scale = float(offset_scale)
         self.step = step
 
     def call(self, y_true, y_pred):
         terms = loss_terms(
-            y_true, y_pred, self.anchors, self.stride, ignore_iou=self.ignore_iou, max_truths=self.max_truths
+            y_true, y_pred, self.anchors, self.stride, ignore_iou=self.ignore_iou, max_truths=self.max_truths,
+            offset_scale=self.offset_scale,
         )
         total = sum(self.weights[k] * terms[k] for k in TERMS if k != "prior")
         if self.warmup_steps and self.step is not None and self.weights["prior"]:
@@ -178,4 +188,5 @@ class YoloLoss(keras.losses.Loss):
             "ignore_iou": self.ignore_iou,
             "warmup_steps": self.warmup_steps,
             "max_truths": self.max_truths,
+            "offset_scale": self.offset_scale,
         }

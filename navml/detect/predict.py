@@ -5,8 +5,10 @@ segmentation's windowing: cores of whole tiles up to ``window`` px, a halo of
 at least half the receptive field read across tile and shard borders,
 windows on the output-stride grid). Of each window's output only the cells
 of its core are decoded, with the window's offset as ``origin`` so that the
-boxes are in global pixels; a decoded centre always lies in its own cell, so
-a box comes from the one window whose core holds its centre
+boxes are in global pixels; a decoded centre lies in its own cell (with an
+offset scale ``s > 1``, ``detect.offset_scale``, up to ``(s - 1) / 2`` cells beyond
+it, so one more ring of cells is decoded), so a box comes from the one window
+whose core holds its centre
 (:func:`~navml.detect.nms.centre_in_core` checks it, and with
 ``core_margin_px > 0`` also takes boxes just outside the core, whose twins NMS
 then drops). Class-aware NMS runs once over the whole AOI
@@ -72,6 +74,7 @@ class Detector:
     stride: int
     receptive_field: int
     score_threshold: float | None
+    offset_scale: float = 1.0  # centre offset s sigmoid(t) - (s - 1) / 2 (navml.detect.targets)
 
 
 def detector_of(meta, where: str) -> Detector:
@@ -85,7 +88,8 @@ def detector_of(meta, where: str) -> Detector:
     if not len(anchors) or not (np.isfinite(anchors).all() and (anchors > 0).all()):
         raise ModelError(f"{where}: meta.json anchors {anchors.tolist()} are not positive [w, h] pixels; retrain the detector")
     thr = meta.extra.get("score_threshold")
-    return Detector(list(meta.classes), anchors, int(meta.stride), int(meta.receptive_field), None if thr is None else float(thr))
+    scale = float(meta.extra.get("offset_scale", 1.0))
+    return Detector(list(meta.classes), anchors, int(meta.stride), int(meta.receptive_field), None if thr is None else float(thr), scale)
 
 
 def check_detector(meta, grid: Grid, bands: int, names: Sequence[str], where: str) -> Detector:
@@ -204,7 +208,8 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
     if y.ndim != 4:
         raise ModelError(f"{task.where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
     y = y[0]
-    margin_cells = math.ceil(task.core_margin_px / stride)
+    # a centre lies in its own cell, or up to (s - 1) / 2 cells beyond it with an offset scale s > 1
+    margin_cells = math.ceil(task.core_margin_px / stride + (det.offset_scale - 1.0) / 2.0)
     inp, core = job.input, job.core
     gh, gw = inp.height // stride, inp.width // stride
     if y.shape != (gh, gw, n_out):
@@ -217,7 +222,8 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
     # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
     rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
     edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
+    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride),
+                    offset_scale=det.offset_scale)
              for a, b in zip(edges[::2], edges[1::2])]
     d = _concat(found)
     d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))

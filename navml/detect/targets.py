@@ -5,18 +5,30 @@ anchor ``a`` of shape ``(p_w, p_h)`` pixels, ``5 + C`` numbers
 ``t_x, t_y, t_w, t_h, t_o, c_1 .. c_C`` (logits). The box they stand for, in
 pixels of the input window::
 
-    x = (j + sigmoid(t_x)) S        y = (i + sigmoid(t_y)) S
+    x = (j + g(t_x)) S              y = (i + g(t_y)) S
     w = p_w exp(t_w)                h = p_h exp(t_h)
     score_k = sigmoid(t_o) softmax(c)_k
 
+with the offset ``g(t) = s sigmoid(t) - (s - 1) / 2`` of the offset scale
+``s`` (YOLOv2: ``s = 1``, an offset in 0..1 of the cell; YOLOv4/v5's wider
+``s = 2``: -0.5..1.5, so that a centre near a cell border is not at the
+sigmoid's flat end, and a neighbouring cell can hold the box too).
+
 The target tensor (rows / S, cols / S, A, 5 + C) holds at the cell of a truth
-box's centre and at the anchor of best shape IoU: ``sigmoid(t_x)`` and
-``sigmoid(t_y)`` as wanted (the centre's offset in the cell, 0..1), ``t_w``
+box's centre and at the anchor of best shape IoU: ``g(t_x)`` and
+``g(t_y)`` as wanted (the centre's offset in the cell, 0..1), ``t_w``
 and ``t_h`` as wanted (``log(w / p_w)``, ``log(h / p_h)``), 1 in the
 objectness channel and the one-hot class; zeros elsewhere. When two boxes
 want the same cell and anchor, the later takes the free anchor of next-best
 shape IoU in that cell; a box is dropped only when all ``A`` anchors of its
 cell are taken (:func:`assign_boxes` reports it with ``-1``).
+
+With ``neighbours`` (YOLOv5's assignment; it needs ``s >= 2``), a box is also a
+positive in the two neighbouring cells nearest its centre, one across the
+nearer vertical cell border and one across the nearer horizontal one (offsets
+-0.5..0 or 1..1.5 there), on the same anchor, where that cell and anchor are
+still free after every box took its own cell: three positives per box
+instead of one, each seeing the marking from a slightly different place.
 
 The head's raw output may come as ``(..., rows / S, cols / S, A * (5 + C))``
 (channel ``a * (5 + C) + k``) or already split to ``(..., A, 5 + C)``.
@@ -36,6 +48,19 @@ TX, TY, TW, TH, TO = 0, 1, 2, 3, 4
 N_BOX = 5
 #: Offsets are clipped to [EPS, 1 - EPS] before a logit is taken.
 EPS = 1e-7
+
+
+def check_offset(offset_scale: float, neighbours: bool = False) -> None:
+    """A :class:`ConfigError` unless ``offset_scale >= 1`` (and ``>= 2`` with ``neighbours``)."""
+    if not offset_scale >= 1.0:
+        raise ConfigError(f"params: detect.offset_scale is {offset_scale}; use 1 (YOLOv2) or more (2: YOLOv5)")
+    if neighbours and offset_scale < 2.0:
+        raise ConfigError(f"params: detect.neighbours needs detect.offset_scale 2 or more (now {offset_scale}): a neighbour cell's offset lies in -0.5..1.5")
+
+
+def offset(t: np.ndarray, offset_scale: float = 1.0) -> np.ndarray:
+    """Centre offset in cells ``s sigmoid(t) - (s - 1) / 2`` of raw ``t``."""
+    return offset_scale * sigmoid(t) - (offset_scale - 1.0) / 2.0
 
 
 @dataclass(frozen=True)
@@ -95,13 +120,45 @@ def assign_boxes(boxes: np.ndarray, anchors: np.ndarray, rows: int, cols: int, s
     return out
 
 
+def neighbour_cells(boxes: np.ndarray, rows: int, cols: int, stride: int = 8) -> list[list[tuple[int, int]]]:
+    """Per box, the neighbouring cells ``(i, j)`` that also hold it with ``neighbours``: across the nearer
+    vertical and the nearer horizontal cell border of its centre (inside the window; a centre exactly in a
+    cell's middle takes the next cell)."""
+    boxes = _boxes(boxes)
+    gh, gw = grid_shape(rows, cols, stride)
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        cx, cy = (x0 + x1) / 2 / stride, (y0 + y1) / 2 / stride
+        i, j = min(int(cy), gh - 1), min(int(cx), gw - 1)
+        cells = []
+        nj = j - 1 if cx - j < 0.5 else j + 1
+        ni = i - 1 if cy - i < 0.5 else i + 1
+        if 0 <= nj < gw:
+            cells.append((i, nj))
+        if 0 <= ni < gh:
+            cells.append((ni, j))
+        out.append(cells)
+    return out
+
+
 def encode_targets(
-    boxes: np.ndarray, class_ids: np.ndarray, rows: int, cols: int, anchors: np.ndarray, n_classes: int, stride: int = 8
+    boxes: np.ndarray,
+    class_ids: np.ndarray,
+    rows: int,
+    cols: int,
+    anchors: np.ndarray,
+    n_classes: int,
+    stride: int = 8,
+    *,
+    neighbours: bool = False,
 ) -> np.ndarray:
     """Target tensor (rows / stride, cols / stride, A, 5 + n_classes) float32 for truth boxes in pixels.
 
     ``boxes`` (N, 4) ``(x0, y0, x1, y1)`` pixels of the window, ``class_ids``
     (N,) in ``0 .. n_classes - 1``, ``anchors`` (A, 2) ``(w, h)`` pixels.
+    ``neighbours``: also the two nearest neighbouring cells of each centre
+    (:func:`neighbour_cells`), on the box's anchor where still free; the
+    offsets there lie in -0.5..1.5 (a model with ``offset_scale`` 2).
     """
     boxes = _boxes(boxes)
     class_ids = np.asarray(class_ids, int).reshape(-1)
@@ -114,16 +171,27 @@ def encode_targets(
     target = np.zeros((gh, gw, len(anchors), N_BOX + n_classes), np.float32)
     where = assign_boxes(boxes, anchors, rows, cols, stride)
     wh = box_shapes(boxes)
-    for n, (i, j, a) in enumerate(where):
+    cells = [[(i, j)] for i, j, _ in where]
+    if neighbours:
+        taken = {(int(i), int(j), int(a)) for i, j, a in where if a >= 0}
+        for n, extra in enumerate(neighbour_cells(boxes, rows, cols, stride)):
+            a = int(where[n, 2])
+            for i, j in extra:
+                if a >= 0 and (i, j, a) not in taken:
+                    taken.add((i, j, a))
+                    cells[n].append((i, j))
+    for n, (_, _, a) in enumerate(where):
         if a < 0:
             continue
         cx, cy = (boxes[n, 0] + boxes[n, 2]) / 2, (boxes[n, 1] + boxes[n, 3]) / 2
-        target[i, j, a, TX] = np.clip(cx / stride - j, 0.0, 1.0)
-        target[i, j, a, TY] = np.clip(cy / stride - i, 0.0, 1.0)
-        target[i, j, a, TW] = np.log(wh[n, 0] / anchors[a, 0])
-        target[i, j, a, TH] = np.log(wh[n, 1] / anchors[a, 1])
-        target[i, j, a, TO] = 1.0
-        target[i, j, a, N_BOX + class_ids[n]] = 1.0
+        for k, (i, j) in enumerate(cells[n]):
+            lo, hi = (0.0, 1.0) if k == 0 else (-0.5, 1.5)
+            target[i, j, a, TX] = np.clip(cx / stride - j, lo, hi)
+            target[i, j, a, TY] = np.clip(cy / stride - i, lo, hi)
+            target[i, j, a, TW] = np.log(wh[n, 0] / anchors[a, 0])
+            target[i, j, a, TH] = np.log(wh[n, 1] / anchors[a, 1])
+            target[i, j, a, TO] = 1.0
+            target[i, j, a, N_BOX + class_ids[n]] = 1.0
     return target
 
 
@@ -150,8 +218,8 @@ def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def target_logits(target: np.ndarray, confidence: float = 30.0) -> np.ndarray:
-    """Raw head output (same shape as ``target``) that decodes to exactly the target's boxes.
+def target_logits(target: np.ndarray, confidence: float = 30.0, offset_scale: float = 1.0) -> np.ndarray:
+    """Raw head output (same shape as ``target``) that decodes to exactly the target's boxes (at ``offset_scale``).
 
     Offsets become logits, ``t_w``/``t_h`` pass through, objectness and class
     channels become ``+confidence`` where set and ``-confidence`` (objectness)
@@ -159,8 +227,9 @@ def target_logits(target: np.ndarray, confidence: float = 30.0) -> np.ndarray:
     """
     t = np.asarray(target, float)
     raw = np.zeros_like(t)
-    raw[..., TX] = logit(t[..., TX])
-    raw[..., TY] = logit(t[..., TY])
+    shift = (offset_scale - 1.0) / 2.0
+    raw[..., TX] = logit((t[..., TX] + shift) / offset_scale)
+    raw[..., TY] = logit((t[..., TY] + shift) / offset_scale)
     raw[..., TW] = t[..., TW]
     raw[..., TH] = t[..., TH]
     raw[..., TO] = np.where(t[..., TO] > 0.5, confidence, -confidence)
@@ -168,14 +237,14 @@ def target_logits(target: np.ndarray, confidence: float = 30.0) -> np.ndarray:
     return raw
 
 
-def decode_boxes(raw: np.ndarray, anchors: np.ndarray, stride: int = 8) -> np.ndarray:
+def decode_boxes(raw: np.ndarray, anchors: np.ndarray, stride: int = 8, offset_scale: float = 1.0) -> np.ndarray:
     """Box of every cell and anchor: (gh, gw, A, 4) ``(x0, y0, x1, y1)`` pixels from split raw output (gh, gw, A, 5 + C)."""
     raw = np.asarray(raw, float)
     anchors = np.asarray(anchors, float).reshape(-1, 2)
     gh, gw = raw.shape[:2]
     jj, ii = np.meshgrid(np.arange(gw), np.arange(gh))
-    cx = (jj[..., None] + sigmoid(raw[..., TX])) * stride
-    cy = (ii[..., None] + sigmoid(raw[..., TY])) * stride
+    cx = (jj[..., None] + offset(raw[..., TX], offset_scale)) * stride
+    cy = (ii[..., None] + offset(raw[..., TY], offset_scale)) * stride
     w = anchors[:, 0] * np.exp(np.minimum(raw[..., TW], 20.0))
     h = anchors[:, 1] * np.exp(np.minimum(raw[..., TH], 20.0))
     return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
@@ -187,17 +256,20 @@ def decode(
     stride: int = 8,
     score_threshold: float = 0.0,
     origin: tuple[float, float] = (0.0, 0.0),
+    offset_scale: float = 1.0,
 ) -> Detections:
     """Detections of one window from its raw head output (gh, gw, A * (5 + C)) or (gh, gw, A, 5 + C).
 
     Each cell and anchor gives one box with its best class and the score
     ``sigmoid(t_o) * softmax(c)_best``; boxes scoring below
     ``score_threshold`` are dropped. ``origin`` ``(x, y)`` pixels is added to
-    the boxes (a window's offset in global pixels). Sorted by score, highest first.
+    the boxes (a window's offset in global pixels); ``offset_scale`` is the
+    model's (``meta.json`` ``extra.offset_scale``, 1 when absent). Sorted by
+    score, highest first.
     """
     anchors = np.asarray(anchors, float).reshape(-1, 2)
     raw = split_head(raw, len(anchors)).astype(float)
-    boxes = decode_boxes(raw, anchors, stride).reshape(-1, 4)
+    boxes = decode_boxes(raw, anchors, stride, offset_scale).reshape(-1, 4)
     logits = raw[..., N_BOX:].reshape(-1, raw.shape[-1] - N_BOX)
     logits = logits - logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)

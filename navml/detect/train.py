@@ -41,6 +41,7 @@ import pandas as pd
 
 from navml.config import DetectParams
 from navml.detect.dataset import BOXES_FILE, TileBoxes, count_boxes, read_boxes, tile_images, training_dataset
+from navml.detect.targets import check_offset
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.store import Store
 from navml.io import replace_dir
@@ -72,7 +73,7 @@ def _check_args(names: Sequence[str], steps: int, eval_every: int, batch_size: i
         raise ConfigError(f"params: 'detect.crop' is {crop}; use a multiple of detect.stride {stride} up to grid.tile_size {size}, or null")
 
 
-def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, patience):
+def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, patience, offset_scale=1.0):
     """A Keras callback: val mAP@0.5 into ``logs['val_map50']`` after every epoch (check), best weights kept, early stop."""
     import keras
 
@@ -89,7 +90,7 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
             self.wait = 0
 
         def on_epoch_end(self, epoch, logs=None):
-            dets = predict_detections(self.model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou)
+            dets = predict_detections(self.model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
             ap = average_precisions(truths, [(d.boxes, d.scores, d.class_ids) for d in dets], n_classes, (0.5,))[:, 0]
             score = float(np.nanmean(ap))
             if logs is not None:
@@ -125,6 +126,8 @@ def train_detection(
     noobj: float = _LOSS.noobj,
     cls: float = _LOSS.cls,
     prior: float = _LOSS.prior,
+    offset_scale: float = _DETECT.offset_scale,
+    neighbours: bool = _DETECT.neighbours,
     ignore_iou: float = _DETECT.ignore_iou,
     max_truths: int = _DETECT.max_truths,
     prior_steps: int = _DETECT.prior_steps,
@@ -166,6 +169,7 @@ def train_detection(
     n = len(names)
     size = store.grid.tile_size
     _check_args(names, steps, eval_every, batch_size, patience, crop, stride, size)
+    check_offset(offset_scale, neighbours)
     if crop == size:
         crop = None
     if score_threshold is not None and not 0.0 <= float(score_threshold) <= 1.0:
@@ -205,14 +209,14 @@ def train_detection(
     optimizer = keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps))
     loss = YoloLoss(
         fit.wh, stride, coord=coord, obj=obj, noobj=noobj, cls=cls, prior=prior, ignore_iou=ignore_iou,
-        warmup_steps=prior_steps, max_truths=max_truths, step=optimizer.iterations,
+        warmup_steps=prior_steps, max_truths=max_truths, offset_scale=offset_scale, step=optimizer.iterations,
     )
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = training_dataset(
         reader, train_tiles, truth, anchors=fit.wh, n_classes=n, mirror=mirror_ids, batch_size=batch_size, stride=stride,
-        crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, seed=seed,
+        crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
     )
-    check = _val_check(val_images, val_truths, fit.wh, stride, n, nms_iou, batch_size, patience)
+    check = _val_check(val_images, val_truths, fit.wh, stride, n, nms_iou, batch_size, patience, offset_scale)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
@@ -242,7 +246,7 @@ def train_detection(
 
         from navml.detect.evaluate import best_f1_threshold, predict_detections
 
-        dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou)
+        dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
         val_preds = [(d.boxes, d.scores, d.class_ids) for d in dets]
         chosen = best_f1_threshold(val_truths, val_preds, n)
         if score_threshold is not None:
@@ -283,6 +287,7 @@ def train_detection(
             extra={
                 "architecture": "yolov2",
                 "anchors": np.round(fit.wh, 4).tolist(),
+                "offset_scale": offset_scale,
                 "score_threshold": round(float(chosen["threshold"]), 6),
                 "score_threshold_from": "fixed" if score_threshold is not None else "val_f1",
                 "nms_iou": nms_iou,

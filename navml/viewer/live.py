@@ -161,7 +161,7 @@ class LiveTiles:
         x, win = self._input(tile)
         with self._lock:
             y = self.predictor.run(x)
-        found = decode(y[0], d.anchors, d.stride, thr, origin=(win.col, win.row))
+        found = decode(y[0], d.anchors, d.stride, thr, origin=(win.col, win.row), offset_scale=d.offset_scale)
         w = tile_window(tile, self.store.grid.tile_size)
         found = found.take(centre_in_core(found.boxes, (w.col, w.row, w.col + w.width, w.row + w.height)))
         found = found.take(nms(found.boxes, found.scores, found.class_ids, 0.5))
