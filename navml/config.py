@@ -461,6 +461,16 @@ class AugmentParams(Section):
     brightness: float = Field(0.1, ge=0.0, le=1.0, description="max brightness shift, share of 255")
     contrast: float = Field(0.1, ge=0.0, le=1.0, description="max relative change of the spread around the tile mean")
     hue: float = Field(0.02, ge=0.0, le=1.0, description="max hue rotation, share of the colour circle")
+    scale: tuple[Annotated[float, Field(gt=0.1, le=10.0)], Annotated[float, Field(gt=0.1, le=10.0)]] | None = Field(
+        None, description="random zoom of a sample, [low, high] (log-uniform, e.g. [0.6, 1.6]); null = none"
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, value):
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"low {value[0]} must not exceed high {value[1]}")
+        return value
 
 
 #: Loss term names of ``train.loss`` (aliases -> canonical), used by navml.segment.losses too;
@@ -516,6 +526,9 @@ class TrainParams(Section):
         AugmentParams(), description="augmentation settings, or false for none"
     )
     threshold_metric: Literal["iou", "f1"] = Field("iou", description="metric of the per-class threshold chosen on val")
+    gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None, description="ground metres per pixel the model trains at (each city's tiles resampled to it); null = the finest training city's"
+    )
     seed: int = Field(0, description="same seed + same data -> same weights")
 
     @field_validator("loss")
@@ -616,6 +629,9 @@ class PredictParams(Section):
 
     window_px: int = Field(2048, ge=16, description="largest core of one model call, px (at least grid.tile_size)")
     halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the model's receptive field")
+    resample: bool = Field(
+        True, description="run the model at the ground resolution it was trained at: windows of a store more than 2 % finer or coarser are resampled"
+    )
 
 
 # --- turn-lane detector: city-wide prediction and markings in the world (issue 8) ---

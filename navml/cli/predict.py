@@ -36,10 +36,13 @@ def command(
         [c.name for c in segmentation_classes(p.class_specs())],
         window=s.window_px,
         halo=s.halo_px or None,
+        resample=s.resample,
         scheduler=scheduler,
         workers=workers,
     )
     typer.echo(
         f"predict: {report.tiles} tiles in {report.shards} shards, {report.windows} windows, halo {report.halo} px "
-        f"(x{report.overhead:.2f} pixels), {report.tiles / report.seconds:.1f} tiles/s -> {out}/probs"
+        f"(x{report.overhead:.2f} pixels), {report.tiles / report.seconds:.1f} tiles/s"
+        + (f", resampled x{report.factor:.3f} to the model's ground resolution" if report.factor != 1.0 else "")
+        + f" -> {out}/probs"
     )
