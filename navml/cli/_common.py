@@ -35,6 +35,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return validate_params(data, str(path))
 
 
+def city_sources(params: Params, tiles: list[Path], stores: list[Path], cities: bool) -> tuple[list[Path], list[Path]]:
+    """The ``(tile indexes, stores)`` a training reads: the options as given (one store per index), or with ``cities``
+    those of the ``role: train`` cities of ``params``."""
+    if cities:
+        names = params.train_cities()
+        if not names:
+            raise ConfigError("--cities: params has no city with role: train; add a `cities:` section or drop --cities")
+        inputs = [params.city(n) for n in names]
+        return [Path(c.tiles) for c in inputs], [Path(c.store) for c in inputs]
+    if len(tiles) != len(stores):
+        raise ConfigError(f"--tiles given {len(tiles)} time(s) but --store {len(stores)}: give one store per tile index")
+    return list(tiles), list(stores)
+
+
 def with_overrides(section: S, **given: Any) -> S:
     """``section`` with the options the user gave (not None) in place of its values, validated like the file."""
     from pydantic import ValidationError

@@ -6,14 +6,17 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli._common import city_sources, exits, load_params
+from navml.cli.options import Params
 
 
 @exits
 def command(
-    tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    tiles: list[Path] = typer.Option(
+        [Path("data/cover/tiles.csv")], "--tiles", help="Tile index written by `navml cover`; repeat with --store per city to train on several."
+    ),
+    store: list[Path] = typer.Option([Path("data/store")], "--store", help="Shard store folder (imagery, masks); one per --tiles."),
+    cities: bool = typer.Option(False, "--cities", help="Train on the union of the `role: train` cities of params (their tiles and stores) instead."),
     out: Path = typer.Option(Path("data/models/seg"), "--out", help="Model folder to write (model.keras, meta.json, thresholds.json)."),
     live: Path = typer.Option(Path("data/metrics/train"), "--live", help="dvclive folder for per-epoch metrics and learning curves."),
     params: Path = Params,
@@ -26,16 +29,18 @@ def command(
 
     p = load_params(params)
     t = p.train
+    tiles, store = city_sources(p, tiles, store, cities)
+    grid = p.grid.grid()
     result = train_segmentation(
-        Store(store, p.grid.grid()),
-        read_index(tiles),
+        [Store(s, grid) for s in store],
+        [read_index(x) for x in tiles],
         [c.name for c in segmentation_classes(p.class_specs())],
         out,
         **t.model_dump(exclude={"augment"}),
         augment=Augment(**t.augment.model_dump()) if t.augment else None,
         live_dir=live,
         progress=True,
-        where=str(tiles),
+        where=", ".join(map(str, tiles)),
     )
     thr = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in result["thresholds"].items())
     typer.echo(
