@@ -607,6 +607,9 @@ class DetectParams(Section):
     score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_score_threshold)] = Field(
         "auto", description="auto = the score of best F1 on the val split, chosen at training; or a score 0..1"
     )
+    gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None, description="ground metres per pixel the detector trains at (each city's tiles resampled to it); null = the finest training city's"
+    )
     seed: int = Field(0, description="same seed + same data -> same weights")
 
 
@@ -719,7 +722,8 @@ class CityParams(Section):
     """
 
     role: Literal["train", "predict"] = Field(
-        description="train: its train/val/test tiles join the one training of each model; predict: held out, predicted, post-processed, scored where truth exists"
+        description="train: its train/val/test tiles join the one training of each model; "
+        "predict: held out, predicted, post-processed, scored where truth exists"
     )
     synthetic: Annotated[SynthParams | None, BeforeValidator(_synthetic)] = Field(
         None, description="the built-in synthetic city: seed, center [lon, lat], size_km, ... (true = the synth defaults)"
@@ -732,7 +736,9 @@ class CityParams(Section):
     labels: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         {}, description="own labels per class of the registry in this city: {class: file}, replacing the class's `labels`"
     )
-    aoi: Annotated[str | None, BeforeValidator(_empty_none)] = Field(None, description="AOI GeoJSON or 'west,south,east,north'; default: the synthetic city's square")
+    aoi: Annotated[str | None, BeforeValidator(_empty_none)] = Field(
+        None, description="AOI GeoJSON or 'west,south,east,north'; default: the synthetic city's square"
+    )
     complete: str | None = Field(
         None, description="areas (GeoJSON) where OSM is complete; \"\" = everywhere; default: the synthetic city's (else everywhere)"
     )

@@ -13,7 +13,15 @@ import yaml
 from navml.config import Params, validate_params
 from navml.data.rasterize import IGNORE
 from navml.errors import ConfigError
-from navml.geo.grid import Grid, Tile, Window, ground_resolution, lonlat_to_pixel, tiles_ground_resolution, tiles_of_shard
+from navml.geo.grid import (
+    Grid,
+    Tile,
+    Window,
+    ground_resolution,
+    lonlat_to_pixel,
+    tiles_ground_resolution,
+    tiles_of_shard,
+)
 from navml.geo.store import Store
 from navml.models.inference import Job, from_model_grid, rescale_plan, scale_factor, to_model_grid
 from navml.post.cities import city_metrics, cross_city_gap, write_gap
@@ -316,3 +324,14 @@ def test_gap_sets_held_out_next_to_in_city(tmp_path):
     assert only_train["gap"] == {} and only_train["within"] is None
     with pytest.raises(ValueError, match="no role for city 'x'"):
         cross_city_gap({"x": {}}, {})
+
+
+def test_shipped_cities_two_train_one_held_out_at_60_north():
+    p = validate_params(yaml.safe_load(open("params.yaml")))
+    assert p.train_cities() == ["denver", "paris"]
+    held = [n for n, c in p.cities.items() if c.role == "predict"]
+    assert held == ["oslo"] and p.cities["oslo"].synthetic.center[1] == 60.0
+    seeds = {c.synthetic.seed for c in p.cities.values()}
+    lats = {c.synthetic.center[1] for c in p.cities.values()}
+    assert len(seeds) == 3 and len(lats) == 3
+    assert p.city("paris").store == "data/cities/paris/store"

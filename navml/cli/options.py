@@ -26,6 +26,11 @@ Workers = typer.Option(
     "or one per CPU core with --scheduler local. Ignored with a scheduler address.",
     show_default=False,
 )
+TilesList = typer.Option(
+    [Path("data/cover/tiles.csv")], "--tiles", help="Tile index written by `navml cover`; repeat with --store per city to train on several."
+)
+StoresList = typer.Option([Path("data/store")], "--store", help="Shard store folder (imagery, masks, boxes.csv); one per --tiles.")
+TrainCities = typer.Option(False, "--cities", help="Train on the union of the `role: train` cities of params (their tiles and stores) instead.")
 ExtractDir = typer.Option(Path("data/extract"), "--labels", help="Folder of per-class GeoJSON written by `navml extract`.")
 
 

@@ -7,16 +7,14 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import city_sources, exits, load_params
-from navml.cli.options import Params
+from navml.cli.options import Params, StoresList, TilesList, TrainCities
 
 
 @exits
 def command(
-    tiles: list[Path] = typer.Option(
-        [Path("data/cover/tiles.csv")], "--tiles", help="Tile index written by `navml cover`; repeat with --store per city to train on several."
-    ),
-    store: list[Path] = typer.Option([Path("data/store")], "--store", help="Shard store folder (imagery, masks); one per --tiles."),
-    cities: bool = typer.Option(False, "--cities", help="Train on the union of the `role: train` cities of params (their tiles and stores) instead."),
+    tiles: list[Path] = TilesList,
+    store: list[Path] = StoresList,
+    cities: bool = TrainCities,
     out: Path = typer.Option(Path("data/models/seg"), "--out", help="Model folder to write (model.keras, meta.json, thresholds.json)."),
     live: Path = typer.Option(Path("data/metrics/train"), "--live", help="dvclive folder for per-epoch metrics and learning curves."),
     params: Path = Params,

@@ -43,9 +43,18 @@ from navml.detect.nms import box_iou, centre_in_core
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
 from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
 from navml.errors import ConfigError, ModelError
-from navml.geo.grid import Grid, Tile
+from navml.geo.grid import Grid, Tile, tiles_ground_resolution
 from navml.geo.store import Store
-from navml.models.inference import check_inputs, flexible, fold_batchnorm, plan_windows, prediction_halo, runner
+from navml.models.inference import (
+    check_inputs,
+    flexible,
+    fold_batchnorm,
+    prediction_halo,
+    rescaled_jobs,
+    runner,
+    scale_factor,
+    to_model_grid,
+)
 
 _P = DetectPredictParams()
 #: Params section named in messages.
@@ -167,13 +176,15 @@ def detect_store(
     core_margin_px: float = _P.core_margin_px,
     layer: str = "imagery",
     progress: bool = True,
+    resample: bool = True,
 ) -> tuple[Detections, DetectReport]:
     """Detections (global pixel boxes) of the detector in ``model_dir`` over every tile of ``tiles``.
 
     ``names``: the detection names of the registry in class-id order (the
     model must have the same). ``halo`` None: half the receptive field;
     ``score_threshold`` None: the model's own (``meta.json``). The inputs are
-    checked before the model is loaded.
+    checked before the model is loaded. ``resample``: windows of a store at another ground resolution
+    than the detector's (``meta.extra["gsd_m"]``) run resampled to it (as :mod:`navml.segment.predict`).
     """
     from navml.models.io import load_model
 
@@ -182,7 +193,7 @@ def detect_store(
     model, meta = load_model(model_dir)
     return detect_with_model(store, tiles, model, meta, names, window=window, halo=halo, nms_iou=nms_iou,
                              score_threshold=score_threshold, core_margin_px=core_margin_px, layer=layer,
-                             progress=progress, where=str(model_dir))
+                             progress=progress, where=str(model_dir), resample=resample)
 
 
 def detect_with_model(
@@ -200,6 +211,7 @@ def detect_with_model(
     layer: str = "imagery",
     progress: bool = True,
     where: str = "model",
+    resample: bool = True,
 ) -> tuple[Detections, DetectReport]:
     """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``); ``where`` names it in errors."""
     t_start = time.perf_counter()
@@ -216,33 +228,44 @@ def detect_with_model(
         raise ConfigError(f"params: {KEY}.core_margin_px is {core_margin_px}; use 0 or more")
     stride = det.stride
     halo = prediction_halo(det.receptive_field, stride, halo, KEY)
-    jobs = plan_windows(tiles, grid, window, halo, stride)
+    factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, grid.tile_size)) if resample else 1.0
+    planned = rescaled_jobs(tiles, grid, window, halo, stride, factor)
+    jobs = [j for j, _ in planned]
+    scales = {id(j): r for j, r in planned}
     run = runner(fold_batchnorm(flexible(model, bands)), bands)
     size = grid.tile_size
     present = {(t.x, t.y) for t in tiles}
     per = N_BOX + len(names)
     n_out = len(det.anchors) * per
-    margin_cells = math.ceil(core_margin_px / stride)
+    margin_cells = math.ceil(core_margin_px * factor / stride)
 
     def read(job):
-        """The detector input of ``job`` (None when its core has no imagery) and the input's valid-data mask."""
-        valid = store.read_valid(layer, job.input)
-        r0, c0 = job.core.row - job.input.row, job.core.col - job.input.col
+        """The detector input of ``job`` (None when its core has no imagery) and the valid-data mask of the window read."""
+        rs = scales[id(job)]
+        src = rs.read if rs else job.input
+        valid = store.read_valid(layer, src)
+        r0, c0 = job.core.row - src.row, job.core.col - src.col
         if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
             return None, valid
-        x = store.read_window(layer, job.input, bands=bands)
-        return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+        x = np.moveaxis(store.read_window(layer, src, bands=bands), 0, -1)[None].astype("float32")
+        return (to_model_grid(x, rs) if rs else x), valid
 
     def keep(job, y: np.ndarray, valid: np.ndarray) -> Detections:
-        """Boxes of ``job``'s core (and margin) from its raw output: decoded, centre in core, on imagery, in an AOI tile."""
-        inp, core = job.input, job.core
+        """Boxes of ``job``'s core (and margin) from its raw output: decoded, centre in core, on imagery, in an AOI tile.
+
+        Resampled (:class:`~navml.models.inference.Rescale`), boxes are decoded on the model's grid and divided
+        by the factor back into store pixels."""
+        rs = scales[id(job)]
+        inp, core = (rs.model if rs else job.input), job.core
+        src = rs.read if rs else job.input
+        f = rs.factor if rs else 1.0
         gh, gw = inp.height // stride, inp.width // stride
         if y.shape != (gh, gw, n_out):
             raise ModelError(f"{where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
-        i0 = max(0, (core.row - inp.row) // stride - margin_cells)
-        j0 = max(0, (core.col - inp.col) // stride - margin_cells)
-        i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
-        j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
+        i0 = max(0, math.floor((core.row * f - inp.row) / stride) - margin_cells)
+        j0 = max(0, math.floor((core.col * f - inp.col) / stride) - margin_cells)
+        i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
+        j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
         y = y[i0:i1, j0:j1]
         # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
         rows = (sigmoid(y[..., TO::per]) >= score_threshold).any(axis=(1, 2))
@@ -250,12 +273,14 @@ def detect_with_model(
         found = [decode(y[a:b], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
                  for a, b in zip(edges[::2], edges[1::2])]
         d = _concat(found)
+        if f != 1.0 and len(d):
+            d = Detections(d.boxes / f, d.scores, d.class_ids)
         d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), core_margin_px))
         if not len(d):
             return d
         cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
         cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
-        r, c = np.clip(cy - inp.row, 0, inp.height - 1), np.clip(cx - inp.col, 0, inp.width - 1)
+        r, c = np.clip(cy - src.row, 0, src.height - 1), np.clip(cx - src.col, 0, src.width - 1)
         ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in present for a, b in zip(cx, cy)], bool)
         return d.take(ok)
 
@@ -285,7 +310,7 @@ def detect_with_model(
         windows=len(jobs),
         halo=halo,
         aoi_pixels=len(tiles) * size**2,
-        input_pixels=sum(j.input.width * j.input.height for j in jobs),
+        input_pixels=sum((r.model if r else j.input).width * (r.model if r else j.input).height for j, r in planned),
         candidates=len(merged),
         detections=len(out),
         score_threshold=float(score_threshold),

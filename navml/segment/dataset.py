@@ -369,6 +369,12 @@ class CityReader:
     def _one(self, tile: SourceTile) -> tuple[TileReader, Tile, float]:
         return self.readers[tile.source], tile.tile, self.factors[tile.source]
 
+    def image(self, tile: SourceTile) -> np.ndarray:
+        """The tile's imagery at the training resolution (not cut back to the tile size)."""
+        reader, t, f = self._one(tile)
+        img = reader.image(t)
+        return img if f == 1.0 else rescale_pair(img, img[..., 0], f)[0]
+
     def mask(self, tile: SourceTile) -> np.ndarray:
         """The tile's mask at the training resolution (not cut back to the tile size)."""
         reader, t, f = self._one(tile)

@@ -69,8 +69,8 @@ from navml.models.inference import (  # noqa: F401 - the windowing is shared; re
     check_inputs,
     flexible,
     fold_batchnorm,
-    plan_windows,
     from_model_grid,
+    plan_windows,
     prediction_halo,
     rescaled_jobs,
     runner,
@@ -271,7 +271,9 @@ def _distributed(files: ModelFiles, plan):
     return windows
 
 
-def window_plan(tiles: Sequence[Tile], grid: Grid, meta, *, window: int, halo: int | None, resample: bool = True) -> tuple[list[tuple[Job, Rescale | None]], int, float]:
+def window_plan(
+    tiles: Sequence[Tile], grid: Grid, meta, *, window: int, halo: int | None, resample: bool = True
+) -> tuple[list[tuple[Job, Rescale | None]], int, float]:
     """``([(job, rescale or None)], halo px, factor)``: the windows over ``tiles`` and the model pixels per store pixel.
 
     With ``resample`` and a model that records its ground resolution (``meta.extra["gsd_m"]``), a store
