@@ -240,7 +240,9 @@ class PathsParams(Section):
         description="own input files DVC tracks: <inputs>/labels (labels, complete areas), <inputs>/imagery (GeoTIFFs)",
     )
     check: str = Field("data/check", description="stamp of the params check (check stage)")
-    cities: str = Field("data/cities", description="one folder per city of `cities` (<cities>/<name>/synth, extract, cover, store, ...)")
+    cities: str = Field(
+        "data/cities", description="cities of `cities`: data in <cities>/<role>/<name> (synth, extract, cover, store), results in <cities>/results/<name>"
+    )
 
 
 class SynthParams(Section):
@@ -811,7 +813,8 @@ class CityInputs:
 
     name: str
     role: str
-    root: str  # <paths.cities>/<name>: synth, extract, cover, store, predict, output, metrics below it
+    root: str  # <paths.cities>/<role>/<name>: the city's data (synth, extract, cover, store); the role in the path lets
+    # the one training depend on <paths.cities>/train, the data of every train city and nothing else
     synthetic: SynthParams | None
     imagery: str  # geotiff | xyz
     geotiff: str  # "" with xyz
@@ -821,6 +824,8 @@ class CityInputs:
     complete: str  # "" = complete everywhere
     truth: str  # "" = not scored
     labels: dict[str, str]  # class -> own labels file, for the classes that have them
+
+    results: str  # <paths.cities>/results/<name>: what the models make of the city (predict, output, metrics)
 
     @property
     def tiles(self) -> str:
@@ -915,7 +920,7 @@ class Params(Registry):
         if name not in self.cities:
             raise ConfigError(f"params: cities: no city '{name}' (cities: {', '.join(self.cities) or 'none'})")
         c = self.cities[name]
-        root = f"{self.paths.cities}/{name}"
+        root = f"{self.paths.cities}/{c.role}/{name}"
         synth = f"{root}/synth"
         syn = c.synthetic is not None
         labels = {}
@@ -931,6 +936,7 @@ class Params(Registry):
             name=name,
             role=c.role,
             root=root,
+            results=f"{self.paths.cities}/results/{name}",
             synthetic=c.synthetic,
             imagery="xyz" if c.xyz is not None else "geotiff",
             geotiff=c.geotiff if c.geotiff is not None else default("ortho.tif"),

@@ -254,15 +254,16 @@ def test_cities_as_people_write_them():
     p = load(CITIES)
     assert list(p.cities) == ["denver", "no", "mine"] and p.train_cities() == ["denver"]
     no = p.city("no")
-    assert no.root == "data/cities/no" and no.pbf == "data/cities/no/synth/city.osm.pbf" and no.tiles == "data/cities/no/cover/tiles.csv"
-    assert no.labels == {"turn_markings": "data/cities/no/synth/truth/markings.geojson"}  # the synthetic city's own labels
+    assert no.root == "data/cities/predict/no" and no.results == "data/cities/results/no"
+    assert no.pbf == "data/cities/predict/no/synth/city.osm.pbf" and no.tiles == "data/cities/predict/no/cover/tiles.csv"
+    assert no.labels == {"turn_markings": "data/cities/predict/no/synth/truth/markings.geojson"}  # the synthetic city's own labels
     assert p.cities["no"].synthetic.size_km == 1.0 and p.cities["no"].synthetic.gsd_m == 0.3  # the rest: synth defaults
     mine = p.city("mine")
     assert (mine.imagery, mine.geotiff, mine.complete, mine.truth) == ("geotiff", "inputs/imagery/mine.tif", "", "")
     north = p.for_city("no")
-    assert north.synth.center == (10.75, 60.0) and north.cover.aoi == "data/cities/no/synth/aoi.geojson"
+    assert north.synth.center == (10.75, 60.0) and north.cover.aoi == "data/cities/predict/no/synth/aoi.geojson"
     assert north.cover.split == {"train": 0.0, "val": 0.0, "test": 1.0}  # held out: every tile is scored
-    assert north.classes["turn_markings"].labels == "data/cities/no/synth/truth/markings.geojson"
+    assert north.classes["turn_markings"].labels == "data/cities/predict/no/synth/truth/markings.geojson"
     assert p.for_city("denver").cover.split == p.cover.split and p.for_city("denver").train == p.train
 
 
@@ -334,4 +335,4 @@ def test_shipped_cities_two_train_one_held_out_at_60_north():
     seeds = {c.synthetic.seed for c in p.cities.values()}
     lats = {c.synthetic.center[1] for c in p.cities.values()}
     assert len(seeds) == 3 and len(lats) == 3
-    assert p.city("paris").store == "data/cities/paris/store"
+    assert p.city("paris").store == "data/cities/train/paris/store"
