@@ -336,3 +336,30 @@ def test_shipped_cities_two_train_one_held_out_at_60_north():
     lats = {c.synthetic.center[1] for c in p.cities.values()}
     assert len(seeds) == 3 and len(lats) == 3
     assert p.city("paris").store == "data/cities/train/paris/store"
+
+
+def test_gap_command_reads_each_city_results(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from navml.cli import app
+
+    base = yaml.safe_load(open("params.yaml"))
+    base["paths"]["cities"] = str(tmp_path / "cities")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(base))
+    for name, f1 in (("denver", 0.96), ("paris", 0.94), ("oslo", 0.93)):
+        folder = tmp_path / "cities" / "results" / name / "metrics"
+        folder.mkdir(parents=True)
+        (folder / "features.json").write_text(json.dumps(features(f1, 1.0, 1.0)))
+        (folder / "detect.json").write_text(json.dumps({"map50": 0.1}))
+    res = CliRunner().invoke(app, ["gap", "--params", str(params), "--out", str(tmp_path / "gap.json")])
+    assert res.exit_code == 0, res.output
+    gap = json.loads((tmp_path / "gap.json").read_text())
+    assert gap["in_city"]["parking"]["polygon_f1"] == 0.95 and gap["gap"]["parking"]["polygon_f1"] == -0.02 and gap["within"] is True
+    assert "worst held-out minus in-city -0.020" in res.output
+    (tmp_path / "cities/results/oslo/metrics/features.json").unlink()
+    (tmp_path / "cities/results/oslo/metrics/detect.json").unlink()
+    res = CliRunner().invoke(app, ["gap", "--params", str(params), "--out", str(tmp_path / "gap.json")])
+    assert res.exit_code == 1 and "run the score stage of city oslo (dvc repro score@oslo)" in res.output
