@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--det-model", default=None)
     ap.add_argument("--root", default="data/cities")
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--from", dest="start", choices=("synth", "predict", "score"), default="synth")
+    ap.add_argument("--from", dest="start", choices=("synth", "predict", "score", "detect"), default="synth")
     ap.add_argument("--only-data", action="store_true", help="stop after rasterize (a training city)")
     ap.add_argument("--json", default=None, help="write the summary here")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=YAML",
@@ -126,7 +126,7 @@ def main() -> None:
                 node = node[k]
             node[last] = yaml.safe_load(value)
         params.write_text(yaml.safe_dump(p, sort_keys=False))
-    stages = {"synth": DATA + MODEL, "predict": MODEL, "score": MODEL[2:]}[a.start]
+    stages = {"synth": DATA + MODEL, "predict": MODEL, "score": MODEL[2:], "detect": []}[a.start]
     if a.only_data:
         stages = [s for s in stages if s in DATA]
     elif a.det_model:

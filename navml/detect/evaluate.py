@@ -242,7 +242,7 @@ def evaluate_detection(
     model, _ = load_model(model_dir)
     reader = TileReader(store, 0, bands)
     from navml.geo.grid import tiles_ground_resolution
-    from navml.models.inference import resample, scale_factor
+    from navml.models.scale import resample, scale_factor
 
     # at the detector's ground resolution, as predict_detect runs it (tile by tile here)
     factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, store.grid.tile_size))

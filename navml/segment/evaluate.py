@@ -57,7 +57,7 @@ def predict_tiles(
     tile to the model's ground resolution (a side rounded up to ``stride``) and the probabilities back."""
     from tqdm import tqdm
 
-    from navml.models.inference import resample
+    from navml.models.scale import resample
 
     bar = tqdm(total=len(tiles), desc=desc, unit="tile", disable=None if progress else True, leave=False)
     for chunk, images, masks in image_batches(reader, tiles, batch_size):
@@ -190,7 +190,7 @@ def evaluate_segmentation(
     check_store(store, val_tiles + test_tiles, bands, (IMAGERY, MASKS))
     reader = TileReader(store, n, bands)
     from navml.geo.grid import tiles_ground_resolution
-    from navml.models.inference import scale_factor
+    from navml.models.scale import scale_factor
 
     # at the model's ground resolution, as predict runs it (tile by tile here)
     factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(test_tiles, store.grid.tile_size)) if resample else 1.0

@@ -120,7 +120,7 @@ def training_sources(
     """
     from navml.geo.grid import tiles_ground_resolution
     from navml.geo.tile_index import tiles_from_index
-    from navml.models.inference import scale_factor
+    from navml.models.scale import scale_factor
 
     stores = [stores] if isinstance(stores, Store) else list(stores)
     indexes = [indexes] if isinstance(indexes, pd.DataFrame) else list(indexes)
