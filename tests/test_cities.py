@@ -363,3 +363,52 @@ def test_gap_command_reads_each_city_results(tmp_path, monkeypatch):
     (tmp_path / "cities/results/oslo/metrics/detect.json").unlink()
     res = CliRunner().invoke(app, ["gap", "--params", str(params), "--out", str(tmp_path / "gap.json")])
     assert res.exit_code == 1 and "run the score stage of city oslo (dvc repro score@oslo)" in res.output
+
+
+def test_fit_boxes_moves_boxes_with_the_cut_or_padding():
+    from navml.detect.dataset import fit_boxes
+
+    img = np.ones((80, 80, 3), "uint8")
+    boxes = np.array([[10.0, 10.0, 20.0, 14.0], [64.0, 64.0, 76.0, 76.0], [70.0, 70.0, 79.0, 79.0]])
+    out, (b, ids) = fit_boxes(img, (boxes, np.array([0, 1, 1])), 64)  # cut 8 px each side: the last centre leaves
+    assert out.shape == (64, 64, 3) and b.tolist() == [[2.0, 2.0, 12.0, 6.0], [56.0, 56.0, 64.0, 64.0]] and ids.tolist() == [0, 1]
+    out, (b, _) = fit_boxes(np.ones((48, 48, 3), "uint8"), (boxes[:1], np.array([0])), 64)  # padded 8 px each side
+    assert out[:8].max() == 0 and out[8:56, 8:56].min() == 1 and b.tolist() == [[18.0, 18.0, 28.0, 22.0]]
+
+
+@pytest.mark.slow
+def test_detector_over_two_stores_of_the_same_tiles(tmp_path):
+    from test_detect_train import FAST, NAMES, make_store
+
+    from navml.detect.train import train_detection
+    from navml.models.io import read_meta
+
+    a, ia = make_store(tmp_path / "a", shards=1, seed=0)
+    b, ib = make_store(tmp_path / "b", shards=1, seed=1)  # the same z/x/y tiles, other imagery: told apart by source
+    gsd = tiles_ground_resolution(split_tiles(ia, "train"), 64)
+    out = train_detection([a, b], [ia, ib], NAMES, tmp_path / "model", steps=4, eval_every=2, patience=4, anchors=2, seed=0,
+                          gsd_m=gsd / 1.25, **FAST)
+    meta = read_meta(tmp_path / "model")
+    assert meta.extra["gsd_m"] == pytest.approx(gsd / 1.25, rel=1e-4)
+    assert [c["factor"] for c in meta.extra["cities"]] == [pytest.approx(1.25, rel=1e-3)] * 2
+    assert out["train_tiles"] == 2 * len(split_tiles(ia, "train"))
+    # boxes were scaled with the tiles: the anchors are 1.25 x the bars' 11 x 4 px and the squares' 7 x 7
+    sides = sorted(max(w, h) for w, h in meta.extra["anchors"])
+    assert sides[-1] == pytest.approx(11 * 1.25, rel=0.15)
+
+
+def test_training_sources_from_options_or_cities():
+    from pathlib import Path
+
+    from navml.cli._common import city_sources
+
+    p = validate_params(yaml.safe_load(open("params.yaml")))
+    tiles, stores = city_sources(p, [Path("x.csv")], [Path("x")], cities=True)
+    assert tiles == [Path("data/cities/train/denver/cover/tiles.csv"), Path("data/cities/train/paris/cover/tiles.csv")]
+    assert stores == [Path("data/cities/train/denver/store"), Path("data/cities/train/paris/store")]
+    assert city_sources(p, [Path("a.csv"), Path("b.csv")], [Path("a"), Path("b")], cities=False)[1] == [Path("a"), Path("b")]
+    with pytest.raises(ConfigError, match="--tiles given 2 time\\(s\\) but --store 1"):
+        city_sources(p, [Path("a.csv"), Path("b.csv")], [Path("a")], cities=False)
+    none = validate_params({k: v for k, v in yaml.safe_load(open("params.yaml")).items() if k != "cities"})
+    with pytest.raises(ConfigError, match="--cities: params has no city with role: train"):
+        city_sources(none, [], [], cities=True)
