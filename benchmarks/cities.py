@@ -71,7 +71,7 @@ def commands(root: Path, params: Path, model: str, det_model: str | None) -> dic
     return out
 
 
-def summary(root: Path) -> dict:
+def summary(root: Path, detect: bool = False) -> dict:
     feats = json.loads((root / "metrics/features.json").read_text())
     seg = json.loads((root / "metrics/seg.json").read_text())
     out = {}
@@ -86,7 +86,7 @@ def summary(root: Path) -> dict:
             "test_iou": seg.get(name, {}).get("iou"),
         }
     det = root / "metrics/detect.json"
-    if det.exists():
+    if detect and det.exists():
         d = json.loads(det.read_text())
         out["detect_map50"] = d.get("map50", d.get("mAP@0.5"))
     return out
@@ -145,7 +145,7 @@ def main() -> None:
             sys.exit(res.returncode)
     if a.only_data:
         return
-    result = {"city": a.name, "model": a.model, **summary(root), "seconds": times, "load": [round(x, 2) for x in os.getloadavg()]}
+    result = {"city": a.name, "model": a.model, **summary(root, "evaluate_detect" in stages), "seconds": times, "load": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -412,3 +412,27 @@ def test_training_sources_from_options_or_cities():
     none = validate_params({k: v for k, v in yaml.safe_load(open("params.yaml")).items() if k != "cities"})
     with pytest.raises(ConfigError, match="--cities: params has no city with role: train"):
         city_sources(none, [], [], cities=True)
+
+
+def test_city_option_runs_a_command_for_one_city(tmp_path):
+    from typer.testing import CliRunner
+
+    from navml.cli import app
+
+    base = yaml.safe_load(open("params.yaml"))
+    base["cities"]["mine"] = {"role": "predict", "geotiff": "inputs/imagery/mine.tif", "osm": "x.osm.pbf", "aoi": "0.0,0.0,0.001,0.001"}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(base, sort_keys=False))
+    run = CliRunner().invoke
+    res = run(app, ["synth", "--params", str(params), "--city", "oslo", "--size-km", "0.2", "--out", str(tmp_path / "oslo"), "-q"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    aoi = json.loads((tmp_path / "oslo" / "aoi.geojson").read_text())
+    lats = [pt[1] for pt in aoi["features"][0]["geometry"]["coordinates"][0]]
+    assert 59.99 < min(lats) < 60.0 < max(lats) < 60.01  # the city's centre, not the synth section's Denver
+    res = run(app, ["synth", "--params", str(params), "--city", "mine", "--out", str(tmp_path / "mine")])
+    assert res.exit_code == 0 and "has its own imagery" in res.output
+    assert (tmp_path / "mine" / "README.txt").exists()
+    res = run(app, ["cover", "--params", str(params), "--city", "lima", "--labels", str(tmp_path), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "no city 'lima' (cities: denver, paris, oslo, mine)" in res.output

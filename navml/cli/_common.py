@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 S = TypeVar("S")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """The whole params file, validated (every section, before any work); a one-line ConfigError otherwise."""
+def load_params(path: str | Path = "params.yaml", city: str | None = None) -> Params:
+    """The whole params file, validated (every section, before any work); a one-line ConfigError otherwise.
+
+    With ``city``: the params as that city of ``cities`` sees them (:meth:`navml.config.Params.for_city`)."""
     from navml.config import validate_params
 
     p = Path(path)
@@ -32,7 +34,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{p}: params file not found; run from the project root or pass --params") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return validate_params(data, str(path))
+    params = validate_params(data, str(path))
+    return params.for_city(city) if city else params
 
 
 def city_sources(params: Params, tiles: list[Path], stores: list[Path], cities: bool) -> tuple[list[Path], list[Path]]:

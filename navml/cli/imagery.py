@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params, StoreDir, TilesCsv
 
 
 @exits
 def command(
     params: Path = Params,
+    city: str = City,
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
 ) -> None:
@@ -21,7 +22,7 @@ def command(
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
-    p = load_params(params)
+    p = load_params(params, city)
     s = p.imagery
     tile_list = tiles_from_index(read_index(tiles))
     if not tile_list:

@@ -8,6 +8,10 @@ from typing import Any
 import typer
 
 Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read (the whole file is validated first).")
+City = typer.Option(
+    None, "--city", help="Run for this city of the params' `cities` section: its imagery, OSM file, AOI, labels and truth (docs/cities.md).",
+    show_default=False,
+)
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
 Scheduler = typer.Option(
