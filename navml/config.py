@@ -911,6 +911,13 @@ class Params(Registry):
             for cls in city.labels:
                 if self.classes and cls not in self.classes:
                     raise ValueError(f"cities.{name}.labels: '{cls}' is not a class of 'classes' ({', '.join(self.classes)})")
+            if city.synthetic is None:
+                for cls, spec in self.classes.items():
+                    if spec.labels and cls not in city.labels and _under(spec.labels, f"{self.paths.synth}/truth"):
+                        raise ValueError(
+                            f"cities.{name}: class {cls} takes its labels from the synthetic city ({spec.labels}); "
+                            f"give this city its own: labels: {{{cls}: inputs/labels/<file>}}"
+                        )
         return self
 
     def city(self, name: str) -> CityInputs:
@@ -1177,7 +1184,26 @@ def tracked_inputs(params: Params) -> list[tuple[str, str, tuple[str, ...]]]:
     out += [(f"classes.{name}.complete", c.complete, labels) for name, c in params.classes.items() if c.complete]
     if params.imagery.source == "geotiff":
         out.append(("imagery.geotiff", params.imagery.geotiff, (f"{synth}/ortho.tif", f"{inputs}/imagery")))
+    for name in params.cities:  # per-city stages depend on the city's synth folder and on <inputs>/{labels,imagery,osm}
+        c = params.city(name)
+        own = f"{c.root}/synth"
+        key = f"cities.{name}"
+        files = [("labels." + k, v, (f"{own}/truth", f"{inputs}/labels")) for k, v in c.labels.items()]
+        files += [("complete", c.complete, (f"{own}/truth", f"{inputs}/labels")), ("truth", c.truth, (f"{own}/truth", f"{inputs}/labels"))]
+        files += [("osm", c.pbf, (own, f"{inputs}/osm")), ("geotiff", c.geotiff, (own, f"{inputs}/imagery"))]
+        if not _is_bbox(c.aoi):
+            files.append(("aoi", c.aoi, (own, f"{inputs}/labels")))
+        out += [(f"{key}.{k}", v, folders) for k, v, folders in files if v]
     return out
+
+
+def _is_bbox(text: str) -> bool:
+    """Whether an AOI is written as ``west,south,east,north`` rather than a file."""
+    parts = text.split(",")
+    try:
+        return len(parts) == 4 and all(float(x) == float(x) for x in parts)
+    except ValueError:
+        return False
 
 
 def check_tracked_inputs(params: Params, where: str = "params.yaml") -> None:

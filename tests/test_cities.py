@@ -241,6 +241,7 @@ cities:
     osm: inputs/osm/mine.osm.pbf
     aoi: inputs/labels/mine_aoi.geojson
     complete: ""
+    labels: {turn_markings: inputs/labels/mine_markings.geojson}
 """
 
 
@@ -282,6 +283,8 @@ def test_cities_as_people_write_them():
         ("cities: {a: {role: train, synthetic: {seed: 1, center: [0, 95]}}}", "cities.a.synthetic.center[1]: 95 is out of range"),
         ("cities: {a: {role: train, synthetic: true, labels: {roads: r.geojson}}}", "'roads' is not a class"),
         ("cities: {a: {role: train, synthetic: {sede: 1}}}", "unknown key 'cities.a.synthetic.sede'"),
+        ("cities: {a: {role: train, geotiff: inputs/imagery/a.tif, osm: a.pbf, aoi: a.geojson}}",
+         "cities.a: class turn_markings takes its labels from the synthetic city (data/synth/truth/markings.geojson)"),
     ],
 )
 def test_cities_mistakes_are_one_line_errors(text, expect):
@@ -420,7 +423,8 @@ def test_city_option_runs_a_command_for_one_city(tmp_path):
     from navml.cli import app
 
     base = yaml.safe_load(open("params.yaml"))
-    base["cities"]["mine"] = {"role": "predict", "geotiff": "inputs/imagery/mine.tif", "osm": "x.osm.pbf", "aoi": "0.0,0.0,0.001,0.001"}
+    base["cities"]["mine"] = {"role": "predict", "geotiff": "inputs/imagery/mine.tif", "osm": "x.osm.pbf", "aoi": "0.0,0.0,0.001,0.001",
+                              "labels": {"turn_markings": "inputs/labels/m.geojson"}}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(base, sort_keys=False))
     run = CliRunner().invoke
@@ -436,3 +440,15 @@ def test_city_option_runs_a_command_for_one_city(tmp_path):
     assert (tmp_path / "mine" / "README.txt").exists()
     res = run(app, ["cover", "--params", str(params), "--city", "lima", "--labels", str(tmp_path), "--out", str(tmp_path / "c")])
     assert res.exit_code == 1 and "no city 'lima' (cities: denver, paris, oslo, mine)" in res.output
+
+
+def test_own_city_files_must_lie_where_dvc_tracks_them():
+    from navml.config import check_tracked_inputs
+
+    p = load(CITIES)
+    check_tracked_inputs(p)  # synthetic cities and mine's files under inputs/
+    bad = load(CITIES.replace("geotiff: inputs/imagery/mine.tif", "geotiff: /home/me/mine.tif"))
+    with pytest.raises(ConfigError, match="cities.mine.geotiff: /home/me/mine.tif lies outside what dvc.yaml tracks"):
+        check_tracked_inputs(bad)
+    bbox = load(CITIES.replace("aoi: inputs/labels/mine_aoi.geojson", "aoi: '10.0,59.9,10.1,60.0'"))
+    check_tracked_inputs(bbox)
