@@ -530,7 +530,7 @@ class TrainParams(Section):
     )
     threshold_metric: Literal["iou", "f1"] = Field("iou", description="metric of the per-class threshold chosen on val")
     gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
-        None, description="ground metres per pixel the model trains at (each city's tiles resampled to it); null = the finest training city's"
+        None, description="ground metres per pixel the model trains at (each city's tiles resampled to it); null = the coarsest training city's"
     )
     seed: int = Field(0, description="same seed + same data -> same weights")
 
@@ -610,7 +610,7 @@ class DetectParams(Section):
         "auto", description="auto = the score of best F1 on the val split, chosen at training; or a score 0..1"
     )
     gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
-        None, description="ground metres per pixel the detector trains at (each city's tiles resampled to it); null = the finest training city's"
+        None, description="ground metres per pixel the detector trains at (each city's tiles resampled to it); null = the coarsest training city's"
     )
     seed: int = Field(0, description="same seed + same data -> same weights")
 

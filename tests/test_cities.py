@@ -207,7 +207,7 @@ def test_rescale_and_fit_keep_labels_and_size():
 
 
 @pytest.mark.slow
-def test_training_over_two_cities_records_the_finest_resolution(tmp_path):
+def test_training_over_two_cities_records_the_coarsest_resolution(tmp_path):
     from navml.models.io import read_meta
     from navml.segment.train import train_segmentation
 
@@ -218,9 +218,9 @@ def test_training_over_two_cities_records_the_finest_resolution(tmp_path):
         depth=2, base_filters=4, batch_size=4, progress=False, crop=None, warmup_steps=0, downsample=1,
     )
     meta = read_meta(tmp_path / "model")
-    north = tiles_ground_resolution([tile_at(*NORTH)], 64)
-    assert meta.extra["gsd_m"] == pytest.approx(north, rel=1e-3)
-    assert [c["factor"] for c in meta.extra["cities"]] == [pytest.approx(0.4592 / 0.2986 * 1.0, rel=2e-3), 1.0]
+    denver = tiles_ground_resolution([tile_at(*DENVER)], 64)
+    assert meta.extra["gsd_m"] == pytest.approx(denver, rel=1e-3)  # 4 x 0.459 m: 64-px tiles at zoom 18
+    assert [c["factor"] for c in meta.extra["cities"]] == [1.0, pytest.approx(0.2986 / 0.4592, rel=2e-3)]
     assert out["train_tiles"] > len(split_tiles(ia, "train"))
 
 

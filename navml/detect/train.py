@@ -168,7 +168,7 @@ def train_detection(
     split. Returns a summary dict (also in ``meta.extra``) with ``seconds``.
 
     ``store`` and ``index`` may be lists (one per city): the union of their splits, each store's tiles
-    and boxes resampled to one ground resolution, ``gsd_m`` (None: the finest city's), recorded in
+    and boxes resampled to one ground resolution, ``gsd_m`` (None: the coarsest city's), recorded in
     ``meta.extra["gsd_m"]`` (:func:`navml.segment.train.training_sources`).
     """
     from navml.detect.anchors import box_shapes, kmeans_anchors

@@ -113,7 +113,7 @@ def training_sources(
     """``(stores, one tile index, factors, training gsd)`` of one store or several (cities) trained on together.
 
     Each store's ground resolution is that of its tiles (at their median latitude); the training one is
-    ``gsd_m`` or, when None, the finest of the stores (tiles are then only ever enlarged). ``factors[i]``
+    ``gsd_m`` or, when None, the coarsest of the stores (measured better than the finest: docs/cities.md). ``factors[i]``
     is the model pixels per pixel of store ``i`` (1.0 within :data:`~navml.models.inference.GSD_TOLERANCE`).
     One store at its own resolution keeps its plain tiles; otherwise the index gets a ``source`` column
     (:func:`combine_indexes`).
@@ -135,7 +135,7 @@ def training_sources(
         if not tiles:
             raise InputError(f"{store.root}: its tile index has no tile; re-run cover for this city")
         gsds.append(tiles_ground_resolution(tiles, store.grid.tile_size))
-    ref = float(gsd_m) if gsd_m else min(gsds)
+    ref = float(gsd_m) if gsd_m else max(gsds)
     factors = [scale_factor(ref, g) for g in gsds]
     index = indexes[0] if factors == [1.0] else combine_indexes(indexes)
     return stores, index, factors, ref
@@ -192,7 +192,7 @@ def train_segmentation(
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
 
     ``store`` and ``index`` may be lists (one store and tile index per city): training then runs over the
-    union of their splits, every tile resampled to one ground resolution, ``gsd_m`` (None: the finest
+    union of their splits, every tile resampled to one ground resolution, ``gsd_m`` (None: the coarsest
     city's; :func:`training_sources`). The model records it (``meta.extra["gsd_m"]``), and prediction
     resamples other stores to it.
     """
