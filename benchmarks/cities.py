@@ -1,7 +1,7 @@
 """Cross-city check: a trained model applied to another synthetic city, through the same CLI stages as the pipeline.
 
     python benchmarks/cities.py --name north --seed 7 --center 10.75 60.0 --size-km 1.0 \
-        [--model data/models/seg] [--det-model data/models/det] [--root data/cities] [--from synth|predict]
+        [--model data/models/seg] [--det-model data/models/det] [--root data/bench/cities] [--from synth|predict|score|detect]
         [--role predict|train]
 
 Writes a params copy for the city (``<root>/<name>/params.yaml``: the project's
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--role", choices=("predict", "train"), default="predict")
     ap.add_argument("--model", default="data/models/seg")
     ap.add_argument("--det-model", default=None)
-    ap.add_argument("--root", default="data/cities")
+    ap.add_argument("--root", default="data/bench/cities")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--from", dest="start", choices=("synth", "predict", "score", "detect"), default="synth")
     ap.add_argument("--only-data", action="store_true", help="stop after rasterize (a training city)")
@@ -145,7 +145,7 @@ def main() -> None:
             sys.exit(res.returncode)
     if a.only_data:
         return
-    result = {"city": a.name, "model": a.model, **summary(root, "evaluate_detect" in stages), "seconds": times, "load": [round(x, 2) for x in os.getloadavg()]}
+    result = {"city": a.name, "model": a.det_model if a.start == "detect" else a.model, **summary(root, "evaluate_detect" in stages), "seconds": times, "load": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")
