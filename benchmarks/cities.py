@@ -145,7 +145,10 @@ def main() -> None:
             sys.exit(res.returncode)
     if a.only_data:
         return
-    result = {"city": a.name, "model": a.det_model if a.start == "detect" else a.model, **summary(root, "evaluate_detect" in stages), "seconds": times, "load": [round(x, 2) for x in os.getloadavg()]}
+    result = {
+        "city": a.name, "model": a.det_model if a.start == "detect" else a.model, **summary(root, "evaluate_detect" in stages),
+        "seconds": times, "load": [round(x, 2) for x in os.getloadavg()],
+    }
     print(json.dumps(result))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2) + "\n")

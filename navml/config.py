@@ -968,8 +968,7 @@ class Params(Registry):
         }
         if c.synthetic is not None:
             update["synth"] = c.synthetic
-        if c.truth:
-            update["score"] = self.score.model_copy(update={"truth": c.truth})
+        update["score"] = self.score.model_copy(update={"truth": c.truth})  # "" = not scored
         return self.model_copy(update=update)
 
     def train_cities(self) -> list[str]:

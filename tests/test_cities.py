@@ -452,3 +452,23 @@ def test_own_city_files_must_lie_where_dvc_tracks_them():
         check_tracked_inputs(bad)
     bbox = load(CITIES.replace("aoi: inputs/labels/mine_aoi.geojson", "aoi: '10.0,59.9,10.1,60.0'"))
     check_tracked_inputs(bbox)
+
+
+def test_a_city_without_truth_is_predicted_not_scored(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from navml.cli import app
+
+    p = load(CITIES)
+    assert p.for_city("mine").score.truth == "" and p.for_city("no").score.truth == "data/cities/predict/no/synth/truth/lots.geojson"
+    base = yaml.safe_load(open("params.yaml"))
+    base["cities"] = yaml.safe_load(CITIES)["cities"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(base, sort_keys=False))
+    out = tmp_path / "features.json"
+    res = CliRunner().invoke(app, ["score", "--params", str(params), "--city", "mine", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["scored"] is False
+    assert city_metrics(json.loads(out.read_text())) == {}

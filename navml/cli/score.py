@@ -26,6 +26,12 @@ def command(
 
     p = load_params(params, city)
     s = with_overrides(p.score, truth=str(truth) if truth else None)
+    if not s.truth:  # a city without truth (cities.<name>.truth): predicted, not scored
+        from navml.io import write_json
+
+        write_json(out, {"scored": False, "reason": f"city {city} has no truth polygons", "split": s.split})
+        typer.echo(f"score: city {city} has no truth; nothing scored -> {out}")
+        return
     registry = [c.name for c in segmentation_classes(p.class_specs())]
     given = s.truth if isinstance(s.truth, dict) else Path(s.truth)
     m = score_outputs(
