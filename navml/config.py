@@ -243,6 +243,8 @@ class PathsParams(Section):
     cities: str = Field(
         "data/cities", description="cities of `cities`: data in <cities>/<role>/<name> (synth, extract, cover, store), results in <cities>/results/<name>"
     )
+    first: str = Field("data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output")
+    mining: str = Field("data/mining", description="hard negatives per model (<mining>/seg/hard_negatives.geojson), summary, review export (mine stage)")
 
 
 class SynthParams(Section):
@@ -256,6 +258,10 @@ class SynthParams(Section):
     gsd_m: float = Field(0.3, ge=0.05, le=2.0, description="ground sample distance of the orthophoto, metres")
     unmapped_share: float = Field(0.25, ge=0.0, lt=1.0, description="share of visible lots left out of OSM")
     shift_m: float = Field(2.0, ge=0.0, le=50.0, description="max offset of mapped outlines, metres")
+    decoy_share: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="how many look-alikes the city draws (plazas, flat grey roofs, courts, paved yards; painted words): 0 few .. 1 many",
+    )
 
 
 class ClassParams(Section):
@@ -695,6 +701,10 @@ class ScoreParams(Section):
     classes: list[str] = Field([], description="segmentation classes to score; [] = every segmentation class with truth polygons")
     iou: float = Field(0.5, gt=0.0, le=1.0, description="match threshold (IoU)")
     split: Literal["train", "val", "test"] = Field("test", description="tiles.csv split for the polygon F1")
+    decoys: str = Field(
+        "data/synth/truth/decoys.geojson",
+        description="look-alikes (class, kind) to count false positives on, by kind (synth writes them); \"\" = none",
+    )
 
 
 
@@ -839,6 +849,32 @@ class CityInputs:
 
 
 
+class MineParams(Section):
+    """Hard-negative mining (mine stage): the first model's confident regions on background of train tiles in complete areas."""
+
+    threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
+        "auto", description="probability at or above which a pixel counts as predicted; auto = the model's per-class val threshold"
+    )
+    min_area_m2: float = Field(100.0, ge=0.0, description="smaller false regions are left out, m²")
+    max_negatives: int = Field(200, ge=0, description="at most this many negatives (highest score first)")
+    tile_share: float = Field(1.0, gt=0.0, le=1.0, description="share of the train tiles inside complete areas that are scanned")
+    edge_m: float = Field(3.0, ge=0.0, le=50.0, description="predicted pixels this close to a labelled one are label noise, not negatives, metres")
+    seed: int = Field(0, description="seed of the tile_share draw")
+
+
+class RetrainParams(Section):
+    """Training again with the mined hard negatives (retrain stage); the other settings are train's."""
+
+    mode: Literal["finetune", "scratch"] = Field("finetune", description="finetune: start from the first model | scratch: a fresh U-Net")
+    steps: int = Field(80, ge=1, description="optimizer steps (fine-tuning needs far fewer than train.steps)")
+    eval_every: int = Field(40, ge=1, description="steps between val IoU checks (best weights, early stopping)")
+    learning_rate: float = Field(0.0005, gt=0.0, le=1.0, description="Adam peak learning rate, cosine decay to 5 % over steps")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from learning_rate/10")
+    oversample: int = Field(3, ge=1, le=100, description="each tile holding a hard negative is drawn this many times per pass")
+    weight: float = Field(3.0, ge=1.0, le=1000.0, description="loss weight of a mined pixel (a labelled pixel weighs 1)")
+    rounds: int = Field(1, ge=1, le=5, description="mine + retrain rounds; rounds after the first run inside the retrain stage")
+
+
 class Registry(Section):
     """The class registry (``classes``) with the vectorization settings of its segmentation classes (``post``)."""
 
@@ -899,6 +935,8 @@ class Params(Registry):
     dedupe: DedupeParams = DedupeParams()
     score: ScoreParams = ScoreParams()
     detect: DetectParams = DetectParams()
+    mine: MineParams = MineParams()
+    retrain: RetrainParams = RetrainParams()
     cities: Cities = Field({}, description="cities to train on (role: train) and to predict (role: predict); {} = the single `synth` city")
 
     @model_validator(mode="after")
@@ -958,6 +996,8 @@ class Params(Registry):
     def for_city(self, name: str) -> Params:
         """These params as city ``name``'s stages see them: its synthetic city, OSM file, AOI, completeness areas,
         imagery, truth and own labels in place of the single-city values; a ``predict`` city's tiles are all ``test``."""
+        import os
+
         c = self.city(name)
         update: dict[str, Any] = {
             "extract": self.extract.model_copy(update={"pbf": c.pbf}),
@@ -968,7 +1008,10 @@ class Params(Registry):
         }
         if c.synthetic is not None:
             update["synth"] = c.synthetic
-        update["score"] = self.score.model_copy(update={"truth": c.truth})  # "" = not scored
+        decoys = self.score.decoys
+        if decoys and _under(decoys, self.paths.synth):  # the synthetic city's decoys: this city's own, or none
+            decoys = f"{c.root}/synth/{os.path.relpath(decoys, self.paths.synth)}" if c.synthetic is not None else ""
+        update["score"] = self.score.model_copy(update={"truth": c.truth, "decoys": decoys})  # truth "" = not scored
         return self.model_copy(update=update)
 
     def train_cities(self) -> list[str]:
@@ -997,6 +1040,8 @@ class Params(Registry):
             )
         if self.detect_predict.window_px < g.tile_size:
             raise ValueError(f"detect_predict.window_px: {self.detect_predict.window_px} must be at least grid.tile_size {g.tile_size}")
+        if self.retrain.eval_every > self.retrain.steps:
+            raise ValueError(f"retrain.eval_every: {self.retrain.eval_every} is more than retrain.steps {self.retrain.steps}")
         if self.train.eval_every > self.train.steps:
             raise ValueError(f"train.eval_every: {self.train.eval_every} is more than train.steps {self.train.steps}")
         d = self.detect
@@ -1181,6 +1226,8 @@ def tracked_inputs(params: Params) -> list[tuple[str, str, tuple[str, ...]]]:
     if params.rasterize.complete:
         out.append(("rasterize.complete", params.rasterize.complete, labels))
     out += [(f"classes.{name}.complete", c.complete, labels) for name, c in params.classes.items() if c.complete]
+    if params.score.decoys:
+        out.append(("score.decoys", params.score.decoys, labels))
     if params.imagery.source == "geotiff":
         out.append(("imagery.geotiff", params.imagery.geotiff, (f"{synth}/ortho.tif", f"{inputs}/imagery")))
     for name in params.cities:  # per-city stages depend on the city's synth folder and on <inputs>/{labels,imagery,osm}

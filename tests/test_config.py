@@ -128,7 +128,7 @@ def test_every_field_has_help_text():
         ("post.turn_markings", {"threshold": 0.5}, "post.turn_markings: names no segmentation class of 'classes' (those are: parking)"),
         ("post.parking.open_m", -1, "post.parking.open_m: -1 is out of range; it must be >= 0"),
         ("score.classes", ["roads"], "score.classes: 'roads' is not a segmentation class"),
-        ("score.class", "parking", "unknown key 'score.class' (allowed: classes, iou, split, truth)"),
+        ("score.class", "parking", "unknown key 'score.class' (allowed: classes, decoys, iou, split, truth)"),
         ("classes.parking.box_m", 5.0, "classes.parking: box_m: applies to detection classes only"),
         ("classes.turn_markings.box_m", [5.0, -1], "classes.turn_markings.box_m[1]: -1 is out of range"),
         ("classes.turn_markings.complete", "a.geojson", "classes.turn_markings: complete: applies to segmentation classes only"),

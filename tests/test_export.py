@@ -204,3 +204,26 @@ def test_select_tiles_from_options_and_index(tmp_path):
     with pytest.raises(ConfigError, match="store zoom 18"):
         select_tiles(18, index, tiles=["17/1/2"])
     assert read_boxes(tmp_path) is None
+
+
+def test_export_outlines_hard_negatives(tmp_path, small_grid):
+    from shapely.geometry import box, mapping
+
+    from navml.data.export import NEGATIVE_COLOR, VETOED_COLOR
+    from navml.geo.features import to_lonlat
+    from navml.geo.grid import tile_window
+
+    store = make_store(tmp_path, small_grid, 3)
+    t = next(iter(tiles_of_shard(SHARD, small_grid)))
+    w = tile_window(t, small_grid.tile_size)
+
+    def neg(x0, y0, x1, y1, keep=True):
+        g = to_lonlat(box(x0, y0, x1, y1), t.z, small_grid.tile_size, origin=(w.col, w.row))
+        return {"type": "Feature", "geometry": mapping(g), "properties": {"keep": keep}}
+
+    export_tiles(store, [t], tmp_path / "out", layers=["overlay"], negatives=[neg(100, 100, 200, 150), neg(10, 200, 60, 250, keep=False)],
+                 progress=False)
+    ov = read_png(tmp_path / "out" / "overlay" / f"{t.z}/{t.x}/{t.y}.png")
+    assert tuple(ov[100, 150]) == NEGATIVE_COLOR and tuple(ov[150, 150]) == NEGATIVE_COLOR  # top and bottom edges
+    assert tuple(ov[125, 150]) != NEGATIVE_COLOR  # the inside is left as it was
+    assert tuple(ov[200, 30]) == VETOED_COLOR

@@ -31,7 +31,8 @@ TINY = {
     "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
-    "detect": {"steps": 4, "eval_every": 2, "patience": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
+    "detect": {"steps": 4, "eval_every": 2, "patience": 2},
+    "retrain": {"steps": 2, "eval_every": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
 }
 
 
@@ -100,7 +101,13 @@ def test_repro_produces_the_stage_outputs(project):
     legend = json.loads((project / "data/store/labels.json").read_text())
     assert legend["pixels"]["parking"] > 10_000
     assert legend["boxes"] > 0
-    assert {p.name for p in (project / "data/models/seg").iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
+    for model in ("data/first/models/seg", "data/models/seg_mined"):  # the first model and the mined one (issue 9)
+        assert {p.name for p in (project / model).iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
+    mined = json.loads((project / "data/mining/seg/hard_negatives.geojson").read_text())
+    assert mined["type"] == "FeatureCollection"
+    retrain = json.loads((project / "data/metrics/retrain.json").read_text())
+    assert retrain["copied_first_model"] == (retrain["hard_tiles"] == 0)
+    assert json.loads((project / "data/first/metrics/seg.json").read_text())["tiles"] > 0
     seg = json.loads((project / "data/metrics/seg.json").read_text())
     p = seg["parking"]
     assert seg["tiles"] == sum(1 for row in tiles[1:] if ",test," in row)
@@ -154,8 +161,12 @@ def test_exp_run_compares_two_runs(project):
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
     assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
     assert {r["train.base_filters"] for r in rows} >= {"4", "6"}
-    assert {"parking.iou", "parking.new_features.precision", "parking.new_features.recall", "parking.test.f1"} <= set(rows[0])
-    assert all(r["parking.iou"] not in ("", "-") for r in rows)
+    # the first and the mined model's metrics files share their keys: dvc prefixes the columns with the file
+    cols = {c: c.rsplit(":", 1)[-1] for c in rows[0]}
+    mined = {v: c for c, v in cols.items() if c == v or c.startswith("data/metrics/")}
+    assert {"parking.iou", "parking.new_features.precision", "parking.new_features.recall", "parking.test.f1"} <= set(mined)
+    assert any(c.startswith("data/first/metrics/") and v == "parking.iou" for c, v in cols.items())  # before and after side by side
+    assert all(r[mined["parking.iou"]] not in ("", "-") for r in rows)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

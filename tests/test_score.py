@@ -161,3 +161,35 @@ def test_score_cli_scores_every_segmentation_class(tmp_path):
     params.write_text(yaml.safe_dump({"classes": classes, "score": {"truth": str(tmp_path / "truth.geojson"), "classes": ["marks"]}}))
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1 and "not a segmentation class" in res.output
+
+
+def test_false_area_on_decoys_by_kind():
+    from navml.post.score import score_decoys
+
+    t = mercantile.tile(-104.99, LAT0, 18)
+    plaza, court = lot(t, 0.1, 0.1, 0.3, 0.3), lot(t, 0.6, 0.6, 0.3, 0.3)
+    truth_lot = lot(t, 0.1, 0.6, 0.3, 0.3)
+    preds = [{"geometry": plaza.buffer(0), "properties": {}}, {"geometry": truth_lot, "properties": {}}]
+    decoys = [{"geometry": plaza, "properties": {"kind": "plaza"}}, {"geometry": court, "properties": {"kind": "court"}},
+              {"geometry": truth_lot, "properties": {"kind": "plaza"}}]  # a decoy under a true lot: no false area
+    lots = [{"geometry": truth_lot, "properties": {"mapped": True}}]
+    d = score_decoys(preds, decoys, lots)
+    from pyproj import Geod
+
+    m2 = abs(Geod(ellps="WGS84").geometry_area_perimeter(plaza)[0])
+    assert d["plaza"]["decoys"] == 2 and d["plaza"]["hit"] == 1 and d["plaza"]["area_m2"] == pytest.approx(m2, rel=0.01)
+    assert d["court"] == {"decoys": 1, "hit": 0, "area_m2": 0.0}
+    assert d["total"]["hit"] == 1 and d["total"]["decoys"] == 3
+    assert score_decoys([], decoys, lots)["total"]["area_m2"] == 0.0
+    assert score_decoys(preds, decoys, lots, area=court)["total"]["decoys"] == 1  # only decoys on the scored area
+
+
+def test_false_detections_on_decoys_by_kind():
+    from navml.post.score import score_box_decoys
+
+    truths = [[0, 0, 10, 4]]
+    boxes = [[0, 0, 10, 4], [20, 0, 30, 4], [50, 0, 60, 4], [100, 100, 104, 104]]  # a true one, two on decoys, one elsewhere
+    decoys = [(box(18, -1, 40, 5), "crosswalk"), (box(55, 0, 70, 4), "word")]
+    d = score_box_decoys(boxes, truths, decoys)
+    assert d == {"false_detections": 3, "on_decoys": 2, "kinds": {"crosswalk": 1, "word": 1}}  # 50% of box 3 on the word
+    assert score_box_decoys(boxes, [], [])["false_detections"] == 4

@@ -24,7 +24,8 @@ from navml.errors import ConfigError
 
 SIZE_KM = 0.5
 SEED = 5
-FILES = ["aoi.geojson", "city.osm.pbf", "ortho.tif", "truth/complete_aoi.geojson", "truth/lots.geojson", "truth/markings.geojson"]
+FILES = ["aoi.geojson", "city.osm.pbf", "ortho.tif", "truth/complete_aoi.geojson", "truth/decoys.geojson", "truth/lots.geojson",
+         "truth/markings.geojson"]
 
 
 def hashes(folder: Path) -> dict[str, str]:
@@ -260,3 +261,22 @@ def test_cli_reads_params_and_options_override(tmp_path):
     res = CliRunner().invoke(app, ["--params", str(params), "--out", str(tmp_path / "p")])
     assert res.exit_code == 1 and "synth.size_kms" in res.output
     assert not (tmp_path / "p").exists()
+
+
+def test_decoys_are_recorded_by_kind_and_follow_the_share(city, tmp_path):
+    """Every look-alike drawn is in truth/decoys.geojson with its class and kind; decoy_share 0 draws no yard and no word."""
+    from navml.data.synth.scene import DECOY_KINDS
+
+    out, counts = city
+    feats = json.loads((out / "truth" / "decoys.geojson").read_text())["features"]
+    assert len(feats) == counts["decoys"] > 0
+    for f in feats:
+        p = f["properties"]
+        assert p["kind"] in DECOY_KINDS[p["class"]] and p["area_m2"] > 0
+    assert {"crosswalk", "stop_line", "plaza"} <= {f["properties"]["kind"] for f in feats}
+    lots = shapely.union_all([shapely.geometry.shape(f["geometry"]) for f in json.loads((out / "truth" / "lots.geojson").read_text())["features"]])
+    parking = [shapely.geometry.shape(f["geometry"]) for f in feats if f["properties"]["class"] == "parking"]
+    assert all(g.intersection(lots).area < 0.05 * g.area for g in parking)  # a look-alike is not a lot
+    none = make_city(tmp_path / "plain", seed=SEED, size_km=SIZE_KM, decoy_share=0.0, progress=False)
+    assert "paved_yard" not in none["decoy_kinds"] and "word" not in none["decoy_kinds"]
+    assert none["decoy_kinds"].get("plaza", 0) <= counts["decoy_kinds"].get("plaza", 0)

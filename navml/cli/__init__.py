@@ -29,6 +29,9 @@ COMMANDS = {
     "vectorize": "vectorize",
     "dedupe": "dedupe",
     "score": "score",
+    # hard-negative mining (issue 9)
+    "mine": "mine",
+    "retrain": "retrain",
     # the turn-lane detector (issue 8)
     "train_detect": "train_detect",
     "evaluate_detect": "evaluate_detect",

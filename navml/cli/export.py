@@ -20,6 +20,10 @@ def command(
     limit: int = typer.Option(64, "--limit", help="At most this many tiles (0: no limit)."),
     layers: str = typer.Option("imagery,masks,overlay", "--layers", help="Comma-separated: imagery, masks, probs, overlay."),
     probs: Path = typer.Option(None, "--probs", help="Predict store holding the 'probs' layer."),
+    negatives: Path = typer.Option(
+        None, "--negatives",
+        help="A hard-negatives GeoJSON (navml mine, the viewer's review): outlined on the overlay; without a tile choice, its tiles.",
+    ),
     store: Path = StoreDir,
     tiles: Path = TilesCsv,
     params: Path = Params,
@@ -30,7 +34,18 @@ def command(
 
     p = load_params(params)
     grid = p.grid.grid()
-    chosen = select_tiles(grid.zoom, tiles, tiles=tile, range_=tile_range, bbox=bbox, split=split)
+    negs = None
+    if negatives is not None:
+        from navml.errors import InputError
+        from navml.mining.negatives import feature_tiles, read_collection
+
+        if not negatives.is_file():
+            raise InputError(f"{negatives}: hard-negatives file not found; run `navml mine` (dvc repro mine) or review in `navml serve`")
+        negs = read_collection(negatives)
+    if negs is not None and not (tile or tile_range or bbox):
+        chosen = feature_tiles(negs)
+    else:
+        chosen = select_tiles(grid.zoom, tiles, tiles=tile, range_=tile_range, bbox=bbox, split=split)
     if limit and len(chosen) > limit:
         typer.echo(f"export: {len(chosen)} tiles, writing the first {limit} (--limit 0 for all)")
         chosen = chosen[:limit]
@@ -42,5 +57,6 @@ def command(
         palette=palette_of(p.class_specs()),
         boxes=read_boxes(store),
         probs=Store(probs, grid) if probs else None,
+        negatives=negs,
     )
     typer.echo(f"export: wrote {n} PNGs for {len(chosen)} tiles; open {out / 'index.html'}")

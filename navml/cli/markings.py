@@ -50,6 +50,10 @@ def command(
         centre_gap_m=s.centre_gap_m,
         lane_width_m=p.extract.lane_width_m,
     )
+    from navml.cli.score import decoys_file
+
+    if decoys_file(p.score.decoys):
+        summary["decoys"] = marking_decoys(out, p, labels)
     write_json(metrics, summary)
     rate = summary["agreement_rate"]
     typer.echo(
@@ -67,5 +71,29 @@ def command(
         f"markings: in the world over the {p.score.split} split ({w['tiles']} tiles, IoU {w['iou']:g}): "
         f"P {f3(w['precision'])} R {f3(w['recall'])} F1 {f3(w['f1'])} ({w['tp']} of {w['truths']} truths, {w['fp']} false)"
     )
+    if "decoys" in summary:
+        d = summary["decoys"]
+        kinds = ", ".join(f"{k} {v}" for k, v in d["kinds"].items()) or "none"
+        typer.echo(f"markings: {d['false_detections']} false detections in the AOI, {d['on_decoys']} on decoys ({kinds})")
     if not summary["detections"]:
         typer.echo(f"markings: warning: {detections} holds no detection; check detect_predict.score_threshold and the detector", err=True)
+
+
+def marking_decoys(out: Path, p, labels: Path) -> dict:
+    """False detections (markings.geojson vs the truth labels, whole AOI) on the decoys of score.decoys, by kind."""
+    import numpy as np
+
+    from navml.data.rasterize import detection_labels, label_box
+    from navml.detect.markings import MARKINGS_FILE
+    from navml.geo.features import read_features, to_pixels
+    from navml.post.score import read_decoys, score_box_decoys
+
+    grid = p.grid.grid()
+    truth, box_m = detection_labels(labels, p.class_specs())
+    tb = [label_box(g, grid, box_m.get(cid)) for cid, items in truth.items() for g, _, _ in items]
+    feats = read_features(out / MARKINGS_FILE)
+    pb = [label_box(f["geometry"], grid) for f in feats]
+    decoys = []
+    for c in (c for c in p.class_specs() if c.task == "detection"):
+        decoys += [(to_pixels(f["geometry"], grid.zoom, grid.tile_size), str(f["properties"]["kind"])) for f in read_decoys(p.score.decoys, c.name)]
+    return score_box_decoys(np.array([b for b in pb if b is not None]), np.array([b for b in tb if b is not None]), decoys, p.score.iou)

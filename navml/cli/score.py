@@ -37,6 +37,7 @@ def command(
     m = score_outputs(
         predictions, new, given, tiles, out,
         classes=list(s.classes) or registry, require_truth=bool(s.classes), iou_threshold=s.iou, split=s.split,
+        decoys=decoys_file(s.decoys),
     )
     for c in m.get("unscored", []):
         typer.echo(f"navml: note: class '{c}' has no truth polygons in score.truth; not scored", err=True)
@@ -47,4 +48,18 @@ def command(
             f"{c}: new features P {nf['precision']:.3f} R {nf['recall']:.3f} ({nf['tp']}/{nf['predicted']} vs {nf['truth']} unmapped); "
             f"{s.split} polygons P {sp['precision']:.3f} R {sp['recall']:.3f} F1 {sp['f1']:.3f}; median vertices {g['median_vertices']:.0f}"
         )
+        if "decoys" in m[c]:
+            d = m[c]["decoys"]["all"]
+            kinds = ", ".join(f"{k} {v['hit']}/{v['decoys']}" for k, v in d.items() if k != "total")
+            per[-1] += f"; decoys hit {d['total']['hit']}/{d['total']['decoys']} ({kinds}), {d['total']['area_m2']:.0f} m²"
     typer.echo(f"score: {' | '.join(per)} -> {out}")
+
+
+def decoys_file(path: str) -> str | None:
+    """``score.decoys`` when it names an existing file; None (with a note) when it names none, None when empty."""
+    if not path:
+        return None
+    if not Path(path).is_file():
+        typer.echo(f"navml: note: {path}: no decoys file (the synthetic city writes one); false positives on decoys not scored", err=True)
+        return None
+    return path

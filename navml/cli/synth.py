@@ -22,6 +22,7 @@ def command(
     gsd_m: float = override("synth", S, "gsd_m"),
     unmapped_share: float = override("synth", S, "unmapped_share"),
     shift_m: float = override("synth", S, "shift_m"),
+    decoy_share: float = override("synth", S, "decoy_share"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     from navml.data.synth import make_city
@@ -38,14 +39,17 @@ def command(
     s = p.synth
     if center == (None, None):
         center = None
-    s = with_overrides(s, seed=seed, center=center, size_km=size_km, gsd_m=gsd_m, unmapped_share=unmapped_share, shift_m=shift_m)
+    s = with_overrides(s, seed=seed, center=center, size_km=size_km, gsd_m=gsd_m, unmapped_share=unmapped_share, shift_m=shift_m,
+                        decoy_share=decoy_share)
     counts = make_city(
-        out, seed=s.seed, center=s.center, size_km=s.size_km, gsd_m=s.gsd_m, unmapped_share=s.unmapped_share, shift_m=s.shift_m, progress=not quiet
+        out, seed=s.seed, center=s.center, size_km=s.size_km, gsd_m=s.gsd_m, unmapped_share=s.unmapped_share, shift_m=s.shift_m,
+        decoy_share=s.decoy_share, progress=not quiet
     )
     kinds = ", ".join(f"{k[9:]} {v}" for k, v in counts.items() if k.startswith("markings_"))
     typer.echo(
         f"synth: {counts['pixels']}x{counts['pixels']} px (EPSG:{counts['epsg']}); lots {counts['lots_visible']} visible "
         f"({counts['lots_mapped']} mapped, {counts['lots_unmapped']} unmapped, {counts['lots_multipolygon']} multipolygons), "
         f"{counts['lots_underground']} underground, {counts['lots_multistorey']} multi-storey; markings {counts['markings']} ({kinds}); "
+        f"decoys {counts['decoys']} ({', '.join(f'{k} {v}' for k, v in counts['decoy_kinds'].items())}); "
         f"{counts['seconds']:.1f} s -> {out}"
     )

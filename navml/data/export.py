@@ -2,6 +2,7 @@
 
 ``<out>/<layer>/<z>/<x>/<y>.png`` for ``imagery`` (1 band as grey, 3+ bands as
 RGB), ``masks`` (class colours, unknown as a grey hatch, background black),
+(with ``negatives``, hard negatives outlined in :data:`NEGATIVE_COLOR` on the overlay),
 ``probs`` (every class: the most probable class's colour, brightness its
 probability) and ``overlay`` (imagery with class fills, outlines and detection
 boxes in their class colours), plus ``index.html`` showing them side by side.
@@ -28,6 +29,9 @@ from navml.geo.store import Store
 from navml.palette import Palette, colorize, paint, palette_from_colors, to_rgb
 
 LAYERS = ("imagery", "masks", "probs", "overlay")
+#: Outline colour of hard negatives on the overlay (kept ones; vetoed ones are drawn dashed grey).
+NEGATIVE_COLOR = (255, 0, 255)
+VETOED_COLOR = (160, 160, 160)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, palette: Palette, boxes: pd.DataFrame) -> np.ndarray:
@@ -87,12 +91,15 @@ def export_tiles(
     colors: Sequence[tuple[int, int, int]] | None = None,
     boxes: pd.DataFrame | None = None,
     probs: Store | None = None,
+    negatives: Sequence[dict] | None = None,
     progress: bool = True,
 ) -> int:
     """Write ``tiles`` of the chosen ``layers`` as PNGs under ``out`` (replaced as a whole); returns files written.
 
     ``palette``: colours of the class registry (:func:`navml.palette.palette_of`);
-    ``colors`` (segmentation colours in mask order) is a shortcut when there are no boxes.
+    ``colors`` (segmentation colours in mask order) is a shortcut when there are no boxes;
+    ``negatives``: GeoJSON features (WGS84) of a hard-negatives file, outlined on ``overlay``
+    (magenta; vetoed ones, ``keep: false``, grey).
     """
     out = Path(out)
     bad = [layer for layer in layers if layer not in LAYERS]
@@ -122,10 +129,33 @@ def export_tiles(
                     rgb = probs_rgb(probs.read_tile("probs", t), palette)  # type: ignore[union-attr]
                 else:
                     rgb = overlay(image, mask, palette, by_tile.get((t.z, t.x, t.y), boxes.iloc[0:0]))
+                    if negatives:
+                        outline_negatives(rgb, t, store.grid.tile_size, negatives)
                 _write_png(tmp / layer / name, rgb)
                 written += 1
         _write_index(tmp, tiles, layers)
     return written
+
+
+def outline_negatives(rgb: np.ndarray, tile: Tile, size: int, negatives: Sequence[dict]) -> None:
+    """Draw the outlines of the ``negatives`` (GeoJSON features, WGS84) touching ``tile`` on its RGB image, in place."""
+    from shapely.geometry import shape
+
+    from navml.geo.features import to_pixels
+    from navml.geo.grid import tile_polygon, tile_window
+
+    foot = tile_polygon(tile)
+    w = tile_window(tile, size)
+    for f in negatives:
+        g = shape(f["geometry"])
+        if not g.intersects(foot):
+            continue
+        color = VETOED_COLOR if (f.get("properties") or {}).get("keep", True) is False else NEGATIVE_COLOR
+        local = to_pixels(g, tile.z, size, origin=(w.col, w.row))
+        for part in getattr(local, "geoms", [local]):
+            for ring in [part.exterior, *part.interiors]:
+                pts = np.round(np.asarray(ring.coords)).astype(np.int32)  # a pixel edge -> the pixel after it: crisp 1-px lines
+                cv2.polylines(rgb, [pts], True, color, 1, cv2.LINE_8)
 
 
 def _write_index(out: Path, tiles: Sequence[Tile], layers: Sequence[str]) -> None:

@@ -17,6 +17,12 @@ Two scores, both from real outputs:
 Plus geometry checks: share of valid output geometries, median vertex count
 of all predictions and of those matching a rectangular (4-corner) truth lot.
 
+Plus ``decoys`` (when a decoys file is given, the synthetic city's
+``truth/decoys.geojson``): false positives on the look-alikes the city drew, by
+kind (plaza, flat_roof, ...): the predicted area outside every truth lot that
+lies on a decoy of the class, and the decoys it covers by at least
+:data:`DECOY_HIT_M2` m², over the whole AOI (``all``) and on the split's tiles.
+
 Every class is scored on its own: predictions by their ``class`` property,
 truth by the file given for the class, or, in one shared file, by the truth
 features' ``class`` property (a file without it can describe only one class).
@@ -131,6 +137,102 @@ def _truth_lots(path: Path, cls: str | None, only: bool = True) -> list[dict[str
     return out
 
 
+#: A decoy counts as hit when at least this much false predicted area (m², outside truth lots) lies on it.
+DECOY_HIT_M2 = 25.0
+
+
+def read_decoys(path: str | os.PathLike, cls: str) -> list[dict[str, Any]]:
+    """Decoy polygons of class ``cls`` (their ``class`` property) in ``path``, each with a ``kind``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: decoys file not found; it is written by the synth stage (or set score.decoys: \"\")")
+    out = []
+    for f in read_features(p):
+        props = f["properties"]
+        if "kind" not in props:
+            raise InputError(f"{p}: decoy features need a 'kind' property (plaza, flat_roof, ...)")
+        if props.get("class", cls) == cls and f["geometry"].geom_type in ("Polygon", "MultiPolygon"):
+            out.append(f)
+    return out
+
+
+def score_decoys(
+    preds: Sequence[dict[str, Any]], decoys: Sequence[dict[str, Any]], lots: Sequence[dict[str, Any]], area: BaseGeometry | None = None
+) -> dict[str, dict[str, float | int]]:
+    """False positives on decoys by kind: ``{kind: {decoys, hit, area_m2}, total: {...}}`` (features WGS84).
+
+    The false area is the union of the predictions less the union of the truth lots (Web Mercator,
+    scaled to ground m² at each decoy's latitude); ``area`` (WGS84) keeps only decoys intersecting it.
+    """
+    false = shapely.union_all([to_mercator(f["geometry"]) for f in preds]) if preds else None
+    if false is not None and lots:
+        false = false.difference(shapely.union_all([to_mercator(f["geometry"]) for f in lots]))
+    out: dict[str, dict[str, float | int]] = {}
+    total = {"decoys": 0, "hit": 0, "area_m2": 0.0}
+    for f in decoys:
+        if area is not None and not area.intersects(f["geometry"]):
+            continue
+        kind = str(f["properties"]["kind"])
+        row = out.setdefault(kind, {"decoys": 0, "hit": 0, "area_m2": 0.0})
+        g = to_mercator(f["geometry"])
+        lat = f["geometry"].centroid.y
+        m2 = g.intersection(false).area * np.cos(np.radians(lat)) ** 2 if false is not None and not false.is_empty else 0.0
+        for r in (row, total):
+            r["decoys"] += 1
+            r["hit"] += int(m2 >= DECOY_HIT_M2)
+            r["area_m2"] += m2
+    for r in [*out.values(), total]:
+        r["area_m2"] = round(float(r["area_m2"]), 1)
+    return {**dict(sorted(out.items())), "total": total}
+
+
+#: A false detection lies on a decoy when this share of its box does.
+DECOY_BOX_SHARE = 0.3
+
+
+def box_iou_max(boxes: np.ndarray, truths: np.ndarray) -> np.ndarray:
+    """Per box (n, 4: x0, y0, x1, y1) its largest IoU with any of ``truths`` (m, 4); 0 without truths."""
+    boxes, truths = np.reshape(boxes, (-1, 4)).astype(float), np.reshape(truths, (-1, 4)).astype(float)
+    if not len(boxes) or not len(truths):
+        return np.zeros(len(boxes))
+    ix = np.clip(np.minimum(boxes[:, None, 2], truths[None, :, 2]) - np.maximum(boxes[:, None, 0], truths[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(boxes[:, None, 3], truths[None, :, 3]) - np.maximum(boxes[:, None, 1], truths[None, :, 1]), 0, None)
+    inter = ix * iy
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    union = area(boxes)[:, None] + area(truths)[None, :] - inter
+    return (inter / np.maximum(union, 1e-9)).max(axis=1)
+
+
+def score_box_decoys(
+    boxes: np.ndarray, truths: np.ndarray, decoys: Sequence[tuple[BaseGeometry, str]], iou_threshold: float = 0.5
+) -> dict[str, Any]:
+    """False detections on decoys by kind: ``{false_detections, on_decoys, kinds: {kind: n}}``.
+
+    ``boxes`` and ``truths`` (n, 4) and the decoy polygons share one pixel grid. A detection is false when
+    its IoU with every truth box is below ``iou_threshold``; it lies on the decoy covering most of it, if
+    that covers :data:`DECOY_BOX_SHARE` of its box or more.
+    """
+    from shapely.geometry import box as make_box
+
+    boxes = np.reshape(boxes, (-1, 4))
+    false = boxes[box_iou_max(boxes, truths) < iou_threshold]
+    geoms = [g for g, _ in decoys]
+    tree = shapely.STRtree(geoms) if geoms else None
+    kinds: dict[str, int] = {}
+    for b in false:
+        if tree is None:
+            break
+        bb = make_box(*b)
+        best, kind = 0.0, None
+        for j in tree.query(bb, predicate="intersects").tolist():
+            a = bb.intersection(geoms[j]).area
+            if a > best:
+                best, kind = a, decoys[j][1]
+        if kind is not None and best >= DECOY_BOX_SHARE * bb.area:
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return {"false_detections": int(len(false)), "on_decoys": int(sum(kinds.values())), "kinds": dict(sorted(kinds.items()))}
+
+
 def score_class(
     preds: Sequence[dict[str, Any]],
     new: Sequence[dict[str, Any]],
@@ -179,6 +281,7 @@ def score_outputs(
     require_truth: bool = True,
     iou_threshold: float = _SCORE.iou,
     split: str = _SCORE.split,
+    decoys: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Score the vector outputs of every class of ``classes`` against ``truth``; write the metrics JSON ``out`` atomically.
 
@@ -186,7 +289,9 @@ def score_outputs(
     property (false: visible but not in OSM) and a ``class`` property, or a
     mapping class -> such a file. ``tiles``: the tile index (``split``
     column). A class without truth polygons is an error when
-    ``require_truth``, else left out of the metrics (``unscored``). Returns the metrics.
+    ``require_truth``, else left out of the metrics (``unscored``). ``decoys``: a GeoJSON of
+    look-alikes (``class``, ``kind``) to count false positives on (:func:`score_decoys`),
+    None or "" for none. Returns the metrics.
     """
     if not classes:
         raise InputError("score: no class to score; name them in score.classes or add a segmentation class to the registry")
@@ -223,6 +328,9 @@ def score_outputs(
         preds = [f for f in all_preds if f["properties"].get("class", default) == c]
         new = [f for f in all_new if f["properties"].get("class", default) == c]
         metrics[c] = score_class(preds, new, lots, area, iou_threshold=iou_threshold, split=split, tiles=len(test_tiles))
+        if decoys:
+            found = read_decoys(decoys, c)
+            metrics[c]["decoys"] = {"all": score_decoys(preds, found, lots), split: score_decoys(preds, found, lots, area)}
     if not metrics:
         raise InputError(f"score: no truth polygons for any of {', '.join(classes)}; check score.truth")
     metrics["iou_threshold"] = iou_threshold

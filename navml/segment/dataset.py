@@ -12,6 +12,12 @@ Samples: image float32 ``(rows, cols, bands)`` with raw 0..255 values, label
 one-hot float32 ``(rows, cols, n_classes + 1)`` (mask value 0 background,
 ``i + 1`` the ``i``-th segmentation class; :data:`~navml.data.rasterize.IGNORE`
 (255, class unknown: outside complete mapping) becomes an all-zero row).
+
+Hard negatives (:mod:`navml.mining`): the training stream may carry mask value
+:data:`MINED` (background a first model took for a class); ``make_dataset(...,
+mined_weight=w)`` turns it into a background row of weight ``w``, so such a pixel
+counts ``w`` times in every loss term (see :mod:`navml.segment.losses`). Tiles
+holding mined pixels are oversampled (``TrainingTiles.hard``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +39,8 @@ from navml.geo.store import Store
 
 IMAGERY = "imagery"
 MASKS = "masks"
+#: Mask value of a mined hard-negative pixel in the training stream only (background, weighted in the loss); never in a store.
+MINED = 254
 
 
 @dataclass(frozen=True)
@@ -167,28 +175,46 @@ def positive_tiles(index: pd.DataFrame, classes: Sequence[str], where: str = "ti
 @dataclass(frozen=True)
 class TrainingTiles:
     """The training split as positive tiles (always used) and negative tiles of
-    which ``negatives_per_epoch`` are drawn afresh for every epoch."""
+    which ``negatives_per_epoch`` are drawn afresh for every epoch; plus *hard*
+    tiles (holding mined hard negatives), each in every epoch ``hard_repeats`` times."""
 
     positives: list[Tile]
     negatives: list[Tile]
     negatives_per_epoch: int
+    hard: list[Tile] = field(default_factory=list)
+    hard_repeats: int = 1
 
     @property
     def per_epoch(self) -> int:
         """Tiles seen per epoch."""
-        return len(self.positives) + self.negatives_per_epoch
+        return len(self.positives) + self.negatives_per_epoch + len(self.hard) * self.hard_repeats
 
     @property
     def all(self) -> list[Tile]:
         """Every tile that can be drawn, sorted."""
-        return sorted(self.positives + self.negatives, key=tile_order)
+        return sorted(self.positives + self.negatives + self.hard, key=tile_order)
 
     def epoch(self, rng: np.random.Generator) -> list[Tile]:
-        """This epoch's tiles: all positives and a random draw of negatives (unshuffled)."""
+        """This epoch's tiles: all positives, a random draw of negatives and every hard tile ``hard_repeats`` times (unshuffled)."""
+        hard = [t for t in self.hard for _ in range(self.hard_repeats)]
         if self.negatives_per_epoch >= len(self.negatives):
-            return self.positives + self.negatives
+            return self.positives + self.negatives + hard
         pick = np.sort(rng.choice(len(self.negatives), size=self.negatives_per_epoch, replace=False))
-        return self.positives + [self.negatives[i] for i in pick]
+        return self.positives + [self.negatives[i] for i in pick] + hard
+
+    def with_hard(self, hard: Sequence[Tile], repeats: int) -> TrainingTiles:
+        """These tiles with ``hard`` taken out of the positives and negatives and drawn ``repeats`` times per epoch.
+
+        The share of negatives per epoch stays what it was among the remaining tiles.
+        """
+        if repeats < 1:
+            raise ConfigError(f"params: 'retrain.oversample' is {repeats}; use 1 or more")
+        hard_set = set(hard)
+        pos = [t for t in self.positives if t not in hard_set]
+        neg = [t for t in self.negatives if t not in hard_set]
+        per = min(self.negatives_per_epoch, len(neg))
+        ordered = sorted(hard_set, key=tile_order)
+        return TrainingTiles(pos, neg, per, ordered, int(repeats))
 
 
 def select_training_tiles(
@@ -387,6 +413,22 @@ class CityReader:
         return fit_pair(image, mask, self.store.grid.tile_size, rng)
 
 
+class MinedReader(TileReader):
+    """A :class:`TileReader` whose masks carry :data:`MINED` where ``hard[tile]`` (bool, rows x cols) marks
+    mined background; labelled, unknown and no-imagery pixels keep their value."""
+
+    def __init__(self, store: Store, n_classes: int, bands: int, hard: Mapping[Tile, np.ndarray], cache_mb: float = 1024.0):
+        super().__init__(store, n_classes, bands, cache_mb)
+        self.hard = dict(hard)
+
+    def mask(self, tile: Tile) -> np.ndarray:
+        arr = super().mask(tile)
+        mined = self.hard.get(tile)
+        if mined is None:
+            return arr
+        return np.where(mined & (arr == 0), np.uint8(MINED), arr).astype(arr.dtype)
+
+
 def check_store(store: Store, tiles: Sequence[Tile], bands: int, layers: Sequence[str] = (IMAGERY, MASKS)) -> None:
     """Every shard of ``tiles`` exists in ``layers`` and the imagery has ``bands`` bands, else :class:`InputError`."""
     for layer in layers:
@@ -425,6 +467,8 @@ def training_counts(reader: TileReader, tiles: TrainingTiles, progress: bool = F
     if tiles.negatives and tiles.negatives_per_epoch:
         neg = label_counts(reader, tiles.negatives, progress, "train negatives")
         counts += neg * (tiles.negatives_per_epoch / len(tiles.negatives))
+    if tiles.hard:
+        counts += label_counts(reader, tiles.hard, progress, "train hard tiles") * tiles.hard_repeats
     return counts
 
 
@@ -488,6 +532,7 @@ def make_dataset(
     drop_remainder: bool = False,
     crop: int | None = None,
     repeat: bool = False,
+    mined_weight: float | None = None,
 ):
     """``tf.data.Dataset`` of ``(image, one-hot label)`` batches over ``tiles`` (see module doc).
 
@@ -495,7 +540,8 @@ def make_dataset(
     ``repeat`` makes the stream endless (one pass after another, each with its
     own negatives, order and augmentation; batches run across passes, so all are full).
     Pixels of :data:`IGNORE` get an all-zero label row, which the losses and
-    :class:`navml.segment.losses.MaskedIoU` leave out.
+    :class:`navml.segment.losses.MaskedIoU` leave out. With ``mined_weight``, pixels of
+    :data:`MINED` get a background row of that weight (the row's sum is the pixel's loss weight).
     """
     import tensorflow as tf
 
@@ -512,7 +558,17 @@ def make_dataset(
             tf.TensorSpec((size, size), tf.uint8),
         ),
     )
-    ds = ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k, dtype=tf.float32)))
+    if mined_weight is None:
+        ds = ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), k, dtype=tf.float32)))
+    else:
+        w = float(mined_weight)
+
+        def weighted(x, y):
+            mined = tf.equal(y, MINED)
+            onehot = tf.one_hot(tf.where(mined, tf.zeros_like(y, tf.int32), tf.cast(y, tf.int32)), k, dtype=tf.float32)
+            return x, onehot * tf.where(mined, w, 1.0)[..., None]
+
+        ds = ds.map(weighted)
     if repeat:
         ds = ds.repeat()
     else:

@@ -8,6 +8,11 @@ background) and return a scalar. A pixel whose ``y_true`` row is all zero is
 labelled pixels of the batch; overlap losses (Dice, soft IoU) are computed
 over the whole batch (so tiles without a positive pixel are fine) and
 averaged over the foreground classes 1..K-1.
+
+A label row may sum to more than 1 (a mined hard negative, :data:`navml.segment.dataset.MINED`):
+the row's sum is the pixel's weight, so it counts that many times in the pixel losses (the mean is
+still taken over the number of labelled pixels) and its predicted foreground that many times in the
+overlap losses. With 0/1 rows everything is the plain loss, bit for bit.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ def _weights(class_weights, k: int):
 
 
 def _labelled_mean(per_pixel, y_true):
-    valid = ops.sum(y_true, axis=-1)
-    return ops.sum(per_pixel * valid) / ops.maximum(ops.sum(valid), 1.0)
+    """Sum of ``per_pixel`` (already weighted by its label row) over the number of labelled pixels."""
+    labelled = ops.cast(ops.sum(y_true, axis=-1) > 0, "float32")
+    return ops.sum(per_pixel * labelled) / ops.maximum(ops.sum(labelled), 1.0)
 
 
 def weighted_crossentropy(y_true, y_pred, class_weights: Sequence[float] | None = None):
@@ -146,7 +152,7 @@ class MaskedIoU(keras.metrics.IoU):
         super().__init__(num_classes, list(target_class_ids), name=name, dtype=dtype, sparse_y_true=True, sparse_y_pred=True, **kwargs)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        valid = ops.sum(ops.cast(y_true, "float32"), axis=-1)
+        valid = ops.cast(ops.sum(ops.cast(y_true, "float32"), axis=-1) > 0, "float32")  # a weighted row counts once
         if sample_weight is not None:
             valid = valid * ops.cast(sample_weight, "float32")
         # the confusion matrix counts integers: labelled pixels weigh 1, ignored ones 0

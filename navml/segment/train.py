@@ -14,19 +14,22 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from navml.config import TrainParams
 from navml.errors import ConfigError, InputError, ModelError
+from navml.geo.grid import Tile, tile_key
 from navml.geo.store import Store
 from navml.io import write_json
 from navml.models.io import THRESHOLDS_FILE
 from navml.segment.dataset import (
     Augment,
     CityReader,
+    MinedReader,
     TileReader,
     check_store,
     combine_indexes,
@@ -34,6 +37,7 @@ from navml.segment.dataset import (
     make_dataset,
     select_training_tiles,
     split_tiles,
+    tile_order,
     training_counts,
 )
 
@@ -93,9 +97,13 @@ def learning_rate_schedule(learning_rate: float, steps: int, warmup_steps: int =
     )
 
 
-def training_dataset(reader: TileReader, tiles, *, batch_size: int, augment: Augment | None, seed: int, crop: int | None):
+def training_dataset(
+    reader: TileReader, tiles, *, batch_size: int, augment: Augment | None, seed: int, crop: int | None, mined_weight: float | None = None
+):
     """The endless, shuffled, augmented stream of training batches the train stage feeds ``model.fit``."""
-    return make_dataset(reader, tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed, crop=crop, repeat=True)
+    return make_dataset(
+        reader, tiles, batch_size=batch_size, shuffle=True, augment=augment, seed=seed, crop=crop, repeat=True, mined_weight=mined_weight
+    )
 
 
 def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) -> None:
@@ -171,6 +179,10 @@ def train_segmentation(
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",
+    init_model: str | os.PathLike | None = None,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float = 1.0,
 ) -> dict:
     """Train a U-Net for the segmentation ``classes`` (registry order) and save it in ``out_dir``.
 
@@ -195,6 +207,13 @@ def train_segmentation(
     union of their splits, every tile resampled to one ground resolution, ``gsd_m`` (None: the coarsest
     city's; :func:`training_sources`). The model records it (``meta.extra["gsd_m"]``), and prediction
     resamples other stores to it.
+
+    Hard-negative retraining (:mod:`navml.mining`): ``init_model`` (a model folder)
+    starts from its weights instead of a fresh U-Net (fine-tuning; its architecture
+    wins over ``depth``/``base_filters``/...); ``hard`` maps train tiles to boolean
+    ``(rows, cols)`` masks of mined background pixels: each such tile is drawn
+    ``hard_repeats`` times per pass and its mined pixels weigh ``mined_weight`` in the loss. Over several
+    stores the keys of ``hard`` are :class:`~navml.segment.dataset.SourceTile` s (store position and tile).
     """
     from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
     from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
@@ -221,17 +240,27 @@ def train_segmentation(
         crop = None
 
     train_tiles = select_training_tiles(index, classes, negative_share, "train", where)
+    if hard:
+        in_train = set(train_tiles.all)
+        outside = sorted(tile_key(t) for t in hard if t not in in_train)
+        if outside:
+            raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile of {where}; only train tiles are mined")
+        train_tiles = train_tiles.with_hard(sorted(hard, key=tile_order), hard_repeats)
     val_tiles = split_tiles(index, "val", where)
     for split, tiles in (("train", train_tiles.all), ("val", val_tiles)):
         if not tiles:
             raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
     if factors == [1.0]:
         check_store(store, train_tiles.all + val_tiles, bands)
-        reader = TileReader(store, n, bands)
+        reader = MinedReader(store, n, bands, hard) if hard else TileReader(store, n, bands)
     else:
+        readers = []
         for i, st in enumerate(stores):
             check_store(st, [t.tile for t in train_tiles.all + val_tiles if t.source == i], bands)
-        reader = CityReader([TileReader(st, n, bands, cache_mb=1024.0 / len(stores)) for st in stores], factors)
+            own = {t.tile: m for t, m in (hard or {}).items() if t.source == i}
+            mb = 1024.0 / len(stores)
+            readers.append(MinedReader(st, n, bands, own, cache_mb=mb) if own else TileReader(st, n, bands, cache_mb=mb))
+        reader = CityReader(readers, factors)
     train_counts = training_counts(reader, train_tiles, progress)
     _require_pixels(train_counts, classes, "train", store)
     val_counts = label_counts(reader, val_tiles, progress, "val labels")
@@ -242,7 +271,16 @@ def train_segmentation(
     import tensorflow as tf
 
     set_determinism(seed)
-    model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout, downsample=downsample)
+    if init_model is not None:
+        from navml.models.io import load_model
+
+        model, first = load_model(init_model)
+        first.check_fits(zoom=store.grid.zoom, bands=bands, classes=classes, where=str(init_model))
+        arch = first.extra
+        depth, base_filters = int(arch.get("depth", depth)), int(arch.get("base_filters", base_filters))
+        downsample, encoder = int(arch.get("downsample", downsample)), str(arch.get("encoder", encoder))
+    else:
+        model = build_unet(bands, n, depth, base_filters, encoder, dropout=dropout, downsample=downsample)
     checks = -(-steps // eval_every)
     total_steps = checks * eval_every
     model.compile(
@@ -251,7 +289,9 @@ def train_segmentation(
         metrics=[MaskedIoU(n + 1, list(range(1, n + 1)), name="iou")],
         jit_compile=False,
     )
-    train_ds = training_dataset(reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop)
+    train_ds = training_dataset(
+        reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop, mined_weight=mined_weight if hard else None
+    )
     val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -307,6 +347,13 @@ def train_segmentation(
         }
         if len(stores) > 1:
             summary["cities"] = [{"store": str(st.root), "factor": round(f, 4)} for st, f in zip(stores, factors)]
+        if hard:
+            summary["hard_tiles"] = len(train_tiles.hard)
+            summary["hard_repeats"] = int(hard_repeats)
+            summary["mined_pixels"] = int(sum(int(np.count_nonzero(m)) for m in hard.values()))
+            summary["mined_weight"] = float(mined_weight)
+        if init_model is not None:
+            summary["init_model"] = Path(init_model).as_posix()
         if live is not None:
             live.summary.update({"best_val_iou": summary["best_val_iou"], "best_step": summary["best_step"]})
             live.make_summary()

@@ -4,7 +4,7 @@ A reviewer marks a predicted feature *false* or *correct*. A false one goes
 into the hard-negatives file of its kind (default
 ``data/mining/{model}/hard_negatives.geojson``, ``{model}`` being ``seg`` for a
 segmentation feature and ``det`` for a detection; a path without ``{model}`` takes
-both), the schema the mining stage reads: a GeoJSON FeatureCollection (WGS84) of
+both), the schema the mining stage reads (:mod:`navml.mining.negatives`, which owns it): a GeoJSON FeatureCollection (WGS84) of
 Polygon features with properties ``class``, ``kind`` (``segmentation`` or
 ``detection``), ``tile`` (``"z-x-y"``), ``area_m2`` (ground m²), ``score``
 (0..1 or null), ``source`` (``"review"`` here, ``"mined"`` for what mining found)
@@ -23,48 +23,26 @@ clicks lose nothing.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mercantile
 import shapely
-from pyproj import Geod
 from shapely.geometry import mapping, shape
 
 from navml.errors import InputError
-from navml.io import dumps_json, write_text
+from navml.mining.negatives import KINDS, area_m2, read_collection, review_id, tile_of, write_collection
 
 VERDICTS = ("false", "correct")
-KINDS = ("segmentation", "detection")
 #: Default paths (relative to the project root).
 NEGATIVES = "data/mining/{model}/hard_negatives.geojson"
 #: ``{model}`` of the negatives path per kind: the model folders (data/models/seg, data/models/det) mining reads for.
 MODEL_OF_KIND = {"segmentation": "seg", "detection": "det"}
 REVIEWS = Path("data/review/review.geojson")
-_GEOD = Geod(ellps="WGS84")
-
-
-def read_collection(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Features of a GeoJSON FeatureCollection file; ``[]`` when the file does not exist."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    try:
-        data = json.loads(p.read_text())
-        return list(data["features"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise InputError(f"{p}: not a GeoJSON FeatureCollection ({exc}); fix or remove it") from exc
-
-
-def review_id(geometry) -> str:
-    """A stable id of a polygon (WGS84): SHA-1 of its normalized WKB at 1e-9 degrees, 16 hex digits."""
-    g = shapely.set_precision(shape(geometry) if isinstance(geometry, Mapping) else geometry, 1e-9).normalize()
-    return hashlib.sha1(shapely.to_wkb(g, hex=False)).hexdigest()[:16]
+__all__ = ["KINDS", "REVIEWS", "VERDICTS", "ReviewLog", "add_review", "area_m2", "read_collection", "review_feature", "review_id",
+           "tile_of", "veto", "write_collection"]
 
 
 _LOCKS: dict[Path, threading.Lock] = {}
@@ -121,23 +99,6 @@ def veto(path: str | os.PathLike, key: str) -> int:
         if changed:
             write_collection(path, out)
         return changed
-
-
-def write_collection(path: str | os.PathLike, features: list[dict[str, Any]]) -> Path:
-    """Write ``features`` as one FeatureCollection, atomically."""
-    return write_text(path, dumps_json({"type": "FeatureCollection", "features": features}))
-
-
-def area_m2(geometry) -> float:
-    """Geodesic ground area (m², WGS84 ellipsoid) of a polygon in WGS84 degrees."""
-    return abs(float(_GEOD.geometry_area_perimeter(geometry)[0]))
-
-
-def tile_of(geometry, zoom: int) -> str:
-    """``"z-x-y"`` of the tile at ``zoom`` holding the geometry's representative point."""
-    p = geometry.representative_point()
-    t = mercantile.tile(p.x, p.y, zoom)
-    return f"{t.z}-{t.x}-{t.y}"
 
 
 def review_feature(body: Mapping[str, Any], zoom: int) -> tuple[str, dict[str, Any]]:

@@ -9,8 +9,8 @@ renamed into place, so an interrupted run leaves the previous output intact):
 * ``city.osm.pbf``: roads with ``turn:lanes``, parking lots (some shifted, some
   multipolygons with holes, underground and multi-storey ones), buildings;
 * ``aoi.geojson``: the city square (WGS84);
-* ``truth/lots.geojson``, ``truth/markings.geojson``, ``truth/complete_aoi.geojson``
-  (see :mod:`navml.data.synth.truth`).
+* ``truth/lots.geojson``, ``truth/markings.geojson``, ``truth/complete_aoi.geojson``,
+  ``truth/decoys.geojson`` (look-alikes of lots and arrows; see :mod:`navml.data.synth.truth`).
 
 The same seed gives byte-identical files.
 """
@@ -47,7 +47,7 @@ def _number(value, key: str) -> float:
         raise ConfigError(f"synth.{key}: {value!r} is not a number") from exc
 
 
-def _check(seed, center, size_km, gsd_m, unmapped_share, shift_m) -> tuple[float, float]:
+def _check(seed, center, size_km, gsd_m, unmapped_share, shift_m, decoy_share=0.5) -> tuple[float, float]:
     size_km, gsd_m = _number(size_km, "size_km"), _number(gsd_m, "gsd_m")
     unmapped_share, shift_m = _number(unmapped_share, "unmapped_share"), _number(shift_m, "shift_m")
     try:
@@ -71,6 +71,8 @@ def _check(seed, center, size_km, gsd_m, unmapped_share, shift_m) -> tuple[float
         raise ConfigError(f"synth.unmapped_share: {unmapped_share} must lie in 0..1 (exclusive)")
     if not 0.0 <= shift_m <= 50.0:
         raise ConfigError(f"synth.shift_m: {shift_m} must lie in 0..50 m")
+    if not 0.0 <= _number(decoy_share, "decoy_share") <= 1.0:
+        raise ConfigError(f"synth.decoy_share: {decoy_share} must lie in 0..1")
     return lon, lat
 
 
@@ -103,6 +105,7 @@ def make_city(
     gsd_m: float = _SYNTH.gsd_m,
     unmapped_share: float = _SYNTH.unmapped_share,
     shift_m: float = _SYNTH.shift_m,
+    decoy_share: float = _SYNTH.decoy_share,
     progress: bool = True,
 ) -> dict:
     """Build the synthetic city into ``out_dir``; return counts of what it holds.
@@ -110,7 +113,9 @@ def make_city(
     ``center`` is (lon, lat) in degrees, ``size_km`` the side of the square city,
     ``gsd_m`` the pixel size in metres, ``unmapped_share`` the share of visible
     lots left out of OSM (all outside the complete area), ``shift_m`` the largest
-    offset (metres) of a mapped lot outline from the painted one.
+    offset (metres) of a mapped lot outline from the painted one, ``decoy_share``
+    (0..1) how many look-alikes of lots and arrows the city draws (plazas, flat
+    grey roofs, courts, paved yards; painted words), all listed in ``truth/decoys.geojson``.
     """
     from tqdm import tqdm
 
@@ -120,9 +125,9 @@ def make_city(
     from navml.data.synth.scene import KINDS
     from navml.data.synth.truth import lonlat_mapper, utm_epsg, write_truth
 
-    lon, lat = _check(seed, center, size_km, gsd_m, unmapped_share, shift_m)
+    lon, lat = _check(seed, center, size_km, gsd_m, unmapped_share, shift_m, decoy_share)
     seed, size_km, gsd_m = int(seed), float(size_km), float(gsd_m)
-    unmapped_share, shift_m = float(unmapped_share), float(shift_m)
+    unmapped_share, shift_m, decoy_share = float(unmapped_share), float(shift_m), float(decoy_share)
     out = Path(out_dir)
     t0 = time.perf_counter()
     bar = tqdm(total=10, desc="synth", unit="step", disable=None if progress else True)
@@ -141,7 +146,7 @@ def make_city(
         size = n_px * gsd_m
         west = round(round((cx - size / 2) / gsd_m) * gsd_m, 6)
         south = round(round((cy - size / 2) / gsd_m) * gsd_m, 6)
-        scene, uses = build_scene(seed, size, gsd_m, lat, unmapped_share, shift_m)
+        scene, uses = build_scene(seed, size, gsd_m, lat, unmapped_share, shift_m, decoy_share)
         step("layout")
         to_ll = lonlat_mapper(epsg, west, south)
         data = build_osm(scene, to_ll)
@@ -176,6 +181,8 @@ def make_city(
         **{f"markings_{k}": sum(m.kind == k for m in scene.markings) for k in KINDS},
         "road_ways": len(scene.ways),
         "turn_lane_ways": sum(any(t.startswith("turn:lanes") for t in w.tags) for w in scene.ways),
+        "decoys": len(scene.decoys),
+        "decoy_kinds": {k: sum(d[2] == k for d in scene.decoys) for k in sorted({d[2] for d in scene.decoys})},
         "buildings": len(scene.buildings),
         "trees": int(len(scene.trees)),
         "osm_nodes": len(data.nodes),

@@ -3,8 +3,11 @@
 Blocks are the city square less the street corridors; they are split into
 parcels of 30-130 m. Each parcel gets a use, denser downtown: surface parking
 lot, multi-storey garage, plaza (some with an underground garage), sports
-courts, park, office/shop buildings (many with flat grey roofs and HVAC boxes),
-houses with pitched roofs and yards, or plain lawn.
+courts, park, paved yard (a truck or depot yard: asphalt, stains, trucks, no
+stalls), office/shop buildings (many with flat grey roofs and HVAC boxes),
+houses with pitched roofs and yards, or plain lawn. ``scene.decoy_share`` raises
+the number of look-alikes of a parking lot (plazas, courts, yards, flat grey
+roofs); each is recorded in ``scene.decoys``.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ from shapely.geometry import LineString, MultiLineString, Point, Polygon, box
 
 from navml.data.synth.geometry import Path, circle, fit_rect, frame, halfplane_cut, largest, polygons, rect, rot, rotate
 from navml.data.synth.lots import CONCRETE, LAWN, VARIANT_SHARE, asphalt, lay_stalls, lot_shape
-from navml.data.synth.scene import Building, Color, Lot, Scene
+from navml.data.synth.roads import car_color
+from navml.data.synth.scene import Building, Car, Color, Lot, Scene
 
 GRASS = [(88, 118, 62), (98, 126, 66), (84, 110, 60), (110, 128, 74), (122, 130, 84)]
 DIRT = [(146, 128, 100), (160, 142, 112), (132, 118, 96)]
+#: Flat grey roofs at least this large (m²) are recorded as look-alikes of a lot.
+FLAT_ROOF_M2 = 400.0
 HOUSE_ROOFS = [(112, 86, 72), (92, 92, 95), (64, 66, 70), (142, 74, 58), (150, 132, 112), (82, 92, 108), (122, 116, 106), (170, 160, 148)]
 
 
@@ -97,6 +103,7 @@ def _pick(rng, parcels: list[Parcel], n: int, ok, weight) -> list[Parcel]:
 def assign_uses(rng: np.random.Generator, scene: Scene, parcels: list[Parcel]) -> dict[str, int]:
     """Give every parcel a use and build it; returns the number of parcels per use."""
     area_km2 = (scene.size_m / 1000.0) ** 2
+    d = scene.decoy_share
     for p in parcels:
         if p.poly.area < 250 or p.short < 8:
             p.use = "tiny"
@@ -105,8 +112,10 @@ def assign_uses(rng: np.random.Generator, scene: Scene, parcels: list[Parcel]) -
          lambda p: 0.35 + p.urban),
         ("garage", max(1, round(2 * area_km2)), lambda p: p.short >= 30 and 1500 <= p.poly.area <= 9000 and p.compact > 0.7,
          lambda p: 0.2 + p.urban),
-        ("plaza", max(1, round(3 * area_km2)), lambda p: 500 <= p.poly.area <= 6000, lambda p: 0.1 + p.urban),
-        ("courts", max(1, round(2.5 * area_km2)), lambda p: p.short >= 24 and p.long >= 40, lambda p: 1.2 - p.urban),
+        ("plaza", max(1, round(3 * area_km2 * (1 + 2 * d))), lambda p: 500 <= p.poly.area <= 6000, lambda p: 0.1 + p.urban),
+        ("courts", max(1, round(2.5 * area_km2 * (1 + d))), lambda p: p.short >= 24 and p.long >= 40, lambda p: 1.2 - p.urban),
+        ("yard", round(6 * area_km2 * d), lambda p: p.short >= 25 and 900 <= p.poly.area <= 8000 and p.compact > 0.5,
+         lambda p: 0.3 + p.urban),
         ("park", max(1, round(3 * area_km2)), lambda p: p.poly.area >= 1500, lambda p: 1.1 - p.urban),
     ]
     for use, n, ok, weight in plan:
@@ -154,6 +163,8 @@ def assign_uses(rng: np.random.Generator, scene: Scene, parcels: list[Parcel]) -
                 _park(rng, scene, p, id(p) in under)
         elif use == "park":
             _park(rng, scene, p, id(p) in under)
+        elif use == "yard":
+            _yard(rng, scene, p)
         elif use == "commercial":
             _commercial(rng, scene, p)
         elif use == "residential":
@@ -170,8 +181,8 @@ def assign_uses(rng: np.random.Generator, scene: Scene, parcels: list[Parcel]) -
 def roof(rng, poly: Polygon, height: float, scene: Scene, style: str | None = None) -> Building:
     """A flat-roofed building with parapet, HVAC boxes (with shadows), penthouse or skylights."""
     styles = ["flat_grey", "white", "gravel", "dark", "metal", "green", "brown"]
-    weights = np.array([0.34, 0.2, 0.15, 0.13, 0.1, 0.04, 0.04])
-    style = style or styles[int(rng.choice(len(styles), p=weights))]
+    weights = np.array([0.34 + 0.5 * scene.decoy_share, 0.2, 0.15, 0.13, 0.1, 0.04, 0.04])
+    style = style or styles[int(rng.choice(len(styles), p=weights / weights.sum()))]
     g = int(rng.integers(86, 138))
     base = {
         "flat_grey": (g, g + int(rng.integers(0, 3)), g + int(rng.integers(1, 6))),
@@ -183,6 +194,8 @@ def roof(rng, poly: Polygon, height: float, scene: Scene, style: str | None = No
         "brown": _jitter(rng, (120, 92, 74), 8),
     }[style]
     b = Building(poly=poly, height=height, color=base)
+    if style == "flat_grey" and poly.area >= FLAT_ROOF_M2:
+        scene.decoys.append((poly, "parking", "flat_roof"))
     ang, long, short = frame(poly)
     sx, sy = scene.shadow
     pw = rng.uniform(0.4, 0.9)
@@ -429,8 +442,57 @@ def _plaza(rng, scene: Scene, p: Parcel, underground: bool) -> None:
             elif shapely.contains_xy(inner, x, y):
                 scene.grounds.append((Polygon(rect(x, y, 2.0, 0.6, ang + rng.choice([0, math.pi / 2]))), (92, 76, 60)))
     scene.osm_areas.append((p0, {"highway": "pedestrian", "area": "yes", "surface": "paving_stones"}))
+    scene.decoys.append((p0, "parking", "plaza"))
     if underground:
         _under(rng, scene, p0, "under-plaza")
+
+
+def _yard(rng, scene: Scene, p: Parcel) -> None:
+    """A paved truck or depot yard: asphalt like a lot's, oil stains, a hatched loading zone, trucks and vans, no stalls."""
+    from navml.data.synth.lots import asphalt as lot_asphalt
+
+    scene.grounds.append((p.poly, _jitter(rng, LAWN)))
+    p0 = largest(p.poly.buffer(-rng.uniform(1.5, 4.0), join_style="mitre"))
+    if p0 is None:
+        return
+    tone = lot_asphalt(rng)
+    scene.grounds.append((p0, tone))
+    ang, long, short = frame(p0)
+    x0, y0, x1, y1 = p0.bounds
+    stain = _shade(tone, 0.72)
+    for _ in range(int(p0.area / 60)):
+        x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        if shapely.contains_xy(p0, x, y):
+            scene.grounds.append((Point(x, y).buffer(rng.uniform(0.3, 0.9), quad_segs=4), stain))
+    # a hatched loading zone along one long side
+    q = rotate(p0, -ang)
+    qx0, qy0, qx1, qy1 = q.bounds
+    zone = box(qx0 + 0.25 * (qx1 - qx0), qy0 + 0.5, qx0 + 0.75 * (qx1 - qx0), qy0 + 6.0)
+    hatch = [[(x, qy0 + 0.5), (x + 5.5, qy0 + 6.0)] for x in np.arange(zone.bounds[0], zone.bounds[2] - 5.5, 1.6)]
+    yellow = (214, 182, 62)
+    for seg in [list(zone.exterior.coords)] + hatch:
+        g = rotate(LineString(seg), ang).intersection(p0)
+        for part in getattr(g, "geoms", [g]):
+            if part.geom_type == "LineString" and not part.is_empty:
+                scene.ground_lines.append((np.asarray(part.coords), yellow, 0.15))
+    # trucks and vans parked at random, not in rows
+    n = max(1, int(p0.area / 450 * rng.uniform(0.5, 1.5)))
+    for _ in range(n * 3):
+        if n <= 0:
+            break
+        x, y = rng.uniform(x0, x1), rng.uniform(y0, y1)
+        big = rng.random() < 0.6
+        length, width = (rng.uniform(9.0, 16.5), rng.uniform(2.4, 2.6)) if big else (rng.uniform(5.2, 6.2), rng.uniform(2.0, 2.2))
+        a = ang + rng.choice([0.0, math.pi / 2]) + rng.uniform(-0.25, 0.25)
+        body = Polygon(rect(x, y, length + 1.0, width + 1.0, a))
+        if not p0.buffer(-0.5).contains(body):
+            continue
+        g = int(rng.integers(200, 240))
+        color = (g, g, g - 2) if big and rng.random() < 0.7 else car_color(rng)
+        scene.road_cars.append(Car(x, y, a, length, width, color))
+        n -= 1
+    scene.osm_areas.append((p0, {"landuse": "industrial", "surface": "asphalt"}))
+    scene.decoys.append((p0, "parking", "paved_yard"))
 
 
 def _court_lines(kind: str) -> list[list[tuple[float, float]]]:
@@ -485,6 +547,7 @@ def _place_court(rng, scene: Scene, container: Polygon, kind: str, ang: float, c
     tags = {"leisure": "pitch", "sport": kind, "surface": "asphalt" if outer[0] == outer[1] else "acrylic"}
     scene.osm_areas.append((total, tags))
     scene.courts.append(total)
+    scene.decoys.append((total, "parking", "court"))
     return total
 
 

@@ -34,10 +34,12 @@ def sun_shadow(rng: np.random.Generator, lat: float) -> tuple[float, float]:
     return (-math.sin(math.radians(az)) * k, -math.cos(math.radians(az)) * k)
 
 
-def build_scene(seed: int, size_m: float, gsd_m: float, lat: float, unmapped_share: float, shift_m: float) -> tuple[Scene, dict[str, int]]:
+def build_scene(
+    seed: int, size_m: float, gsd_m: float, lat: float, unmapped_share: float, shift_m: float, decoy_share: float = 0.5
+) -> tuple[Scene, dict[str, int]]:
     """The whole city (geometry, colours, mapping state) and the number of parcels per use."""
     n_px = int(round(size_m / gsd_m))
-    scene = Scene(size_m=n_px * gsd_m, n_px=n_px, gsd=gsd_m, shadow=sun_shadow(rng_for(seed, "sun"), lat))
+    scene = Scene(size_m=n_px * gsd_m, n_px=n_px, gsd=gsd_m, shadow=sun_shadow(rng_for(seed, "sun"), lat), decoy_share=decoy_share)
     scene.streets = build_streets(rng_for(seed, "streets"), scene.size_m)
     build_network(scene)
     road_surfaces(scene)

@@ -504,15 +504,19 @@ def _paint_way(rng, scene: Scene, w: Way, path: Path, start: dict, end: dict) ->
         if info["crosswalk"]:
             r = info["r_box"]
             c = -s.width / 2 + 0.6
+            s0, s1 = sorted((arc(r + 0.5), arc(r + 3.5)))
             while c < s.width / 2 - 0.5:
-                s0, s1 = sorted((arc(r + 0.5), arc(r + 3.5)))
                 polys.append((_quad(path, s0, s1, c - 0.3, c + 0.3), WHITE))
                 c += 1.25
+            scene.decoys.append((Polygon(_quad(path, s0, s1, -s.width / 2 + 0.3, c - 0.95)), "turn_markings", "crosswalk"))
         approaching = not s.oneway or not at_start
         if approaching and (info["lanes"] is not None or rng.random() < 0.5 or info["crosswalk"]):
             cen = [-c if at_start else c for c in _lane_centres(s)]  # way frame
             s0, s1 = sorted((arc(info["stop"]), arc(info["stop"] + STOP_W)))
-            polys.append((_quad(path, s0, s1, min(cen) - lw / 2, max(cen) + lw / 2), WHITE))
+            q = _quad(path, s0, s1, min(cen) - lw / 2, max(cen) + lw / 2)
+            polys.append((q, WHITE))
+            scene.decoys.append((Polygon(q), "turn_markings", "stop_line"))
+            _words(rng, scene, path, info, L - (end["stop"] if at_start else start["stop"]), at_start, cen)
         if info["lanes"] is None:
             continue
         kinds = info["lanes"]
@@ -537,6 +541,54 @@ def _paint_way(rng, scene: Scene, w: Way, path: Path, start: dict, end: dict) ->
                 jit = rot(tw[None], rng.uniform(-0.01, 0.01))[0]
                 foot, shape = arrow(kind, tail, jit, length, width)
                 scene.markings.append(Marking(kind=kind, way_id=w.id, footprint=foot, shape=shape))
+
+
+#: Stroke font of the painted words: polylines in a unit box (u across the lane, v along travel).
+GLYPHS = {
+    "O": [[(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]],
+    "N": [[(0, 0), (0, 1), (1, 0), (1, 1)]],
+    "L": [[(0, 1), (0, 0), (1, 0)]],
+    "Y": [[(0, 1), (0.5, 0.55), (1, 1)], [(0.5, 0.55), (0.5, 0)]],
+    "S": [[(1, 1), (0, 1), (0, 0.5), (1, 0.5), (1, 0), (0, 0)]],
+    "T": [[(0, 1), (1, 1)], [(0.5, 1), (0.5, 0)]],
+    "P": [[(0, 0), (0, 1), (1, 1), (1, 0.5), (0, 0.5)]],
+    "B": [[(0, 0), (0, 1), (0.8, 1), (1, 0.75), (0.8, 0.5), (0, 0.5)], [(0.8, 0.5), (1, 0.25), (0.8, 0), (0, 0)]],
+    "U": [[(0, 1), (0, 0), (1, 0), (1, 1)]],
+    "X": [[(0, 0), (1, 1)], [(0, 1), (1, 0)]],
+    "I": [[(0.5, 0), (0.5, 1)]],
+    "G": [[(1, 1), (0, 1), (0, 0), (1, 0), (1, 0.5), (0.5, 0.5)]],
+    "W": [[(0, 1), (0.25, 0), (0.5, 0.6), (0.75, 0), (1, 1)]],
+}
+WORDS = ("ONLY", "STOP", "BUS", "XING", "SLOW")
+
+
+def _words(rng, scene: Scene, path: Path, info: dict, room: float, at_start: bool, centres: list[float]) -> None:
+    """Painted words (ONLY, STOP, BUS ...) in some approach lanes, 8-10.5 m before the stop line, between stop line and arrows.
+
+    Letters stand side by side across the lane, each 2.4 m long along travel (read by the driver); recorded as decoys.
+    """
+    d0 = info["stop"] + 10.4  # the word spans 8..10.4 m before the stop line (arrows: 2..7 m)
+    if d0 + 1.0 > room or rng.random() >= scene.decoy_share:
+        return
+    L = path.length
+    for lat in centres:
+        if rng.random() >= 0.6:
+            continue
+        word = WORDS[int(rng.integers(len(WORDS)))]
+        cw, gap, h = 0.55, 0.2, 2.4
+        total = len(word) * cw + (len(word) - 1) * gap
+        a0 = d0 + rng.uniform(0.0, 0.3)
+        p, t = path.at(L - a0 if not at_start else a0)
+        tw = t[0] * (-1.0 if at_start else 1.0)  # travel direction
+        nrm = np.array([tw[1], -tw[0]])  # the driver's right
+        origin = p[0] + lat * np.array([-t[0][1], t[0][0]]) - nrm * total / 2
+        for k, ch in enumerate(word):
+            for stroke in GLYPHS[ch]:
+                pts = [origin + nrm * (k * (cw + gap) + u * cw) + tw * (v * h) for u, v in stroke]
+                for a, b in zip(pts[:-1], pts[1:]):
+                    scene.paint_polys.append((thick(a, b, 0.1), WHITE))
+        foot = [origin, origin + nrm * total, origin + nrm * total + tw * h, origin + tw * h]
+        scene.decoys.append((Polygon(foot), "turn_markings", "word"))
 
 
 def _road_cars(rng, scene: Scene, s: Street, path: Path, a: float, b: float) -> None:

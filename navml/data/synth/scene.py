@@ -18,6 +18,8 @@ Color = tuple[int, int, int]
 
 #: Turn-arrow kinds, in the class order of ``classes.turn_markings.names``.
 KINDS = ("left", "right", "through", "through_left", "through_right", "left_right")
+#: Kinds of look-alikes (``truth/decoys.geojson``) per class they resemble.
+DECOY_KINDS = {"parking": ("plaza", "flat_roof", "court", "paved_yard"), "turn_markings": ("crosswalk", "stop_line", "word")}
 #: OSM ``turn:lanes`` value of each arrow kind.
 TURN_VALUE = {
     "left": "left",
@@ -166,3 +168,7 @@ class Scene:
     trees: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))  # x, y, r (m), h (m), tone 0..1
     osm_areas: list[tuple[Polygon, dict[str, str]]] = field(default_factory=list)  # parks, pitches, squares
     complete: BaseGeometry | None = None
+    #: how many look-alikes to draw (0..1, ``synth.decoy_share``)
+    decoy_share: float = 0.5
+    #: look-alikes drawn: (geometry, class they resemble, kind), e.g. (plaza, "parking", "plaza")
+    decoys: list[tuple[BaseGeometry, str, str]] = field(default_factory=list)

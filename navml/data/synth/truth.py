@@ -4,6 +4,9 @@
   ``lot_id``, ``mapped``, ``osm_id``/``osm_type`` (null when unmapped), ``area_m2``, ``variant``.
 * ``truth/markings.geojson``: every painted turn arrow's footprint rectangle; ``kind``, ``lane_way``.
 * ``truth/complete_aoi.geojson``: where OSM parking mapping is complete.
+* ``truth/decoys.geojson``: every look-alike the city draws: ``class`` (the class it
+  resembles: parking, turn_markings), ``kind`` (plaza, flat_roof, court, paved_yard;
+  crosswalk, stop_line, word), ``decoy_id``, ``area_m2``.
 * ``aoi.geojson``: the city square.
 """
 
@@ -76,3 +79,10 @@ def write_truth(scene: Scene, folder: Path, to_lonlat: Callable[[np.ndarray], np
         for i, p in enumerate(polygons(scene.complete))
     ]
     write_features(done, folder / "truth" / "complete_aoi.geojson")
+    decoys = [
+        {"geometry": to_wgs84(g, to_lonlat),
+         "properties": {"decoy_id": i + 1, "class": cls, "kind": kind, "area_m2": round(float(g.area), 1)}}
+        for i, (g, cls, kind) in enumerate(scene.decoys)
+        if not g.is_empty
+    ]
+    write_features(decoys, folder / "truth" / "decoys.geojson")
