@@ -1,26 +1,39 @@
-"""Benchmark of predict and vectorize in-process and on a local Dask cluster of 1 and 2 workers.
+"""Benchmark of the shard work (predict, vectorize, rasterize, predict_detect) in-process and on a local Dask
+cluster of 1 and 2 workers.
 
     python benchmarks/parallel.py [--store /work/main/data/store --tiles /work/main/data/cover/tiles.csv]
                                   [--workers 1 2] [--repeats 2] [--window 2048] [--vectorize-shards 4]
-                                  [--tf-threads N]
+                                  [--tf-threads N] [--worker-threads N] [--only predict vectorize ...]
 
 * ``predict``: :func:`navml.segment.predict.predict_store` of the default U-Net
   (depth 4, base 8, downsample 2; untrained: speed does not depend on the
   weights) over the tiles of ``--tiles`` from the ``imagery`` layer of
   ``--store`` (read-only; the output goes to a temporary folder). Without
-  ``--store`` it writes 3 x 3 shards of textured imagery itself.
+  ``--store`` it writes ``--imagery-shards`` squared (2 x 2) shards of textured imagery itself.
 * ``vectorize``: :func:`navml.segment.vectorize.vectorize_store` over
   ``--vectorize-shards`` squared probability shards of 2048 px with lots
   across their borders (benchmarks/vectorize.py's mosaic).
+* ``rasterize``: :func:`navml.data.rasterize.write_masks` of the same lots
+  (as WGS84 polygons, complete mapping in the west half: 255 elsewhere) over
+  those shards' tiles.
+* ``predict_detect``: :func:`navml.detect.predict.detect_store` of the
+  default detector (benchmarks/predict_detect.py's: stride 8, base 8, 5
+  anchors, untrained, score threshold 0.5) over the predict tiles,
+  ``detect_predict.window_px`` 1024.
 
 Each is run in-process (``serial``), then on a LocalCluster of each
-``--workers`` count (one thread per worker), started before the clock and
+``--workers`` count (one task at a time per worker), started before the clock and
 warmed with one untimed run (the model loads once per worker). Prints
 tiles/s and megapixels/s (median of ``--repeats``), the speed-up over 1
-worker, the peak RSS of each worker process and of this process, and the
-load average. TensorFlow gives each op ``--tf-threads`` threads everywhere
-(default: the machine's cores, as in-process; the outputs are the same bytes
-only with the same count).
+worker, the CPU seconds per run of each worker and of this process (the client,
+with the local scheduler), the peak RSS of each worker process during that stage's runs
+(TensorFlow and the models stay resident, so this is mostly a worker's floor) and of
+this process, and the load average before and after (the machine may be shared: CPU
+seconds, unlike the wall clock, hardly depend on the other jobs). TensorFlow gives each op
+``--tf-threads`` threads everywhere (default 1, the setting for throughput;
+the outputs are the same bytes only with the same count). ``--worker-threads``
+(default 1: a worker is one core) is the OpenMP / BLAS / OpenCV threads of each
+worker; 0 shares the cores among the workers, as ``navml --scheduler local`` does.
 """
 
 from __future__ import annotations
@@ -61,6 +74,40 @@ def make_model(folder: Path, grid) -> None:
     save_model(build_unet(3, 1, 4, 8, downsample=2), meta, folder)
 
 
+def make_detector(folder: Path, grid) -> None:
+    from navml.models.io import ModelMeta, save_model
+    from navml.models.yolo import build_yolo, receptive_field
+
+    names = ["left", "right", "through", "through_left", "through_right", "left_right"]
+    anchors = [[11.0, 4.0], [4.0, 11.0], [10.0, 10.0], [12.0, 5.0], [5.0, 12.0]]
+    meta = ModelMeta("detection", names, grid.zoom, grid.tile_size, 3, 8, receptive_field(8),
+                     extra={"anchors": anchors, "score_threshold": 0.5})
+    save_model(build_yolo(3, len(names), len(anchors), 8, 8), meta, folder)
+    return names
+
+
+def lots_lonlat(lots, grid):
+    """The benchmark's lots (global pixel polygons) in WGS84."""
+    from navml.geo.features import to_lonlat
+
+    return [to_lonlat(g, grid.zoom, grid.tile_size) for g in lots]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of the calling process so far (run on each worker by ``client.run``)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def reset_peak_rss() -> None:
+    """Start a new ``VmHWM`` of the calling process (Linux: ``clear_refs`` 5), so the next peak is one stage's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
 def make_imagery(root: Path, grid, shards: int = 3):
     import numpy as np
 
@@ -94,12 +141,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--detect-window", type=int, default=1024)
     ap.add_argument("--vectorize-shards", type=int, default=4)
-    ap.add_argument("--tf-threads", type=int, default=None, help="TensorFlow threads per op, here and on every worker")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["predict", "vectorize", "serial"])
+    ap.add_argument("--imagery-shards", type=int, default=2, help="without --store: this many squared shards of imagery")
+    ap.add_argument("--tf-threads", type=int, default=1, help="TensorFlow threads per op, here and on every worker")
+    ap.add_argument("--worker-threads", type=int, default=1, help="OpenMP/BLAS/OpenCV threads per worker (0: share the cores)")
+    ap.add_argument("--only", nargs="*", default=["predict", "vectorize", "rasterize", "predict_detect"],
+                    choices=["predict", "vectorize", "rasterize", "predict_detect"])
+    ap.add_argument("--skip-serial", action="store_true")
     a = ap.parse_args()
-    if a.tf_threads:
-        os.environ["TF_NUM_INTRAOP_THREADS"] = str(a.tf_threads)
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(a.tf_threads)
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
     from distributed import Client, LocalCluster
 
@@ -107,7 +159,10 @@ def main() -> None:
     from vectorize import make_lots, write_mosaic  # benchmarks/vectorize.py
 
     from navml.config import ClassSpec, PostProcess
-    from navml.geo.grid import Grid
+    from navml.data.rasterize import write_masks
+    from navml.detect.predict import detect_store
+    from navml.geo.features import write_features
+    from navml.geo.grid import Grid, Tile, tiles_of_shard
     from navml.geo.parallel import thread_env
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
@@ -119,18 +174,29 @@ def main() -> None:
     lot = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.5, close_m=2.0, simplify_m=1.0, min_area_m2=150))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = tmp / "model"
+        model, detector = tmp / "model", tmp / "det"
         make_model(model, grid)
+        names = make_detector(detector, grid)
         if a.store:
             store, tiles = Store(a.store, grid), tiles_from_index(read_index(a.tiles))
         else:
-            store, tiles = make_imagery(tmp / "store", grid)
+            store, tiles = make_imagery(tmp / "store", grid, a.imagery_shards)
         vec_root = tmp / "vec"
-        write_mosaic(vec_root, make_lots(a.vectorize_shards, 120), a.vectorize_shards)
+        lots = make_lots(a.vectorize_shards, 120)
+        write_mosaic(vec_root, lots, a.vectorize_shards)
         vec = Store(vec_root, grid)
-        mpx = len(vec.shards("probs")) * grid.shard_size**2 / 1e6
-        print(f"{len(tiles)} tiles to predict (window {a.window} px); vectorize {mpx:.0f} Mpx in {len(vec.shards('probs'))} shards; "
-              f"TensorFlow {tf_threads()} threads per op; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}", flush=True)
+        vec_shards = vec.shards("probs")
+        mpx = len(vec_shards) * grid.shard_size**2 / 1e6
+        lots_ll = lots_lonlat(lots, grid)
+        mask_tiles = [t for s in vec_shards for t in tiles_of_shard(Tile(s.x, s.y, s.z), grid)]
+        x0, _, x1, _ = (min(g.bounds[0] for g in lots_ll), 0, max(g.bounds[2] for g in lots_ll), 0)
+        from shapely.geometry import box
+
+        west = [box(x0 - 1, -85, (x0 + x1) / 2, 85)]
+        write_features([{"geometry": g, "properties": {}} for g in lots_ll], tmp / "lots.geojson")
+        print(f"{len(tiles)} tiles to predict (window {a.window} px, detector {a.detect_window} px); vectorize and rasterize "
+              f"{mpx:.0f} Mpx in {len(vec_shards)} shards ({len(lots)} lots); TensorFlow {tf_threads()} threads per op; "
+              f"worker threads {a.worker_threads or 'shared'}; {os.cpu_count()} cpus; load {os.getloadavg()[0]:.2f}", flush=True)
 
         def predict(scheduler=None):
             predict_store(store, tiles, model, Store(tmp / "out", grid), ["parking"], window=a.window, progress=False, scheduler=scheduler)
@@ -138,33 +204,56 @@ def main() -> None:
         def vectorize(scheduler=None):
             vectorize_store(vec, "probs", [lot], tmp / "out.geojson", progress=False, scheduler=scheduler)
 
-        work = {"predict": (predict, len(tiles), "tiles"), "vectorize": (vectorize, mpx, "Mpx")}
-        work = {k: v for k, v in work.items() if k not in a.skip}
+        def rasterize(scheduler=None):
+            write_masks(Store(tmp / "masks", grid), mask_tiles, [lots_ll], class_complete=[west], progress=False, scheduler=scheduler)
+
+        def predict_detect(scheduler=None):
+            detect_store(store, tiles, detector, names, window=a.detect_window, progress=False, scheduler=scheduler)
+
+        work = {"predict": (predict, len(tiles), "tiles"), "vectorize": (vectorize, mpx, "Mpx"),
+                "rasterize": (rasterize, mpx, "Mpx"), "predict_detect": (predict_detect, len(tiles), "tiles")}
+        work = {k: v for k, v in work.items() if k in a.only}
         rates: dict[tuple[str, str], float] = {}
 
-        def report(name: str, where: str, secs: list[float], rss: str) -> None:
+        def report(name: str, where: str, secs: list[float], rss: str, load0: float, cpu: str) -> None:
             _, amount, unit = work[name]
             rate = statistics.median(amount / s for s in secs)
             rates[(name, where)] = rate
             base = rates.get((name, "1 worker"))
-            up = f"  x{rate / base:.2f} vs 1 worker" if base and where != "1 worker" and where != "serial" else ""
-            print(f"{name:9s} {where:10s} {rate:7.2f} {unit}/s  ({', '.join(f'{s:.1f}' for s in secs)} s){up}  peak RSS {rss}  "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            up = f"  x{rate / base:.2f} vs 1 worker" if base and where not in ("1 worker", "serial") else ""
+            print(f"{name:14s} {where:10s} {rate:7.2f} {unit}/s  ({', '.join(f'{s:.1f}' for s in secs)} s){up}  CPU s per run {cpu}  "
+                  f"peak RSS {rss}  load {load0:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
 
-        if "serial" not in a.skip:
+        if not a.skip_serial:
             for name, (fn, _, _) in work.items():
                 fn()  # warm: imports, model compiled once
-                report(name, "serial", timed(fn, a.repeats), f"{peak_rss_mb()} MB (this process)")
+                load0 = os.getloadavg()[0]
+                reset_peak_rss()
+                c0 = cpu_seconds()
+                secs = timed(fn, a.repeats)
+                report(name, "serial", secs, f"{peak_rss_mb()} MB (this process)", load0, f"{(cpu_seconds() - c0) / a.repeats:.1f}")
         for n in a.workers:
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=thread_env(n), dashboard_address=":0") as cluster, \
+            env = thread_env(n, cores=n if a.worker_threads else None)
+            if a.worker_threads:
+                env.update({k: str(a.worker_threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                "OPENCV_FOR_THREADS_NUM")})
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=":0") as cluster, \
                     Client(cluster) as client:
                 for name, (fn, _, _) in work.items():
                     t0 = time.perf_counter()
                     fn(cluster.scheduler_address)  # warm: each worker loads the model once
                     cold = time.perf_counter() - t0
+                    load0 = os.getloadavg()[0]
+                    client.run(reset_peak_rss)
+                    reset_peak_rss()
+                    w0, c0 = client.run(cpu_seconds), cpu_seconds()
                     secs = timed(lambda fn=fn: fn(cluster.scheduler_address), a.repeats)
+                    w1, c1 = client.run(cpu_seconds), cpu_seconds()
                     rss = ", ".join(f"{v} MB" for v in client.run(peak_rss_mb).values())
-                    report(name, f"{n} worker{'s' if n > 1 else ''}", secs, f"per worker {rss}; client {peak_rss_mb()} MB; cold run {cold:.1f} s")
+                    cpu = ", ".join(f"{(w1[k] - w0[k]) / a.repeats:.1f}" for k in w1)
+                    report(name, f"{n} worker{'s' if n > 1 else ''}", secs,
+                           f"per worker {rss}; client {peak_rss_mb()} MB; cold run {cold:.1f} s", load0,
+                           f"workers {cpu}, client {(c1 - c0) / a.repeats:.1f}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,69 @@ def parking_registry() -> dict:
 def parking(parking_registry) -> ClassSpec:
     """The parking class of ``parking_registry``, parsed as the stages parse it."""
     return parse_classes(parking_registry)[0]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: Credentials of the moto S3 server, as a user sets them for an S3-compatible endpoint (moto accepts any).
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """The endpoint URL of moto's S3 server, running in its own process on a free port of 127.0.0.1.
+
+    Its own process, not moto's threaded server in this one: in-process, the server shared
+    the interpreter (and its GIL and event loops) with s3fs and the Dask client and hung.
+    """
+    import time
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto's S3 server did not start on {url} (exit code {proc.poll()})")
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster(s3_endpoint):
+    """The address of one LocalCluster of 2 single-threaded worker processes for the whole session.
+
+    Started once (seconds), reached by its tcp:// address as a real cluster is; the
+    workers reach the moto S3 server with the same AWS settings the S3 tests give the client.
+    """
+    import logging
+
+    from distributed import LocalCluster
+
+    from navml.geo.parallel import thread_env
+
+    env = {**thread_env(2), **S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env,
+                      silence_logs=logging.ERROR) as c:
+        yield c.scheduler_address

@@ -1,14 +1,18 @@
 """Shard work on Dask: the same bytes as in-process, from the library and from the command line.
 
-One LocalCluster of two worker processes is shared by the module (it takes
-seconds to start); the tests reach it by its tcp:// address, as a real
-cluster is reached.
+One LocalCluster of two worker processes is shared by the session (the
+``cluster`` fixture of conftest.py: it takes seconds to start); the tests reach
+it by its tcp:// address, as a real cluster is reached.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -22,21 +26,21 @@ from test_vectorize import pixel_poly_to_mask, write_mosaic
 from navml.config import ClassSpec, PostProcess
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Tile, Window, parse_tile, tile_key
-from navml.geo.parallel import ENV, Plan, map_shards, resolve_scheduler, thread_env, worker_cached
+from navml.geo.parallel import (
+    ENV,
+    Plan,
+    SchedulerError,
+    WorkerDiedError,
+    map_shards,
+    resolve_scheduler,
+    thread_env,
+    worker_cached,
+)
 from navml.geo.store import Store
 from navml.segment.predict import PROBS, predict_store
 from navml.segment.vectorize import vectorize_store
 
 LOT = ClassSpec("parking", "segmentation", post=PostProcess(threshold=0.5, open_m=1.5, close_m=2.0, simplify_m=1.0, min_area_m2=20))
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    """The address of a LocalCluster of 2 single-threaded worker processes (closed after the module)."""
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=thread_env(2)) as c:
-        yield c.scheduler_address
 
 
 def files(store: Store, layer: str) -> dict[str, bytes]:
@@ -166,7 +170,7 @@ def cli_inputs(tmp_path, small_grid) -> list[str]:
     return ["predict", "--tiles", "tiles.csv", "--store", str(store.root), "--model", str(folder), "--params", "params.yaml"]
 
 
-def test_cli_predict_with_scheduler_and_env_var_equal_the_serial_run(tmp_path, small_grid, cluster):
+def test_cli_predict_with_scheduler_equals_the_serial_run(tmp_path, small_grid, cluster):
     args = cli_inputs(tmp_path, small_grid)
     env = {k: v for k, v in os.environ.items() if k != ENV}
     serial = navml(*args, "--out", "serial", cwd=tmp_path, env=env)
@@ -175,21 +179,167 @@ def test_cli_predict_with_scheduler_and_env_var_equal_the_serial_run(tmp_path, s
     dask = navml(*args, "--out", "dask", "--scheduler", cluster, cwd=tmp_path, env=env)
     assert dask.returncode == 0, dask.stderr
     assert f"Dask on {cluster}" in dask.stderr and "dashboard http" in dask.stderr
-    via_env = navml(*args, "--out", "env", cwd=tmp_path, env={**env, ENV: cluster})
-    assert via_env.returncode == 0, via_env.stderr
-    assert f"Dask on {cluster}" in via_env.stderr
     ref = files(Store(tmp_path / "serial", small_grid), PROBS)
     assert len(ref) == 4
     assert files(Store(tmp_path / "dask", small_grid), PROBS) == ref
-    assert files(Store(tmp_path / "env", small_grid), PROBS) == ref
 
 
 def test_cli_bad_scheduler_is_one_line(tmp_path, small_grid):
     args = cli_inputs(tmp_path, small_grid)
     env = {**os.environ, "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}
-    proc = navml(*args, "--scheduler", "tcp://127.0.0.1:9", cwd=tmp_path, env=env)  # nothing listens on port 9
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
-    assert not (tmp_path / "data" / "predict" / PROBS).exists()
+    for how in (["--scheduler", "tcp://127.0.0.1:9"], []):  # nothing listens on port 9; the option, then the environment
+        proc = navml(*args, *how, cwd=tmp_path, env={**env, ENV: "tcp://127.0.0.1:9"} if not how else env)
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "data" / "predict" / PROBS).exists()
     proc = navml(*args, "--scheduler", "yarn", cwd=tmp_path)
     assert proc.returncode == 1 and "is not threads, local or a Dask scheduler address" in proc.stderr
+
+
+def test_a_worker_that_dies_is_one_line_not_a_traceback_or_a_hang():
+    """A worker process that exits or is killed while it runs a task (a crash, the OOM killer): WorkerDiedError."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # Dask's default retries 3 times first
+        with pytest.raises(WorkerDiedError, match=r"a Dask worker died running task 1 of 2 \(1 try, the last on tcp://"):
+            list(map_shards(os._exit, [3, 4], scheduler="local", workers=1, progress=False))
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0", silence_logs=logging.CRITICAL) as c, \
+                Client(c) as client:
+            pid = next(iter(client.run(os.getpid).values()))
+            with pytest.raises(WorkerDiedError, match="killed, out of memory or crashed"):
+                list(map_shards(os.kill, [pid, pid], scheduler=c.scheduler_address, shared=signal.SIGKILL, progress=False))
+
+
+def test_a_cluster_without_workers_fails_in_one_line(monkeypatch):
+    from distributed import LocalCluster
+
+    monkeypatch.setenv("NAVML_DASK_NO_WORKERS_S", "1")
+    with LocalCluster(n_workers=0, dashboard_address=":0", silence_logs=logging.CRITICAL) as c:
+        with pytest.raises(SchedulerError, match=f"the Dask cluster {c.scheduler_address} has no worker"):
+            list(map_shards(divmod, [7], scheduler=c.scheduler_address, shared=2, progress=False))  # the model goes nowhere
+        with pytest.raises(SchedulerError, match="has had no worker for [0-9]+ s"):
+            list(map_shards(abs, [-7], scheduler=c.scheduler_address, progress=False))  # the task waits for no one
+
+
+DIES = """
+import os
+
+from navml.cli._common import exits
+from navml.geo.parallel import map_shards
+
+
+@exits
+def command():
+    list(map_shards(os._exit, [3], scheduler="local", workers=1, desc="predict", progress=False))
+
+
+if __name__ == "__main__":
+    command()
+"""
+
+
+def test_cli_exits_1_with_one_line_when_a_worker_dies(tmp_path):
+    (tmp_path / "dies.py").write_text(DIES)
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0"}
+    proc = subprocess.run([sys.executable, "dies.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("navml: error: predict: a Dask worker died running task 1 of 1")
+
+
+# ---------------------------------------------------------------- the other shard work: imagery, rasterize, predict_detect
+
+
+@pytest.fixture
+def tile_server():
+    """test_imagery.py's HTTP tile server on 127.0.0.1."""
+    from test_imagery import TileServer
+
+    srv = TileServer()
+    srv.thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+    srv.thread.join(timeout=5)
+
+
+def test_imagery_geotiff_and_xyz_on_dask_write_the_same_shards(tmp_path, small_grid, cluster, tile_server):
+    from test_imagery import LAT, LON, UTM, make_geotiff, shard_corner, tiles_around, xyz_tiles
+
+    from navml.data.imagery import build_imagery
+
+    tif = tmp_path / "ortho.tif"
+    make_geotiff(tif, UTM, shard_corner(small_grid), (LON, LAT))
+    tiles = tiles_around(*shard_corner(small_grid), 0.0012)  # tiles of 4 shards around a shard corner
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / f"geotiff-{name}", small_grid)
+        counts = build_imagery(store, tiles, source="geotiff", geotiff=str(tif), progress=False, **kw)
+        assert counts["shards"] == 4
+        runs[name] = files(store, "imagery")
+    assert len(runs["serial"]) == 4 and runs["dask"] == runs["serial"]
+
+    xyz = xyz_tiles(small_grid, nx=6, ny=2)  # 2 shards
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / f"xyz-{name}", small_grid)
+        counts = build_imagery(store, xyz, source="xyz", url=tile_server.base + "/{z}/{x}/{y}.png", workers=2,
+                               cache_dir=tmp_path / f"cache-{name}", timeout_s=5, progress=False, **kw)
+        assert counts["fetched"] == len(xyz) and counts["requests"] == len(xyz)  # counted on the workers too
+        runs[name] = files(store, "imagery")
+    assert len(runs["serial"]) == 2 and runs["dask"] == runs["serial"]
+    assert len(list((tmp_path / "cache-dask").rglob("*.png"))) == len(xyz)  # the workers' cache (one machine here)
+
+
+def test_rasterize_on_dask_writes_the_same_masks(tmp_path, small_grid, cluster):
+    from navml.config import parse_classes
+    from navml.data.rasterize import rasterize_labels
+    from navml.geo.features import write_features
+    from navml.geo.grid import tile_polygon, tiles_of_shard
+
+    shards = [Tile(8577 + dx, 6245 + dy, 16) for dy in (0, 1) for dx in (0, 1)]
+    tiles = [t for s in shards for t in tiles_of_shard(s, small_grid)]
+    w, _, _, n = tile_polygon(shards[0]).bounds
+    _, s, e, _ = tile_polygon(shards[3]).bounds
+    cx, cy = tile_polygon(shards[3]).bounds[0], tile_polygon(shards[3]).bounds[3]  # where the four shards meet
+    lots = [box(cx - 0.0008, cy - 0.0005, cx + 0.0006, cy + 0.0007), box(w + 0.0002, s + 0.0002, w + 0.0009, s + 0.0006)]
+    labels = tmp_path / "extract"
+    write_features([{"geometry": g, "properties": {}} for g in lots], labels / "parking.geojson")
+    write_features([{"geometry": box(w + 0.0003, n - 0.0003, w + 0.00034, n - 0.00028), "properties": {}}],
+                   labels / "marks.geojson")
+    half = tmp_path / "complete.geojson"  # complete mapping in the west half only: the rest is 255 (unknown)
+    write_features([{"geometry": box(w, s, (w + e) / 2, n), "properties": {}}], half)
+    classes = parse_classes({"parking": {"task": "segmentation", "tags": {"amenity": "parking"}},
+                             "marks": {"task": "detection", "labels": "x.geojson", "names": ["left"]}})
+    runs = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
+        store = Store(tmp_path / name, small_grid)
+        legend = rasterize_labels(labels, tiles, store, classes, complete=str(half), roads=False, progress=False, **kw)
+        assert legend["shards"] == 4 and legend["boxes"] >= 1
+        runs[name] = {**files(store, "masks"), "boxes": (store.root / "boxes.csv").read_bytes(),
+                      "legend": (store.root / "labels.json").read_bytes()}
+    mask = np.stack([Store(tmp_path / "serial", small_grid).read_shard("masks", sh) for sh in shards])
+    assert (mask == 1).sum() > 1000 and (mask == 255).sum() > 1000 and (mask == 0).sum() > 1000
+    assert runs["dask"] == runs["serial"]
+
+
+def test_predict_detect_on_dask_gives_the_same_table(tmp_path, small_grid, cluster):
+    from test_detect_predict import ANCHORS, NAMES, STRIDE, all_tiles, meta, store_with
+
+    from navml.detect.predict import detect_store, detections_table, write_detections
+    from navml.models.io import save_model
+    from navml.models.yolo import build_yolo, receptive_field
+
+    store = store_with(tmp_path, small_grid, seed=3)
+    folder = save_model(build_yolo(3, len(NAMES), len(ANCHORS), STRIDE, base_filters=4),
+                        meta(receptive_field=receptive_field(STRIDE)), tmp_path / "det")
+    out = {}
+    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}, "threads": {"scheduler": "threads", "workers": 2}}.items():
+        dets, rep = detect_store(store, all_tiles(small_grid), folder, NAMES, window=1024, score_threshold=0.0005,
+                                 progress=False, **kw)
+        assert rep.windows == 4 and rep.shards == 4
+        out[name] = write_detections(detections_table(dets, NAMES, small_grid), tmp_path / f"{name}.csv").read_bytes()
+    assert out["serial"].count(b"\n") > 20  # an untrained detector at a low threshold: many boxes, scores to the last digit
+    assert out["dask"] == out["serial"] and out["threads"] == out["serial"]

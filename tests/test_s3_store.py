@@ -1,11 +1,11 @@
-"""The shard store on S3 (moto's S3 server on 127.0.0.1): the same shards as on disk, read by GDAL, written whole."""
+"""The shard store on S3 (moto's S3 server on 127.0.0.1, in its own process): the same shards as on disk, read by GDAL,
+written whole; Dask workers that read and write S3 themselves."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
+from conftest import S3_ENV
 from test_parallel import LOT, files, lots_store
 from test_predict import all_tiles, imagery_store, save, tiny_fcn
 
@@ -17,31 +17,16 @@ from navml.segment.vectorize import vectorize_store
 BUCKET = "navml-test"
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    """The endpoint URL of a moto S3 server on a free port of 127.0.0.1."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3(s3_server, monkeypatch):
-    """A fresh bucket on the moto server; AWS_* set as for a real S3-compatible endpoint (no other setting)."""
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket on the moto server (conftest.py: its own process); AWS_* set as for a real S3-compatible endpoint."""
     import boto3
 
     for key in ("AWS_PROFILE", "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     client = boto3.client("s3")
     client.create_bucket(Bucket=BUCKET)
     yield client
@@ -103,7 +88,7 @@ def test_shards_round_trip_and_a_staged_layer_replaces_the_old_one(s3, small_gri
     assert keys(s3, "city/store/") == ["city/store/imagery/16-13000-24000.tif"]
 
 
-def test_predict_and_vectorize_on_s3_equal_the_local_runs(tmp_path, s3, small_grid):
+def test_predict_and_vectorize_on_s3_equal_the_local_runs(tmp_path, s3, small_grid, cluster):
     local = imagery_store(tmp_path, small_grid)
     remote = Store(f"s3://{BUCKET}/in", small_grid)
     for s in local.shards("imagery"):
@@ -119,9 +104,9 @@ def test_predict_and_vectorize_on_s3_equal_the_local_runs(tmp_path, s3, small_gr
     predict_store(remote, tiles, folder, out, ["parking"], window=1024, progress=False)
     got = {tile_key(s): s3.get_object(Bucket=BUCKET, Key=f"out/{PROBS}/{tile_key(s)}.tif")["Body"].read() for s in out.shards(PROBS)}
     assert got == want
-    # workers that share no disk with the client: a local Dask cluster reads the imagery from S3 (the client writes)
+    # workers that share no disk with the client: Dask workers read the imagery from S3
     s3.delete_object(Bucket=BUCKET, Key=f"out/{PROBS}/{tile_key(out.shards(PROBS)[0])}.tif")
-    predict_store(remote, tiles, folder, out, ["parking"], window=1024, progress=False, scheduler="local", workers=1)
+    predict_store(remote, tiles, folder, out, ["parking"], window=1024, progress=False, scheduler=cluster)
     assert {tile_key(s): out.path(PROBS, s).read_bytes() for s in out.shards(PROBS)} == want
 
     lots, _ = lots_store(tmp_path, small_grid)
@@ -132,3 +117,27 @@ def test_predict_and_vectorize_on_s3_equal_the_local_runs(tmp_path, s3, small_gr
     counts = vectorize_store(lots_s3, PROBS, [LOT], tmp_path / "s3.geojson", progress=False, scheduler="threads", workers=2)
     assert counts == {"parking": 5}
     assert (tmp_path / "s3.geojson").read_bytes() == (tmp_path / "local.geojson").read_bytes()
+    vectorize_store(lots_s3, PROBS, [LOT], tmp_path / "s3-dask.geojson", progress=False, scheduler=cluster)
+    assert (tmp_path / "s3-dask.geojson").read_bytes() == (tmp_path / "local.geojson").read_bytes()
+
+
+def test_imagery_written_to_s3_by_dask_workers_equals_the_local_layer(tmp_path, s3, small_grid, cluster):
+    """Workers that share no disk with the client: each warps its shard and uploads it itself, into the staged layer."""
+    from test_imagery import LAT, LON, UTM, make_geotiff, shard_corner, tiles_around
+
+    from navml.data.imagery import build_imagery
+
+    tif = tmp_path / "ortho.tif"
+    make_geotiff(tif, UTM, shard_corner(small_grid), (LON, LAT))
+    s3.upload_file(str(tif), BUCKET, "src/ortho.tif")
+    tiles = tiles_around(*shard_corner(small_grid), 0.0012)
+    local = Store(tmp_path / "local", small_grid)
+    build_imagery(local, tiles, source="geotiff", geotiff=str(tif), progress=False)
+    remote = Store(f"s3://{BUCKET}/city/store", small_grid)
+    # the workers read the source from S3 too (GDAL /vsis3/)
+    counts = build_imagery(remote, tiles, source="geotiff", geotiff=f"/vsis3/{BUCKET}/src/ortho.tif", progress=False, scheduler=cluster)
+    assert counts["shards"] == 4
+    assert keys(s3, "city/") == sorted(f"city/store/imagery/{tile_key(s)}.tif" for s in local.shards("imagery"))
+    for s in local.shards("imagery"):
+        a, b = local.read_shard("imagery", s), remote.read_shard("imagery", s)
+        assert np.array_equal(a, b) and a.any()

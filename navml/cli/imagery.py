@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import City, Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params, Scheduler, StoreRoot, TilesCsv, Workers
 
 
 @exits
@@ -15,13 +15,17 @@ def command(
     params: Path = Params,
     city: str = City,
     tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    store: str = StoreRoot,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.data.imagery import build_imagery
     from navml.errors import InputError
+    from navml.geo.parallel import resolve_scheduler
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
+    plan = resolve_scheduler(scheduler, workers)
     p = load_params(params, city)
     s = p.imagery
     tile_list = tiles_from_index(read_index(tiles))
@@ -43,6 +47,7 @@ def command(
         stretch=s.stretch,
         percentiles=tuple(s.percentiles),
         resampling=s.resampling,
+        scheduler=plan,
     )
     extra = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("source", "shards", "tiles"))
-    typer.echo(f"imagery ({counts['source']}): {counts['tiles']} tiles in {counts['shards']} shards -> {store / 'imagery'}; {extra}")
+    typer.echo(f"imagery ({counts['source']}): {counts['tiles']} tiles in {counts['shards']} shards -> {store}/imagery; {extra}")

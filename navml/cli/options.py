@@ -14,6 +14,7 @@ City = typer.Option(
 )
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
+StoreRoot = typer.Option("data/store", "--store", help="Shard store holding the imagery: a folder or s3://bucket/prefix.")
 Scheduler = typer.Option(
     None,
     "--scheduler",

@@ -7,17 +7,19 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import City, Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params, Scheduler, StoreRoot, TilesCsv, Workers
 
 
 @exits
 def command(
     tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    store: str = StoreRoot,
     model: Path = typer.Option(Path("data/models/det"), "--model", help="Detector folder (model.keras, meta.json) written by `navml train_detect`."),
     out: Path = typer.Option(Path("data/predict/detections.csv"), "--out", help="Detections table: tile, global pixel box, class, score."),
     params: Path = Params,
     city: str = City,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.config import detection_names
     from navml.detect.predict import detect_store, detections_table, write_detections
@@ -41,6 +43,8 @@ def command(
         nms_iou=s.nms_iou,
         score_threshold=s.score_threshold,
         core_margin_px=s.core_margin_px,
+        scheduler=scheduler,
+        workers=workers,
     )
     write_detections(detections_table(dets, names, grid), out)
     typer.echo(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import City, ExtractDir, Params, StoreDir, TilesCsv
+from navml.cli.options import City, ExtractDir, Params, Scheduler, StoreDir, TilesCsv, Workers
 
 
 @exits
@@ -17,6 +17,8 @@ def command(
     store: Path = StoreDir,
     params: Path = Params,
     city: str = City,
+    scheduler: str = Scheduler,
+    workers: int = Workers,
 ) -> None:
     from navml.data.rasterize import rasterize_labels
     from navml.geo.store import Store
@@ -25,7 +27,8 @@ def command(
     p = load_params(params, city)
     r = p.rasterize
     legend = rasterize_labels(
-        labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads
+        labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads,
+        scheduler=scheduler, workers=workers,
     )
     for note in legend["notes"]:
         typer.echo(f"navml: note: {note}", err=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,6 @@ from rasterio.features import rasterize as burn
 from rasterio.transform import Affine
 from shapely.geometry import box
 from shapely.geometry.base import BaseGeometry
-from tqdm import tqdm
 
 from navml.config import ClassSpec, detection_names, segmentation_classes
 from navml.errors import InputError
@@ -124,6 +124,38 @@ def shard_mask(
     return out
 
 
+@dataclass(frozen=True)
+class MaskTask:
+    """One shard of :func:`write_masks`, as a task of :func:`navml.geo.parallel.map_shards` (picklable: the store is
+    a path, the geometries are the ones that touch the shard)."""
+
+    store: Store
+    shard: Tile
+    tiles: tuple[Tile, ...]
+    layers: tuple[tuple[BaseGeometry, ...], ...]
+    known: tuple[BaseGeometry, ...] | None
+    background: tuple[BaseGeometry, ...]
+    class_complete: tuple[tuple[BaseGeometry, ...] | None, ...] | None
+    write: bool  # write the shard here (True) or send it back to the client
+
+
+def mask_task(task: MaskTask) -> tuple[dict[str, int], np.ndarray | None]:
+    """Burn one shard's mask; write it (``task.write``) or return it. Returns its counts (pixels per mask value,
+    ``overlap_pixels``) and ``None`` or the mask to write."""
+    stats: dict[str, int] = {}
+    mask = shard_mask(task.shard, task.store.grid, task.layers, task.tiles, task.known, task.background,
+                      class_complete=task.class_complete, stats=stats)
+    counts = {"overlap_pixels": stats["overlap_pixels"]}
+    values, n = np.unique(mask, return_counts=True)
+    for v, k in zip(values.tolist(), n.tolist()):
+        if v:
+            counts[f"pixels_{v}"] = k
+    if not task.write:
+        return counts, mask
+    task.store.write_shard("masks", task.shard, mask)
+    return counts, None
+
+
 def write_masks(
     store: Store,
     tiles: Sequence[Tile],
@@ -133,6 +165,8 @@ def write_masks(
     class_complete: Sequence[Sequence[BaseGeometry] | None] | None = None,
     background: Sequence[BaseGeometry] = (),
     progress: bool = True,
+    scheduler=None,
+    workers: int | None = None,
 ) -> dict[str, int]:
     """Burn the label layers into the ``masks`` layer of ``store``, one shard at a time.
 
@@ -141,28 +175,63 @@ def write_masks(
     ``None`` means complete everywhere. ``background``: areas (WGS84) known to
     hold no class anywhere (mapped road surfaces). Returns counts: shards
     written, pixels per mask value and ``overlap_pixels`` (covered by several classes).
+
+    Each shard is a task (:func:`mask_task`, with the geometries that touch
+    it) of :func:`navml.geo.parallel.map_shards`, where ``scheduler`` /
+    ``workers`` say (in this process by default); the masks are the same bytes
+    wherever they are burned.
     """
+    from navml.geo.parallel import map_shards, resolve_scheduler, writes_on_workers
+
+    plan = resolve_scheduler(scheduler, workers)
+    write = writes_on_workers(plan, store.root)
     groups = group_by_shard(tiles, store.grid)
     tree_layers = [(shapely.STRtree(list(g)), list(g)) for g in layers]
     bg_tree, bg = shapely.STRtree(list(background)), list(background)
     class_trees = [None if a is None else (shapely.STRtree(list(a)), list(a)) for a in (class_complete or ())]
-    counts = {"shards": 0, "overlap_pixels": 0}
-    for shard, shard_tiles in tqdm(groups.items(), desc="rasterize masks", unit="shard", disable=not progress):
+
+    def near(tree_geoms, b) -> tuple[BaseGeometry, ...]:
+        tree, geoms = tree_geoms
+        return tuple(geoms[i] for i in tree.query(b, predicate="intersects")) if geoms else ()
+
+    def task(shard: Tile, shard_tiles) -> MaskTask:
         b = tile_polygon(shard)
-        local = [[geoms[i] for i in tree.query(b, predicate="intersects")] if geoms else [] for tree, geoms in tree_layers]
-        known = None if complete is None else [g for g in complete if g.intersects(b)]
-        local_known = [None if t is None else [t[1][i] for i in t[0].query(b, predicate="intersects")] for t in class_trees]
-        local_bg = [bg[i] for i in bg_tree.query(b, predicate="intersects")] if bg else []
-        stats: dict[str, int] = {}
-        mask = shard_mask(shard, store.grid, local, shard_tiles, known, local_bg, class_complete=local_known or None, stats=stats)
-        counts["overlap_pixels"] += stats["overlap_pixels"]
-        store.write_shard("masks", shard, mask)
-        values, n = np.unique(mask, return_counts=True)
-        for v, k in zip(values.tolist(), n.tolist()):
-            if v:
-                counts[f"pixels_{v}"] = counts.get(f"pixels_{v}", 0) + k
+        local_known = tuple(None if t is None else near(t, b) for t in class_trees)
+        return MaskTask(
+            store, shard, tuple(shard_tiles), tuple(near(t, b) for t in tree_layers),
+            None if complete is None else tuple(g for g in complete if g.intersects(b)),
+            near((bg_tree, bg), b), local_known or None, write,
+        )
+
+    counts = {"shards": 0, "overlap_pixels": 0}
+    shards = list(groups)
+    # the tasks are made as the map asks for them: only the shards in flight hold their geometries
+    tasks = _Lazy(len(shards), lambda i: task(shards[i], groups[shards[i]]))
+    for shard, (got, mask) in zip(shards, map_shards(mask_task, tasks, scheduler=plan, desc="rasterize masks", unit="shard",
+                                                       progress=progress)):
+        if mask is not None:
+            store.write_shard("masks", shard, mask)
+        for k, v in got.items():
+            counts[k] = counts.get(k, 0) + v
         counts["shards"] += 1
     return counts
+
+
+class _Lazy(Sequence):
+    """A sequence whose items are made when read."""
+
+    def __init__(self, n: int, make):
+        self._n, self._make = n, make
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._make(j) for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._make(i % self._n)
 
 
 def label_box(geom: BaseGeometry, grid: Grid, metres: tuple[float, float] | None = None) -> tuple[float, float, float, float] | None:
@@ -324,6 +393,8 @@ def rasterize_labels(
     complete: str | None = None,
     roads: bool = True,
     progress: bool = True,
+    scheduler=None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The ``rasterize`` stage: ``<labels>/<class>.geojson`` -> ``masks`` layer, ``boxes.csv`` and ``labels.json`` of ``store``.
 
@@ -351,7 +422,8 @@ def rasterize_labels(
 
         background = read_road_surfaces(labels, "set rasterize.roads: false")
     overlaps = overlapping_features(layers)
-    counts = write_masks(store, tiles, layers, class_complete=areas, background=background, progress=progress)
+    counts = write_masks(store, tiles, layers, class_complete=areas, background=background, progress=progress,
+                         scheduler=scheduler, workers=workers)
     if overlaps or counts["overlap_pixels"]:
         notes.append(
             f"{overlaps} features overlap a feature of an earlier class ({counts['overlap_pixels']} pixels); "

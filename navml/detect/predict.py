@@ -28,6 +28,7 @@ order) and ``score_threshold`` (the score the training chose, used when
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -46,6 +47,9 @@ from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile, tiles_ground_resolution
 from navml.geo.store import Store
 from navml.models.inference import (
+    Job,
+    ModelFiles,
+    Rescale,
     check_inputs,
     flexible,
     fold_batchnorm,
@@ -53,6 +57,7 @@ from navml.models.inference import (
     rescaled_jobs,
     runner,
     scale_factor,
+    tf_threads,
     to_model_grid,
 )
 
@@ -163,6 +168,88 @@ class DetectReport:
         return self.input_pixels / max(1, self.aoi_pixels)
 
 
+@dataclass(frozen=True)
+class DetectTask:
+    """One window of :func:`detect_store`, as a task of :func:`navml.geo.parallel.map_shards` (picklable: the store is
+    a path; ``present`` holds only the AOI tiles the window's input touches)."""
+
+    store: Store
+    layer: str
+    bands: int
+    job: Job
+    det: Detector
+    n_names: int
+    score_threshold: float
+    core_margin_px: float
+    present: frozenset[tuple[int, int]]
+    where: str
+    threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
+    rescale: Rescale | None = None  # a store at another ground resolution than the detector's: read and model windows
+
+
+def read_detect_input(task: DetectTask) -> tuple[np.ndarray | None, np.ndarray]:
+    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask."""
+    job, rs = task.job, task.rescale
+    src = rs.read if rs else job.input
+    valid = task.store.read_valid(task.layer, src)
+    r0, c0 = job.core.row - src.row, job.core.col - src.col
+    if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
+        return None, valid
+    x = np.moveaxis(task.store.read_window(task.layer, src, bands=task.bands), 0, -1)[None].astype("float32")
+    return (to_model_grid(x, rs) if rs else x), valid
+
+
+def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections:
+    """Boxes of a window's core (and margin) from the detector's raw output ``y`` (batch, rows, cols, values):
+    decoded, centre in core, on imagery, in an AOI tile.
+
+    Resampled (:class:`~navml.models.scale.Rescale`), boxes are decoded on the model's grid and divided
+    by the factor back into store pixels."""
+    det, job, rs = task.det, task.job, task.rescale
+    stride, size = det.stride, task.store.grid.tile_size
+    per = N_BOX + task.n_names
+    n_out = len(det.anchors) * per
+    if y.ndim != 4:
+        raise ModelError(f"{task.where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
+    y = y[0]
+    f = rs.factor if rs else 1.0
+    margin_cells = math.ceil(task.core_margin_px * f / stride)
+    inp, core = (rs.model if rs else job.input), job.core
+    src = rs.read if rs else job.input
+    gh, gw = inp.height // stride, inp.width // stride
+    if y.shape != (gh, gw, n_out):
+        raise ModelError(f"{task.where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
+    i0 = max(0, math.floor((core.row * f - inp.row) / stride) - margin_cells)
+    j0 = max(0, math.floor((core.col * f - inp.col) / stride) - margin_cells)
+    i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
+    j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
+    y = y[i0:i1, j0:j1]
+    # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
+    rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
+    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
+             for a, b in zip(edges[::2], edges[1::2])]
+    d = _concat(found)
+    if f != 1.0 and len(d):
+        d = Detections(d.boxes / f, d.scores, d.class_ids)
+    d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
+    if not len(d):
+        return d
+    cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
+    cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
+    r, c = np.clip(cy - src.row, 0, src.height - 1), np.clip(cx - src.col, 0, src.width - 1)
+    ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in task.present for a, b in zip(cx, cy)], bool)
+    return d.take(ok)
+
+
+def detect_window(task: DetectTask, model: ModelFiles) -> Detections:
+    """The boxes of one window, its input read here: a task that runs on any worker (the model built once per worker)."""
+    x, valid = read_detect_input(task)
+    if x is None:
+        return _concat([])
+    return keep_boxes(task, model.runner(task.bands, task.threads)(x), valid)
+
+
 def detect_store(
     store: Store,
     tiles: Sequence[Tile],
@@ -177,6 +264,8 @@ def detect_store(
     layer: str = "imagery",
     progress: bool = True,
     resample: bool = True,
+    scheduler=None,
+    workers: int | None = None,
 ) -> tuple[Detections, DetectReport]:
     """Detections (global pixel boxes) of the detector in ``model_dir`` over every tile of ``tiles``.
 
@@ -185,15 +274,35 @@ def detect_store(
     ``score_threshold`` None: the model's own (``meta.json``). The inputs are
     checked before the model is loaded. ``resample``: windows of a store at another ground resolution
     than the detector's (``meta.extra["gsd_m"]``) run resampled to it (as :mod:`navml.segment.predict`).
+
+    ``scheduler`` / ``workers`` say where the windows run
+    (:func:`navml.geo.parallel.resolve_scheduler`): in this process by
+    default; else each window is a task (:func:`detect_window`) that reads its
+    input by path and runs the model (its files sent once to each worker,
+    loaded once per worker, with this process's TensorFlow threads per op),
+    and NMS runs here over the boxes of all windows in plan order, so the
+    detections are the same wherever the windows ran.
     """
-    from navml.models.io import load_model
+    from navml.geo.parallel import map_shards, resolve_scheduler
+    from navml.models.io import load_model, read_meta
 
+    plan = resolve_scheduler(scheduler, workers)
     check_inputs(store, tiles, window, layer, KEY)
+    kw = dict(window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold, core_margin_px=core_margin_px,
+              layer=layer, progress=progress, where=str(model_dir), resample=resample)
+    if plan.serial:
+        model, meta = load_model(model_dir)
+        return detect_with_model(store, tiles, model, meta, names, **kw)
+    meta = read_meta(model_dir)
+    files = ModelFiles.read(model_dir)
 
-    model, meta = load_model(model_dir)
-    return detect_with_model(store, tiles, model, meta, names, window=window, halo=halo, nms_iou=nms_iou,
-                             score_threshold=score_threshold, core_margin_px=core_margin_px, layer=layer,
-                             progress=progress, where=str(model_dir), resample=resample)
+    def windows(tasks: list[DetectTask]):
+        if plan.distributed:  # workers compute as this process would: the same boxes
+            threads = tf_threads()
+            tasks = [dataclasses.replace(t, threads=threads) for t in tasks]
+        return map_shards(detect_window, tasks, scheduler=plan, shared=files, desc=KEY, unit="window", progress=False)
+
+    return _detect(store, tiles, meta, names, windows=windows, **kw)
 
 
 def detect_with_model(
@@ -213,7 +322,33 @@ def detect_with_model(
     where: str = "model",
     resample: bool = True,
 ) -> tuple[Detections, DetectReport]:
-    """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``); ``where`` names it in errors."""
+    """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``), in this process;
+    ``where`` names it in errors."""
+
+    def windows(tasks: list[DetectTask]):
+        run = runner(fold_batchnorm(flexible(model, tasks[0].bands)), tasks[0].bands)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:  # read the next window, decode the last
+            next_x = reader.submit(read_detect_input, tasks[0])
+            for i, task in enumerate(tasks):
+                x, valid = next_x.result()
+                if i + 1 < len(tasks):
+                    next_x = reader.submit(read_detect_input, tasks[i + 1])
+                if x is None:
+                    yield None
+                    continue
+                y = run(x)
+                del x
+                yield post.submit(keep_boxes, task, y, valid)
+
+    return _detect(store, tiles, meta, names, window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold,
+                   core_margin_px=core_margin_px, layer=layer, progress=progress, where=where, windows=windows,
+                   resample=resample)
+
+
+def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold, core_margin_px, layer, progress, where,
+            windows, resample=True) -> tuple[Detections, DetectReport]:
+    """Plan the windows, get their boxes from ``windows(tasks)`` (in task order: Detections, futures of them, or None),
+    and run NMS over all of them."""
     t_start = time.perf_counter()
     tiles, bands, groups = check_inputs(store, tiles, window, layer, KEY)
     grid = store.grid
@@ -231,77 +366,23 @@ def detect_with_model(
     factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, grid.tile_size)) if resample else 1.0
     planned = rescaled_jobs(tiles, grid, window, halo, stride, factor)
     jobs = [j for j, _ in planned]
-    scales = {id(j): r for j, r in planned}
-    run = runner(fold_batchnorm(flexible(model, bands)), bands)
     size = grid.tile_size
     present = {(t.x, t.y) for t in tiles}
-    per = N_BOX + len(names)
-    n_out = len(det.anchors) * per
-    margin_cells = math.ceil(core_margin_px * factor / stride)
 
-    def read(job):
-        """The detector input of ``job`` (None when its core has no imagery) and the valid-data mask of the window read."""
-        rs = scales[id(job)]
-        src = rs.read if rs else job.input
-        valid = store.read_valid(layer, src)
-        r0, c0 = job.core.row - src.row, job.core.col - src.col
-        if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
-            return None, valid
-        x = np.moveaxis(store.read_window(layer, src, bands=bands), 0, -1)[None].astype("float32")
-        return (to_model_grid(x, rs) if rs else x), valid
+    def touched(job: Job, rs: Rescale | None) -> frozenset[tuple[int, int]]:
+        w = rs.read if rs else job.input
+        return frozenset((x, y) for y in range(w.row // size, (w.row + w.height - 1) // size + 1)
+                         for x in range(w.col // size, (w.col + w.width - 1) // size + 1) if (x, y) in present)
 
-    def keep(job, y: np.ndarray, valid: np.ndarray) -> Detections:
-        """Boxes of ``job``'s core (and margin) from its raw output: decoded, centre in core, on imagery, in an AOI tile.
-
-        Resampled (:class:`~navml.models.inference.Rescale`), boxes are decoded on the model's grid and divided
-        by the factor back into store pixels."""
-        rs = scales[id(job)]
-        inp, core = (rs.model if rs else job.input), job.core
-        src = rs.read if rs else job.input
-        f = rs.factor if rs else 1.0
-        gh, gw = inp.height // stride, inp.width // stride
-        if y.shape != (gh, gw, n_out):
-            raise ModelError(f"{where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
-        i0 = max(0, math.floor((core.row * f - inp.row) / stride) - margin_cells)
-        j0 = max(0, math.floor((core.col * f - inp.col) / stride) - margin_cells)
-        i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
-        j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
-        y = y[i0:i1, j0:j1]
-        # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
-        rows = (sigmoid(y[..., TO::per]) >= score_threshold).any(axis=(1, 2))
-        edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-        found = [decode(y[a:b], det.anchors, stride, score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride))
-                 for a, b in zip(edges[::2], edges[1::2])]
-        d = _concat(found)
-        if f != 1.0 and len(d):
-            d = Detections(d.boxes / f, d.scores, d.class_ids)
-        d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), core_margin_px))
-        if not len(d):
-            return d
-        cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
-        cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
-        r, c = np.clip(cy - src.row, 0, src.height - 1), np.clip(cx - src.col, 0, src.width - 1)
-        ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in present for a, b in zip(cx, cy)], bool)
-        return d.take(ok)
-
-    parts: list[Detections] = []
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post, tqdm(
-        total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True
-    ) as bar:
-        pending = []
-        next_x = reader.submit(read, jobs[0])
-        for i, job in enumerate(jobs):
-            x, valid = next_x.result()
-            if i + 1 < len(jobs):
-                next_x = reader.submit(read, jobs[i + 1])
-            if x is not None:
-                y = run(x)
-                if y.ndim != 4:
-                    raise ModelError(f"{where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
-                pending.append(post.submit(keep, job, y[0], valid))
-                del x
+    tasks = [DetectTask(store, layer, bands, job, det, len(names), float(score_threshold), float(core_margin_px),
+                        touched(job, rs), where, rescale=rs) for job, rs in planned]
+    parts: list = []
+    with tqdm(total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True) as bar:
+        for job, got in zip(jobs, windows(tasks)):
+            if got is not None:
+                parts.append(got)
             bar.update(job.tiles)
-        parts = [f.result() for f in pending]
+        parts = [p.result() if hasattr(p, "result") else p for p in parts]
     merged = _concat(parts)
     out = merged.take(grid_nms(merged.boxes, merged.scores, merged.class_ids, nms_iou))
     report = DetectReport(

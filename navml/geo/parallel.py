@@ -31,17 +31,27 @@ what a worker builds from it (a loaded model) for the worker's lifetime.
 
 With Dask, the dashboard link is printed to stderr at the start; progress is a
 tqdm bar over the results in every mode.
+
+A worker that dies (killed, out of memory, a crash in native code) is not a
+traceback and never a hang: Dask retries its task on another worker up to
+``distributed.scheduler.allowed-failures`` times (3), then the run stops with
+one :class:`WorkerDiedError` line; a cluster left without any worker for
+:data:`NO_WORKERS_S` seconds, or a lost scheduler, is a :class:`SchedulerError`.
+The CLI turns both into ``navml: error: ...`` and exit code 1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
+import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,13 +63,22 @@ from navml.errors import ConfigError, NavmlError
 ENV = "NAVML_DASK_SCHEDULER"
 #: Scheduler names besides an address (``None``: in-process).
 NAMES = ("threads", "local")
+#: Seconds tasks may wait on a cluster without a single worker before the run fails
+#: (environment: ``NAVML_DASK_NO_WORKERS_S``).
+NO_WORKERS_S = 60.0
+#: Seconds between two checks of the cluster while a result is awaited.
+POLL_S = 2.0
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 class SchedulerError(NavmlError):
-    """The Dask scheduler cannot be reached or started."""
+    """The Dask scheduler cannot be reached, started, or was lost; or the cluster has no worker left."""
+
+
+class WorkerDiedError(SchedulerError):
+    """A Dask worker died (killed, out of memory, crashed) running a task, on every try Dask allows."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,18 @@ def resolve_scheduler(scheduler: str | Plan | None = None, workers: int | None =
     )
 
 
+def writes_on_workers(plan: Plan, root: str | os.PathLike) -> bool:
+    """Whether a task may write its shard to the store at ``root`` itself, rather than send it back to be written here.
+
+    True in this process, on a local cluster (the same disk) and for a store on S3;
+    False for a folder with a scheduler address: the cluster's workers need not share
+    this machine's disk (the shard's pixels then travel back to the client).
+    """
+    from navml.geo.store import is_remote
+
+    return plan.mode != "address" or is_remote(root)
+
+
 _CACHE: dict[Any, Any] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -129,7 +160,7 @@ def worker_cached(key: Any, make: Callable[[], T]) -> T:
 
 
 def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
-    """Environment of a local worker process: its share of the cores for OpenMP and BLAS threads.
+    """Environment of a local worker process: its share of the cores for OpenMP, BLAS and OpenCV threads.
 
     TensorFlow's threads per op are not set here: a prediction task sets them to
     the client's count (:func:`navml.models.inference.pin_tf_threads`), on which the output bytes depend.
@@ -139,6 +170,7 @@ def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
         "OMP_NUM_THREADS": n,
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
+        "OPENCV_FOR_THREADS_NUM": n,  # OpenCV's own thread pool (morphology, resizing)
         "TF_NUM_INTEROP_THREADS": "1",
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
@@ -156,6 +188,7 @@ def map_shards(
     shared: Any = None,
     in_flight: int | None = None,
     progress: bool = True,
+    stop: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """``fn(item)`` (or ``fn(item, shared)`` when ``shared`` is given) for each item, results in input order.
 
@@ -164,12 +197,14 @@ def map_shards(
     (tiles per window, say). ``in_flight`` bounds the tasks submitted ahead of
     the result being consumed (default ``2 * workers``, at least 2). A failing
     task raises its exception here (a :class:`~navml.errors.NavmlError` keeps
-    its one-line message) and the tasks not yet done are cancelled. A
-    generator: the cluster lives while it is iterated and closes when it ends
+    its one-line message) and the tasks not yet done are cancelled. ``stop``
+    (threads only) is called first when the map ends early (an error, Ctrl-C),
+    before the running tasks are waited for: it ends what they wait on (downloads).
+    A generator: the cluster lives while it is iterated and closes when it ends
     or is closed.
     """
     plan = resolve_scheduler(scheduler, workers)
-    items = list(items)
+    items = items if isinstance(items, Sequence) else list(items)  # a lazy Sequence stays lazy
     if weights is not None and len(weights) != len(items):
         raise ValueError(f"map_shards: {len(weights)} weights for {len(items)} items")
     total = sum(weights) if weights is not None else len(items)
@@ -177,7 +212,7 @@ def map_shards(
         if plan.serial:
             results: Iterator[R] = (fn(item) if shared is None else fn(item, shared) for item in items)
         elif plan.mode == "threads":
-            results = _threads(fn, items, plan, shared, in_flight)
+            results = _threads(fn, items, plan, shared, in_flight, stop)
         else:
             results = _dask(fn, items, plan, shared, in_flight, desc)
         with contextlib.closing(results):  # a generator: closing it shuts the pool or the cluster down
@@ -206,11 +241,16 @@ def _ordered(submit: Callable[[T], Any], wait: Callable[[Any], R], cancel: Calla
             cancel(fut)
 
 
-def _threads(fn, items, plan: Plan, shared, in_flight) -> Iterator:
+def _threads(fn, items, plan: Plan, shared, in_flight, stop=None) -> Iterator:
     ahead = max(2, in_flight or 2 * plan.workers)
     with ThreadPoolExecutor(plan.workers, thread_name_prefix="navml-map") as pool:
         args = () if shared is None else (shared,)
-        yield from _ordered(lambda item: pool.submit(fn, item, *args), lambda f: f.result(), lambda f: f.cancel(), items, ahead)
+        try:
+            yield from _ordered(lambda item: pool.submit(fn, item, *args), lambda f: f.result(), lambda f: f.cancel(), items, ahead)
+        except BaseException:  # GeneratorExit included: the consumer stopped early
+            if stop is not None:
+                stop()
+            raise
 
 
 @contextlib.contextmanager
@@ -223,11 +263,14 @@ def dask_client(plan: Plan, desc: str = "navml") -> Iterator[Any]:
     with contextlib.ExitStack() as stack:
         if plan.mode == "local":
             try:
-                cluster = stack.enter_context(
-                    LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, env=thread_env(plan.workers))
-                )
-            except OSError as exc:
-                raise SchedulerError(f"cannot start a local Dask cluster of {plan.workers} workers ({exc})") from exc
+                with warnings.catch_warnings():  # "Port 8787 is already in use": the dashboard takes another, printed below
+                    warnings.simplefilter("ignore", UserWarning)
+                    cluster = stack.enter_context(
+                        LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, env=thread_env(plan.workers),
+                                     silence_logs=logging.CRITICAL)  # navml reports what went wrong, in one line
+                    )
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                raise SchedulerError(f"cannot start a local Dask cluster of {plan.workers} workers ({_first_line(exc)})") from exc
             client = stack.enter_context(Client(cluster))
             where = f"local cluster of {plan.workers} workers"
         else:
@@ -245,15 +288,85 @@ def dask_client(plan: Plan, desc: str = "navml") -> Iterator[Any]:
         yield client
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _n_workers(client) -> int:
+    return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+def _no_workers_s() -> float:
+    try:
+        return float(os.environ.get("NAVML_DASK_NO_WORKERS_S", NO_WORKERS_S))
+    except ValueError:
+        return NO_WORKERS_S
+
+
 def _dask(fn, items, plan: Plan, shared, in_flight, desc) -> Iterator:
+    from distributed import KilledWorker
+
+    where = plan.address or f"local cluster of {plan.workers} workers"
+    lost = f"start it again (or fix --scheduler / {ENV}) and re-run; finished outputs are kept, this layer was not written"
+
+    def scheduler_lost(exc: BaseException) -> SchedulerError:
+        return SchedulerError(f"{desc}: lost the Dask scheduler {where} ({_first_line(exc)}); {lost}")
+
     with dask_client(plan, desc) as client:
-        workers = plan.workers if plan.mode == "local" else max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+        try:
+            workers = plan.workers if plan.mode == "local" else max(1, _n_workers(client))
+            # waits up to the no-workers limit for a first worker; then the model (say) is on every worker
+            args = () if shared is None else (client.scatter(shared, broadcast=True, hash=False, timeout=_no_workers_s()),)
+        except (OSError, TimeoutError, CancelledError) as exc:
+            if isinstance(exc, TimeoutError) and "No valid workers" in str(exc):
+                raise SchedulerError(f"{desc}: the Dask cluster {where} has no worker; start some (`dask worker {where}`)") from exc
+            raise scheduler_lost(exc) from exc
         ahead = max(2, in_flight or 2 * workers)
-        args = () if shared is None else (client.scatter(shared, broadcast=True, hash=False),)
-        yield from _ordered(
-            lambda item: client.submit(fn, item, *args, pure=False),
-            lambda f: f.result(),
-            lambda f: f.cancel(),
-            items,
-            ahead,
-        )
+        index = {}
+
+        def submit(item):
+            try:
+                fut = client.submit(fn, item, *args, pure=False)
+            except (OSError, CancelledError) as exc:
+                raise scheduler_lost(exc) from exc
+            index[fut.key] = len(index)
+            return fut
+
+        def wait(fut):
+            """The task's result; its own exception as it is; a dead worker, a lost scheduler or no worker left: one line."""
+            empty_since = None
+            while True:
+                try:
+                    return fut.result(timeout=POLL_S)
+                except KilledWorker as exc:
+                    i = index.get(fut.key, 0)
+                    tries = exc.allowed_failures + 1
+                    last = getattr(exc.last_worker, "address", exc.last_worker)
+                    raise WorkerDiedError(
+                        f"{desc}: a Dask worker died running task {i + 1} of {len(items)} ({tries} {'try' if tries == 1 else 'tries'}, "
+                        f"the last on {last}): killed, out of memory or crashed; see that worker's log, give the workers more "
+                        "memory (a task holds about one shard) or run fewer per machine"
+                    ) from None
+                except Exception as exc:
+                    if fut.status == "error":
+                        raise  # the task's own error (a NavmlError keeps its class and its line)
+                    if not (isinstance(exc, TimeoutError) and fut.status in ("pending", "lost")):
+                        raise scheduler_lost(exc) from exc
+                # still running: is anyone left to run it?
+                try:
+                    n = _n_workers(client)
+                except (OSError, TimeoutError, CancelledError) as exc:
+                    raise scheduler_lost(exc) from exc
+                if n:
+                    empty_since = None
+                    continue
+                now = time.monotonic()
+                empty_since = empty_since or now
+                if now - empty_since >= _no_workers_s():
+                    raise SchedulerError(
+                        f"{desc}: the Dask cluster {where} has had no worker for {now - empty_since:.0f} s (all died or left); "
+                        "start workers and re-run"
+                    )
+
+        yield from _ordered(submit, wait, lambda f: f.cancel(), items, ahead)

@@ -9,6 +9,9 @@ one GeoTIFF per shard, see :class:`navml.geo.store.Store`):
 * ``xyz``: an XYZ / TMS URL template, fetched concurrently with retries and a
   resumable tile cache (:mod:`navml.data.imagery.xyz`).
 
+A shard is one task of :func:`navml.geo.parallel.map_shards`: in this process
+by default, or on Dask (``--scheduler`` / ``--workers``).
+
 Only the tiles in the tile list are filled; every other pixel of a shard is 0.
 Each shard carries a valid-data mask (no imagery: outside the source's
 footprint, its nodata / transparent pixels, outside the listed tiles); the
@@ -88,6 +91,7 @@ def build_imagery(
     percentiles: Sequence[float] = _IMAGERY.percentiles,
     resampling: str = _IMAGERY.resampling,
     backoff_s: float = 0.5,
+    scheduler=None,
 ) -> dict:
     """Fill layer ``imagery`` of ``store`` (a :class:`navml.geo.store.Store`) for ``tiles``.
 
@@ -102,6 +106,10 @@ def build_imagery(
     ``workers`` threads; ``retries`` retries after the first attempt of a tile,
     ``timeout_s`` seconds per request, back-off starting at ``backoff_s`` seconds;
     tiles are cached under ``cache_dir`` (default ``.navml-cache/xyz``).
+    Each shard is a task of :func:`navml.geo.parallel.map_shards` where
+    ``scheduler`` says (``None``: in this process; a name, a Dask address or a
+    :class:`~navml.geo.parallel.Plan`, as ``resolve_scheduler(--scheduler, --workers)``
+    gives it); the layer is the same bytes wherever it runs.
     Returns a dict of counts (``shards``, ``tiles`` and per-source ones).
     Raises :class:`ConfigError`, :class:`InputError` or :class:`FetchError`;
     every check on the inputs runs before the first shard is written.
@@ -135,7 +143,7 @@ def build_imagery(
             raise ConfigError("imagery.geotiff: empty; give the path of the GeoTIFF/COG (source: geotiff)")
         return build_from_geotiff(
             store, tiles, geotiff, bands=int(bands), band_indexes=picks, stretch=stretch, percentiles=pct,
-            resampling=resampling, workers=int(workers), progress=progress,
+            resampling=resampling, workers=int(workers), progress=progress, scheduler=scheduler,
         )
     from navml.data.imagery.xyz import TileUrl, build_from_xyz
 
@@ -154,4 +162,5 @@ def build_imagery(
         backoff_s=float(backoff_s),
         cache_dir=cache_dir,
         progress=progress,
+        scheduler=scheduler,
     )

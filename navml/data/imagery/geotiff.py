@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from contextlib import contextmanager, nullcontext
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +72,19 @@ class SourceInfo:
 
 def _is_remote(path: str) -> bool:
     return "://" in path or path.startswith("/vsi")
+
+
+@contextmanager
+def open_source(path: str):
+    """``rasterio.open`` of a source GeoTIFF, on S3 (``s3://``, ``/vsis3/``) with the AWS endpoint settings of
+    :func:`navml.geo.store.gdal_s3_options`."""
+    import rasterio
+
+    from navml.geo.store import gdal_s3_options
+
+    s3 = path.startswith(("s3://", "/vsis3/"))
+    with rasterio.Env(**gdal_s3_options()) if s3 else nullcontext(), rasterio.open(path) as src:
+        yield src
 
 
 def _crs_advice(name: str, corners: Sequence[tuple[float, float]]) -> str:
@@ -142,7 +155,7 @@ def inspect_geotiff(
         raise InputError(f"{name}: GeoTIFF not found; check imagery.geotiff in params.yaml")
     wanted = tuple(int(b) for b in band_indexes) if band_indexes else tuple(range(1, bands + 1))
     try:
-        with rasterio.open(name) as src:
+        with open_source(name) as src:
             if src.transform.is_identity:
                 raise InputError(
                     f"{name}: GeoTIFF has no geotransform (its pixels are not placed on the ground); give it one with "
@@ -344,6 +357,48 @@ def warp_shard(
     return out, valid
 
 
+@dataclass(frozen=True)
+class WarpTask:
+    """One shard of :func:`build_from_geotiff`, as a task of :func:`navml.geo.parallel.map_shards` (picklable:
+    the source and the store are paths; the task opens the GeoTIFF itself, so no GDAL handle is shared)."""
+
+    info: SourceInfo
+    shard: Tile
+    tiles: tuple[Tile, ...]
+    store: object  # navml.geo.store.Store
+    layer: str  # the staging layer written to
+    resampling: str
+    tags: tuple[tuple[str, str], ...]
+    write: bool  # write the shard here (True) or send it back to the client
+
+
+def warp_task(task: WarpTask) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+    """Warp one shard; write it (``task.write``) or return it. Returns the listed tiles without a valid pixel and
+    ``None`` or the ``(pixels, valid mask)`` to write."""
+    import rasterio
+
+    # rasterio warns NotGeoreferencedWarning for the in-memory arrays it wraps inside reproject();
+    # the georeferencing is passed explicitly
+    warnings.filterwarnings("ignore", category=rasterio.errors.NotGeoreferencedWarning)
+    grid: Grid = task.store.grid
+    info = task.info
+    try:
+        with open_source(info.path) as src:
+            arr, valid = warp_shard(src, task.shard, task.tiles, grid, info.band_indexes, task.resampling, info.scale)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{info.path}: read failed while warping shard {task.shard.z}/{task.shard.x}/{task.shard.y} ({exc})") from exc
+    size = grid.tile_size
+    sw = shard_window(task.shard, grid)
+    empty = 0
+    for t in task.tiles:
+        r, c = t.y * size - sw.row, t.x * size - sw.col
+        empty += not valid[r : r + size, c : c + size].any()
+    if not task.write:
+        return empty, (arr, valid)
+    task.store.write_shard(task.layer, task.shard, arr, tags=dict(task.tags), valid=valid)
+    return empty, None
+
+
 def build_from_geotiff(
     store,
     tiles: Sequence[Tile],
@@ -356,6 +411,7 @@ def build_from_geotiff(
     resampling: str = "bilinear",
     workers: int = 2,
     progress: bool = True,
+    scheduler=None,
 ) -> dict:
     """Warp ``path`` into layer ``imagery`` of ``store`` for every shard of ``tiles``.
 
@@ -366,14 +422,21 @@ def build_from_geotiff(
     source (see :func:`warp_shard`).
 
     All checks (file, CRS, bands, dtype, overlap) run before the first shard
-    is written. Shards are warped in parallel (at most ``workers`` at once,
-    each holding about one shard of memory) into a staging layer that
-    replaces the old layer as a whole at the end (an error leaves the old one).
-    Returns counts: ``shards``, ``tiles``, ``tiles_in_footprint``, ``tiles_empty``
-    (listed tiles without a single valid pixel).
+    is written. Each shard is a task (:func:`warp_task`, about one shard of
+    memory) of :func:`navml.geo.parallel.map_shards` where ``scheduler`` says
+    (a name, an address or a :class:`~navml.geo.parallel.Plan`); without one,
+    ``workers`` shards at once on threads of this process. The shards go to a
+    staging layer that replaces the old layer as a whole at the end (an error
+    leaves the old one); a task writes its shard itself unless the workers may
+    not share the store's disk (:func:`navml.geo.parallel.writes_on_workers`).
+    On a cluster, ``path`` must be readable by the workers (a shared disk or
+    ``/vsis3/``, ``s3://``, ``https://``). Returns counts: ``shards``,
+    ``tiles``, ``tiles_in_footprint``, ``tiles_empty`` (listed tiles without a
+    single valid pixel).
     """
     import rasterio
-    from tqdm import tqdm
+
+    from navml.geo.parallel import Plan, map_shards, resolve_scheduler, writes_on_workers
 
     if resampling not in RESAMPLING:
         raise ConfigError(f"imagery.resampling: '{resampling}' is not one of {', '.join(RESAMPLING)}")
@@ -381,7 +444,10 @@ def build_from_geotiff(
     info = inspect_geotiff(path, bands, band_indexes=band_indexes, stretch=stretch, percentiles=percentiles)
     inside = check_overlap(info, tiles, grid)
     groups = group_by_shard(tiles, grid)
-    workers = max(1, min(workers, os.cpu_count() or 1, len(groups) or 1))
+    plan = resolve_scheduler(scheduler)
+    if plan.serial:  # in this process: imagery.workers shards at once
+        plan = Plan("threads", max(1, min(workers, os.cpu_count() or 1, len(groups) or 1)))
+    write = writes_on_workers(plan, store.root)
     tags = {
         "navml_source": "geotiff",
         "navml_file": Path(info.path).name,
@@ -393,40 +459,17 @@ def build_from_geotiff(
         tags["navml_percentiles"] = ",".join(f"{v:g}" for v in percentiles)
         tags["navml_scale"] = ";".join(f"{lo:g},{hi:g}" for lo, hi in info.scale)
 
-    def one(layer: str, shard: Tile) -> tuple[Tile, int]:
-        try:
-            with rasterio.open(info.path) as src:
-                arr, valid = warp_shard(src, shard, groups[shard], grid, info.band_indexes, resampling, info.scale)
-        except rasterio.errors.RasterioIOError as exc:
-            raise InputError(f"{info.path}: read failed while warping shard {shard.z}/{shard.x}/{shard.y} ({exc})") from exc
-        size = grid.tile_size
-        sw = shard_window(shard, grid)
-        empty = 0
-        for t in groups[shard]:
-            r, c = t.y * size - sw.row, t.x * size - sw.col
-            empty += not valid[r : r + size, c : c + size].any()
-        store.write_shard(layer, shard, arr, tags=tags, valid=valid)
-        return shard, empty
-
     empty = 0
-    # rasterio warns NotGeoreferencedWarning for the in-memory arrays it wraps
-    # inside reproject(); the georeferencing is passed explicitly, so hide it.
-    with warnings.catch_warnings(), tqdm(total=len(tiles), unit="tile", desc="imagery (geotiff)", disable=None if progress else True) as bar:
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        # GDAL_CACHEMAX resizes GDAL's one, process-wide block cache: set it once, here, around
-        # all the threads (set per thread, a resize under another thread's reads and writes
-        # corrupts pixels of the shards).
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB * 2**20), store.staged_layer(LAYER) as staging, ThreadPoolExecutor(
-            max_workers=workers
-        ) as pool:
-            futures = [pool.submit(one, staging, s) for s in groups]
-            try:
-                for fut in futures:
-                    shard, e = fut.result()
-                    empty += e
-                    bar.update(len(groups[shard]))
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+    # GDAL_CACHEMAX resizes GDAL's one, process-wide block cache: set it once, here, around
+    # all the threads (set per thread, a resize under another thread's reads and writes
+    # corrupts pixels of the shards). Dask workers keep their own setting.
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHEMAX_MB * 2**20), store.staged_layer(LAYER) as staging:
+        tasks = [WarpTask(info, s, tuple(ts), store, staging, resampling, tuple(tags.items()), write) for s, ts in groups.items()]
+        for task, (e, shard) in zip(tasks, map_shards(
+            warp_task, tasks, scheduler=plan, desc="imagery (geotiff)", unit="tile", weights=[len(t.tiles) for t in tasks],
+            in_flight=plan.workers if plan.mode == "threads" else None, progress=progress,
+        )):
+            empty += e
+            if shard is not None:
+                store.write_shard(staging, task.shard, shard[0], tags=tags, valid=shard[1])
     return {"source": "geotiff", "shards": len(groups), "tiles": len(tiles), "tiles_in_footprint": inside, "tiles_empty": empty}

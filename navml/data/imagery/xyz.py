@@ -5,12 +5,14 @@ The template names the tile with ``{z}``, ``{x}`` and ``{y}`` (``{-y}`` or
 ``{token}``, filled from an environment variable and never written to logs,
 errors or files (it shows as ``***``).
 
-Tiles are fetched concurrently over one pooled :class:`requests.Session`;
+Each shard is a task of :func:`navml.geo.parallel.map_shards` (in this
+process by default, or on Dask); its tiles are fetched concurrently over one
+pooled :class:`requests.Session`;
 429, 5xx, timeouts, connection errors and bodies that are not an image are
 retried with exponential back-off and jitter (``Retry-After`` honoured).
 Every decoded tile is cached atomically under the cache folder, so a run that
 was interrupted fetches only what is still missing. Shards are assembled from
-the tiles one after the other (memory: about two shards) into a staging layer
+the tiles (memory: about two shards per process) into a staging layer
 that replaces the ``imagery`` layer as a whole at the end
 (:meth:`navml.geo.store.Store.staged_layer`): the layer is never half old, half new.
 """
@@ -29,6 +31,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -264,6 +267,8 @@ class TileFetcher:
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = USER_AGENT
         self._lock = threading.Lock()
+        self.workers = max(1, workers)
+        self._pool: ThreadPoolExecutor | None = None
         self.counts = {"fetched": 0, "cached": 0, "requests": 0, "retries": 0, "bytes": 0, "cache_corrupt": 0}
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -273,7 +278,17 @@ class TileFetcher:
     def cache_path(self, tile: Tile) -> Path:
         return self.cache / str(tile.z) / str(tile.x) / f"{tile.y}.{self.url.suffix()}"
 
+    def pool(self) -> ThreadPoolExecutor:
+        """The threads of this fetcher's concurrent downloads (made at first use; :meth:`close` shuts them down)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="navml-xyz")
+            return self._pool
+
     def close(self) -> None:
+        """Stop queued downloads, wait for those in flight (they land in the cache), close the connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=self.stop.is_set())
         self.session.close()
 
     def get(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
@@ -360,6 +375,69 @@ class TileFetcher:
         )
 
 
+#: Fetchers of the runs in this process, by run id (the in-process modes share one HTTP pool; a Dask task makes its own).
+_FETCHERS: dict[str, TileFetcher] = {}
+
+
+@dataclass(frozen=True)
+class ShardFetch:
+    """One shard of :func:`build_from_xyz`, as a task of :func:`navml.geo.parallel.map_shards` (picklable)."""
+
+    run: str  # the run's id: its fetcher, where this process has one
+    url: TileUrl
+    shard: Tile
+    tiles: tuple[Tile, ...]
+    store: object  # navml.geo.store.Store
+    layer: str  # the staging layer written to
+    write: bool  # write the shard here (True) or send it back to the client
+    cache_dir: str
+    workers: int  # concurrent downloads
+    retries: int
+    timeout_s: float
+    backoff_s: float
+
+
+def fetch_shard(task: ShardFetch) -> tuple[dict | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Fetch (or take from the cache) the tiles of one shard, assemble it and write it (``task.write``) or return it.
+
+    Returns this task's download counts (``None`` when it used the run's fetcher of this process,
+    which counts for the whole run) and ``None`` or the ``(pixels, valid mask)`` to write.
+    """
+    grid: Grid = task.store.grid
+    size = grid.tile_size
+    own = task.run not in _FETCHERS
+    fetcher = _FETCHERS.get(task.run) or TileFetcher(
+        task.url, size, cache_dir=task.cache_dir, workers=task.workers, retries=task.retries, timeout_s=task.timeout_s,
+        backoff_s=task.backoff_s,
+    )
+    pool = fetcher.pool()
+    sw = shard_window(task.shard, grid)
+    arr = np.zeros((3, grid.shard_size, grid.shard_size), dtype="uint8")
+    valid = np.zeros((grid.shard_size, grid.shard_size), dtype=bool)
+    futures = [(t, pool.submit(fetcher.get, t)) for t in task.tiles]
+    try:
+        for t, fut in futures:
+            r, c = t.y * size - sw.row, t.x * size - sw.col
+            arr[:, r : r + size, c : c + size], valid[r : r + size, c : c + size] = fut.result()
+    except BaseException:
+        # stop retries and queued tiles; tiles in flight finish and land in the cache (atomically).
+        # The run's shared fetcher is stopped by the run (build_from_xyz), which reports the first error in shard order.
+        if own:
+            fetcher.stop.set()
+        for _, fut in futures:
+            fut.cancel()
+        raise
+    finally:
+        if own:
+            fetcher.close()
+    out = None
+    if task.write:
+        task.store.write_shard(task.layer, task.shard, arr, tags={"navml_source": "xyz", "navml_url": task.url.template}, valid=valid)
+    else:
+        out = (arr, valid)
+    return (dict(fetcher.counts) if own else None), out
+
+
 def build_from_xyz(
     store,
     tiles: Sequence[Tile],
@@ -371,8 +449,17 @@ def build_from_xyz(
     backoff_s: float = 0.5,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    scheduler=None,
 ) -> dict:
     """Fetch every tile of ``tiles`` and write the shards of layer ``imagery``.
+
+    Each shard is a task (:func:`fetch_shard`: its tiles on ``workers``
+    concurrent downloads, then assembled and written) of
+    :func:`navml.geo.parallel.map_shards` where ``scheduler`` says (a name, an
+    address or a :class:`~navml.geo.parallel.Plan`). Without one, it runs in
+    this process, the tiles of the next shard requested while one is assembled,
+    over one pool of ``workers`` connections. On Dask every task fetches with
+    its own ``workers`` connections into the cache folder of its machine.
 
     The shards go to a staging layer that replaces the old ``imagery`` layer as
     a whole once every shard is written: a failed tile or Ctrl-C leaves the old
@@ -383,46 +470,47 @@ def build_from_xyz(
     ``cached`` (taken from the cache), ``requests``, ``retries``, ``bytes``,
     ``cache_corrupt`` (cached tiles that did not decode and were refetched).
     """
-    from tqdm import tqdm
+    import uuid
+
+    from navml.geo.parallel import Plan, map_shards, resolve_scheduler, writes_on_workers
 
     grid: Grid = store.grid
     groups = group_by_shard(tiles, grid)
-    shards = list(groups)
-    size = grid.tile_size
-    fetcher = TileFetcher(
-        url, size, cache_dir=cache_dir, workers=workers, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s
-    )
-    tags = {"navml_source": "xyz", "navml_url": url.template}
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="navml-xyz")
-    pending: dict[int, list] = {}
-
-    def submit(i: int) -> None:
-        if i < len(shards) and i not in pending:
-            pending[i] = [(t, pool.submit(fetcher.get, t)) for t in groups[shards[i]]]
-
+    plan = resolve_scheduler(scheduler)
+    if plan.serial:  # in this process: the next shard's tiles are fetched while one is assembled and written
+        plan = Plan("threads", 1 + LOOKAHEAD)
+    cache = Path(cache_dir if cache_dir is not None else DEFAULT_CACHE)
+    if plan.mode != "address":
+        cache = cache.absolute()  # a local worker's working folder may differ
+    run = uuid.uuid4().hex
+    fetcher = None
+    if not plan.distributed:
+        fetcher = _FETCHERS[run] = TileFetcher(
+            url, grid.tile_size, cache_dir=cache, workers=workers, retries=retries, timeout_s=timeout_s, backoff_s=backoff_s
+        )
+    counts = {"fetched": 0, "cached": 0, "requests": 0, "retries": 0, "bytes": 0, "cache_corrupt": 0}
     try:
-        with _redacting_logs(url), store.staged_layer(LAYER) as staging, tqdm(
-            total=len(tiles), unit="tile", desc="imagery (xyz)", disable=None if progress else True
-        ) as bar:
-            for i in range(LOOKAHEAD + 1):
-                submit(i)
-            for i, shard in enumerate(shards):
-                submit(i + LOOKAHEAD)
-                sw = shard_window(shard, grid)
-                arr = np.zeros((3, grid.shard_size, grid.shard_size), dtype="uint8")
-                valid = np.zeros((grid.shard_size, grid.shard_size), dtype=bool)
-                for t, fut in pending.pop(i):
-                    r, c = t.y * size - sw.row, t.x * size - sw.col
-                    arr[:, r : r + size, c : c + size], valid[r : r + size, c : c + size] = fut.result()
-                    bar.update(1)
-                store.write_shard(staging, shard, arr, tags=tags, valid=valid)
+        with _redacting_logs(url), store.staged_layer(LAYER) as staging:
+            write = writes_on_workers(plan, store.root)
+            tasks = [ShardFetch(run, url, s, tuple(ts), store, staging, write, str(cache), workers, retries, timeout_s, backoff_s)
+                     for s, ts in groups.items()]
+            for task, (got, shard) in zip(tasks, map_shards(
+                fetch_shard, tasks, scheduler=plan, desc="imagery (xyz)", unit="tile", weights=[len(t.tiles) for t in tasks],
+                in_flight=plan.workers if plan.mode == "threads" else None, progress=progress,
+                stop=fetcher.stop.set if fetcher is not None else None,
+            )):
+                for k, v in (got or {}).items():
+                    counts[k] += v
+                if shard is not None:
+                    store.write_shard(staging, task.shard, shard[0], tags={"navml_source": "xyz", "navml_url": url.template}, valid=shard[1])
     except BaseException:
-        # Stop retries and queued tiles; tiles in flight finish and land in the
-        # cache (atomically), so the next run resumes where this one stopped.
-        fetcher.stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        fetcher.close()
+        if fetcher is not None:
+            fetcher.stop.set()
         raise
-    pool.shutdown(wait=True)
-    fetcher.close()
-    return {"source": "xyz", "shards": len(shards), "tiles": len(tiles), **fetcher.counts}
+    finally:
+        if fetcher is not None:
+            fetcher.close()
+            _FETCHERS.pop(run, None)
+    if fetcher is not None:
+        counts = dict(fetcher.counts)
+    return {"source": "xyz", "shards": len(groups), "tiles": len(tiles), **counts}
