@@ -240,6 +240,9 @@ class PathsParams(Section):
         description="own input files DVC tracks: <inputs>/labels (labels, complete areas), <inputs>/imagery (GeoTIFFs)",
     )
     check: str = Field("data/check", description="stamp of the params check (check stage)")
+    cities: str = Field(
+        "data/cities", description="cities of `cities`: data in <cities>/<role>/<name> (synth, extract, cover, store), results in <cities>/results/<name>"
+    )
     first: str = Field("data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output")
     mining: str = Field("data/mining", description="hard negatives per model (<mining>/seg/hard_negatives.geojson), summary, review export (mine stage)")
 
@@ -467,6 +470,16 @@ class AugmentParams(Section):
     brightness: float = Field(0.1, ge=0.0, le=1.0, description="max brightness shift, share of 255")
     contrast: float = Field(0.1, ge=0.0, le=1.0, description="max relative change of the spread around the tile mean")
     hue: float = Field(0.02, ge=0.0, le=1.0, description="max hue rotation, share of the colour circle")
+    scale: tuple[Annotated[float, Field(gt=0.1, le=10.0)], Annotated[float, Field(gt=0.1, le=10.0)]] | None = Field(
+        None, description="random zoom of a sample, [low, high] (log-uniform, e.g. [0.6, 1.6]); null = none"
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, value):
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"low {value[0]} must not exceed high {value[1]}")
+        return value
 
 
 #: Loss term names of ``train.loss`` (aliases -> canonical), used by navml.segment.losses too;
@@ -522,6 +535,9 @@ class TrainParams(Section):
         AugmentParams(), description="augmentation settings, or false for none"
     )
     threshold_metric: Literal["iou", "f1"] = Field("iou", description="metric of the per-class threshold chosen on val")
+    gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None, description="ground metres per pixel the model trains at (each city's tiles resampled to it); null = the coarsest training city's"
+    )
     seed: int = Field(0, description="same seed + same data -> same weights")
 
     @field_validator("loss")
@@ -603,6 +619,9 @@ class DetectParams(Section):
     score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_score_threshold)] = Field(
         "auto", description="auto = the score of best F1 on the val split, chosen at training; or a score 0..1"
     )
+    gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None, description="ground metres per pixel the detector trains at (each city's tiles resampled to it); null = the coarsest training city's"
+    )
     seed: int = Field(0, description="same seed + same data -> same weights")
 
 
@@ -626,6 +645,9 @@ class PredictParams(Section):
 
     window_px: int = Field(2048, ge=16, description="largest core of one model call, px (at least grid.tile_size)")
     halo_px: int = Field(0, ge=0, description="context around a window, px; 0 = half the model's receptive field")
+    resample: bool = Field(
+        True, description="run the model at the ground resolution it was trained at: windows of a store more than 2 % finer or coarser are resampled"
+    )
 
 
 # --- turn-lane detector: city-wide prediction and markings in the world (issue 8) ---
@@ -687,6 +709,147 @@ class ScoreParams(Section):
         "data/synth/truth/decoys.geojson",
         description="look-alikes (class, kind) to count false positives on, by kind (synth writes them); \"\" = none",
     )
+
+
+
+# --- cities: train on some, predict on others (issue 10) ------------------------------------
+
+#: A city's name: a DVC stage suffix (``extract@denver``) and a folder name.
+CITY_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+ROLES = ("train", "predict")
+
+
+def _synthetic(value: Any) -> Any:
+    """``synthetic: true`` is the default synthetic city, ``false``/``no``/``~`` none."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class CityParams(Section):
+    """One entry of ``cities``: where its imagery and labels come from and what it is for.
+
+    Imagery is exactly one of ``synthetic`` (the built-in city: a ``synth`` mapping whose keys
+    default to the ``synth`` section's defaults), ``geotiff`` (a file under ``<paths.inputs>/imagery``)
+    or ``xyz`` (a tile URL). A synthetic city brings its OSM file, AOI, completeness areas, truth and
+    own labels; any of them given here replaces the synthetic one.
+    """
+
+    role: Literal["train", "predict"] = Field(
+        description="train: its train/val/test tiles join the one training of each model; "
+        "predict: held out, predicted, post-processed, scored where truth exists"
+    )
+    synthetic: Annotated[SynthParams | None, BeforeValidator(_synthetic)] = Field(
+        None, description="the built-in synthetic city: seed, center [lon, lat], size_km, ... (true = the synth defaults)"
+    )
+    geotiff: Annotated[str | None, BeforeValidator(_empty_none)] = Field(None, description="own GeoTIFF/COG of the city (imagery source: geotiff)")
+    xyz: Annotated[str | None, BeforeValidator(_empty_none)] = Field(None, description="tile URL with {z}/{x}/{y} (imagery source: xyz)")
+    osm: Annotated[str | None, BeforeValidator(_empty_none)] = Field(
+        None, description="OSM file of the city (.osm.pbf); default: the synthetic city's; omit when every class has own labels"
+    )
+    labels: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        {}, description="own labels per class of the registry in this city: {class: file}, replacing the class's `labels`"
+    )
+    aoi: Annotated[str | None, BeforeValidator(_empty_none)] = Field(
+        None, description="AOI GeoJSON or 'west,south,east,north'; default: the synthetic city's square"
+    )
+    complete: str | None = Field(
+        None, description="areas (GeoJSON) where OSM is complete; \"\" = everywhere; default: the synthetic city's (else everywhere)"
+    )
+    truth: Annotated[str | None, BeforeValidator(_empty_none)] = Field(
+        None, description="truth polygons to score against (with `mapped`); default: the synthetic city's; none: not scored"
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {osm_value(k): v for k, v in value.items()}
+        return value
+
+    @field_validator("xyz")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not all(k in value for k in ("{z}", "{x}", "{y}")):
+            raise ValueError(f"'{value}' lacks {{z}}, {{x}} or {{y}}; write a tile URL such as https://tiles.example.com/{{z}}/{{x}}/{{y}}.png")
+        return value
+
+    @model_validator(mode="after")
+    def _imagery(self) -> CityParams:
+        given = [k for k in ("synthetic", "geotiff", "xyz") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give its imagery as exactly one of synthetic (the built-in city), geotiff (a file) or xyz (a tile URL)"
+                + (f"; it has {' and '.join(given)}" if given else "")
+            )
+        if self.synthetic is None:
+            if self.aoi is None:
+                raise ValueError("aoi: a city with own imagery needs its AOI (a GeoJSON or 'west,south,east,north')")
+            if self.osm is None and not self.labels:
+                raise ValueError("osm: a city with own imagery needs its OSM file (.osm.pbf) or own labels per class")
+        return self
+
+    @property
+    def imagery_source(self) -> str:
+        """``synthetic`` | ``geotiff`` | ``xyz``."""
+        return "synthetic" if self.synthetic is not None else "geotiff" if self.geotiff is not None else "xyz"
+
+
+def _city_names(value: Any) -> Any:
+    """City names as written: YAML's ``no``/``yes``/``on`` (False/True) back to text, numbers as text; checked as folder names."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return value
+    import re
+
+    out: dict[str, Any] = {}
+    for key, city in value.items():
+        name = "yes" if key is True else "no" if key is False else str(key)
+        if not re.match(CITY_NAME, name):
+            raise ValueError(
+                f"'{name}' is no city name: use lower-case letters, digits, '_' and '-', starting with a letter or digit (it names stages and folders)"
+            )
+        if name in out:
+            raise ValueError(f"'{name}' is named twice (YAML reads yes/no/on/off unquoted as true/false: quote one of them)")
+        out[name] = {} if city is None else city
+    return out
+
+
+Cities = Annotated[dict[str, CityParams], BeforeValidator(_city_names)]
+
+
+@dataclass(frozen=True)
+class CityInputs:
+    """Where one city's stages read their inputs, resolved from its ``cities`` entry (paths relative to the project)."""
+
+    name: str
+    role: str
+    root: str  # <paths.cities>/<role>/<name>: the city's data (synth, extract, cover, store); the role in the path lets
+    # the one training depend on <paths.cities>/train, the data of every train city and nothing else
+    synthetic: SynthParams | None
+    imagery: str  # geotiff | xyz
+    geotiff: str  # "" with xyz
+    url: str  # "" with geotiff
+    pbf: str  # "" when every class has own labels
+    aoi: str
+    complete: str  # "" = complete everywhere
+    truth: str  # "" = not scored
+    labels: dict[str, str]  # class -> own labels file, for the classes that have them
+
+    results: str  # <paths.cities>/results/<name>: what the models make of the city (predict, output, metrics)
+
+    @property
+    def tiles(self) -> str:
+        """The city's tile index (cover stage)."""
+        return f"{self.root}/cover/tiles.csv"
+
+    @property
+    def store(self) -> str:
+        """The city's shard store (imagery, masks)."""
+        return f"{self.root}/store"
 
 
 
@@ -778,6 +941,86 @@ class Params(Registry):
     detect: DetectParams = DetectParams()
     mine: MineParams = MineParams()
     retrain: RetrainParams = RetrainParams()
+    cities: Cities = Field({}, description="cities to train on (role: train) and to predict (role: predict); {} = the single `synth` city")
+
+    @model_validator(mode="after")
+    def _cities(self) -> Params:
+        if not self.cities:
+            return self
+        if not any(c.role == "train" for c in self.cities.values()):
+            raise ValueError("cities: no city has role: train; the models train on the union of the train cities")
+        for name, city in self.cities.items():
+            for cls in city.labels:
+                if self.classes and cls not in self.classes:
+                    raise ValueError(f"cities.{name}.labels: '{cls}' is not a class of 'classes' ({', '.join(self.classes)})")
+            if city.synthetic is None:
+                for cls, spec in self.classes.items():
+                    if spec.labels and cls not in city.labels and _under(spec.labels, f"{self.paths.synth}/truth"):
+                        raise ValueError(
+                            f"cities.{name}: class {cls} takes its labels from the synthetic city ({spec.labels}); "
+                            f"give this city its own: labels: {{{cls}: inputs/labels/<file>}}"
+                        )
+        return self
+
+    def city(self, name: str) -> CityInputs:
+        """The resolved inputs of city ``name`` (a :class:`ConfigError` naming the cities when it is not one)."""
+        import os
+
+        if name not in self.cities:
+            raise ConfigError(f"params: cities: no city '{name}' (cities: {', '.join(self.cities) or 'none'})")
+        c = self.cities[name]
+        root = f"{self.paths.cities}/{c.role}/{name}"
+        synth = f"{root}/synth"
+        syn = c.synthetic is not None
+        labels = {}
+        for cls, spec in self.classes.items():
+            if cls in c.labels:
+                labels[cls] = c.labels[cls]
+            elif spec.labels and syn and _under(spec.labels, f"{self.paths.synth}/truth"):
+                labels[cls] = f"{synth}/truth/{os.path.relpath(spec.labels, f'{self.paths.synth}/truth')}"
+            elif spec.labels:
+                labels[cls] = spec.labels
+        default = (lambda sub: f"{synth}/{sub}") if syn else (lambda sub: "")
+        return CityInputs(
+            name=name,
+            role=c.role,
+            root=root,
+            results=f"{self.paths.cities}/results/{name}",
+            synthetic=c.synthetic,
+            imagery="xyz" if c.xyz is not None else "geotiff",
+            geotiff=c.geotiff if c.geotiff is not None else default("ortho.tif"),
+            url=c.xyz or "",
+            pbf=c.osm if c.osm is not None else default("city.osm.pbf"),
+            aoi=c.aoi if c.aoi is not None else default("aoi.geojson"),
+            complete=c.complete if c.complete is not None else default("truth/complete_aoi.geojson"),
+            truth=c.truth if c.truth is not None else default("truth/lots.geojson"),
+            labels=labels,
+        )
+
+    def for_city(self, name: str) -> Params:
+        """These params as city ``name``'s stages see them: its synthetic city, OSM file, AOI, completeness areas,
+        imagery, truth and own labels in place of the single-city values; a ``predict`` city's tiles are all ``test``."""
+        import os
+
+        c = self.city(name)
+        update: dict[str, Any] = {
+            "extract": self.extract.model_copy(update={"pbf": c.pbf}),
+            "cover": self.cover.model_copy(update={"aoi": c.aoi, **({"split": {"train": 0.0, "val": 0.0, "test": 1.0}} if c.role == "predict" else {})}),
+            "rasterize": self.rasterize.model_copy(update={"complete": c.complete}),
+            "imagery": self.imagery.model_copy(update={"source": c.imagery, "geotiff": c.geotiff, "url": c.url}),
+            "classes": {k: (v.model_copy(update={"labels": c.labels[k]}) if k in c.labels else v) for k, v in self.classes.items()},
+        }
+        if c.synthetic is not None:
+            update["synth"] = c.synthetic
+        decoys = self.score.decoys
+        if decoys and _under(decoys, self.paths.synth):  # the synthetic city's decoys: this city's own, or none
+            decoys = f"{c.root}/synth/{os.path.relpath(decoys, self.paths.synth)}" if c.synthetic is not None else ""
+        update["score"] = self.score.model_copy(update={"truth": c.truth, "decoys": decoys})  # truth "" = not scored
+        return self.model_copy(update=update)
+
+    def train_cities(self) -> list[str]:
+        """Names of the cities whose tiles the models train on, in declared order."""
+        return [n for n, c in self.cities.items() if c.role == "train"]
 
     @model_validator(mode="after")
     def _across(self) -> Params:
@@ -991,7 +1234,26 @@ def tracked_inputs(params: Params) -> list[tuple[str, str, tuple[str, ...]]]:
         out.append(("score.decoys", params.score.decoys, labels))
     if params.imagery.source == "geotiff":
         out.append(("imagery.geotiff", params.imagery.geotiff, (f"{synth}/ortho.tif", f"{inputs}/imagery")))
+    for name in params.cities:  # per-city stages depend on the city's synth folder and on <inputs>/{labels,imagery,osm}
+        c = params.city(name)
+        own = f"{c.root}/synth"
+        key = f"cities.{name}"
+        files = [("labels." + k, v, (f"{own}/truth", f"{inputs}/labels")) for k, v in c.labels.items()]
+        files += [("complete", c.complete, (f"{own}/truth", f"{inputs}/labels")), ("truth", c.truth, (f"{own}/truth", f"{inputs}/labels"))]
+        files += [("osm", c.pbf, (own, f"{inputs}/osm")), ("geotiff", c.geotiff, (own, f"{inputs}/imagery"))]
+        if not _is_bbox(c.aoi):
+            files.append(("aoi", c.aoi, (own, f"{inputs}/labels")))
+        out += [(f"{key}.{k}", v, folders) for k, v, folders in files if v]
     return out
+
+
+def _is_bbox(text: str) -> bool:
+    """Whether an AOI is written as ``west,south,east,north`` rather than a file."""
+    parts = text.split(",")
+    try:
+        return len(parts) == 4 and all(float(x) == float(x) for x in parts)
+    except ValueError:
+        return False
 
 
 def check_tracked_inputs(params: Params, where: str = "params.yaml") -> None:

@@ -37,6 +37,8 @@ COMMANDS = {
     "evaluate_detect": "evaluate_detect",
     "predict_detect": "predict_detect",
     "markings": "markings",
+    # cities (issue 10)
+    "gap": "gap",
     # the review viewer (issue 11)
     "serve": "serve",
 }

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 S = TypeVar("S")
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """The whole params file, validated (every section, before any work); a one-line ConfigError otherwise."""
+def load_params(path: str | Path = "params.yaml", city: str | None = None) -> Params:
+    """The whole params file, validated (every section, before any work); a one-line ConfigError otherwise.
+
+    With ``city``: the params as that city of ``cities`` sees them (:meth:`navml.config.Params.for_city`)."""
     from navml.config import validate_params
 
     p = Path(path)
@@ -32,7 +34,22 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{p}: params file not found; run from the project root or pass --params") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    return validate_params(data, str(path))
+    params = validate_params(data, str(path))
+    return params.for_city(city) if city else params
+
+
+def city_sources(params: Params, tiles: list[Path], stores: list[Path], cities: bool) -> tuple[list[Path], list[Path]]:
+    """The ``(tile indexes, stores)`` a training reads: the options as given (one store per index), or with ``cities``
+    those of the ``role: train`` cities of ``params``."""
+    if cities:
+        names = params.train_cities()
+        if not names:
+            raise ConfigError("--cities: params has no city with role: train; add a `cities:` section or drop --cities")
+        inputs = [params.city(n) for n in names]
+        return [Path(c.tiles) for c in inputs], [Path(c.store) for c in inputs]
+    if len(tiles) != len(stores):
+        raise ConfigError(f"--tiles given {len(tiles)} time(s) but --store {len(stores)}: give one store per tile index")
+    return list(tiles), list(stores)
 
 
 def with_overrides(section: S, **given: Any) -> S:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import ExtractDir, Params, override
+from navml.cli.options import City, ExtractDir, Params, override
 from navml.config import CoverParams as C
 
 
@@ -17,10 +17,11 @@ def command(
     labels: Path = ExtractDir,
     out: Path = typer.Option(Path("data/cover"), "--out", help="Folder for tiles.csv and tiles.geojson."),
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.data.cover import cover_summary, write_cover
 
-    p = load_params(params)
+    p = load_params(params, city)
     c = with_overrides(p.cover, aoi=aoi)
     df = write_cover(c.aoi, labels, p.grid.grid(), p.class_specs(), out, split_zoom=c.split_zoom, fractions=c.split, seed=c.seed)
     typer.echo(f"cover: {cover_summary(df)}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import ExtractDir, Params
+from navml.cli.options import City, ExtractDir, Params
 
 
 @exits
@@ -16,11 +16,12 @@ def command(
     labels: Path = ExtractDir,
     out: Path = typer.Option(Path("data/output"), "--out", help="Folder for new_features.geojson, new_features.osm, summary.json."),
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.post.dedupe import dedupe
 
-    p = load_params(params)
+    p = load_params(params, city)
     s = p.dedupe
     summary = dedupe(
         predictions,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params, StoreDir, TilesCsv
 
 
 @exits
@@ -17,13 +17,14 @@ def command(
     model: Path = typer.Option(Path("data/models/seg"), "--model", help="Model folder written by `navml train`."),
     out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for seg.json and seg_plots/."),
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
     from navml.segment.evaluate import evaluate_segmentation
 
-    p = load_params(params)
+    p = load_params(params, city)
     e = p.evaluate
     specs = segmentation_classes(p.class_specs())
     metrics = evaluate_segmentation(

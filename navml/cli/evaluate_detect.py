@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params, StoreDir, TilesCsv
 
 
 @exits
@@ -17,13 +17,14 @@ def command(
     model: Path = typer.Option(Path("data/models/det"), "--model", help="Model folder written by `navml train_detect`."),
     out: Path = typer.Option(Path("data/metrics"), "--out", help="Folder for detect.json and detect_plots/."),
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.config import detection_names
     from navml.detect.evaluate import evaluate_detection
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
 
-    p = load_params(params)
+    p = load_params(params, city)
     e = p.evaluate
     names = [name for _, name in detection_names(p.class_specs())]
     m = evaluate_detection(

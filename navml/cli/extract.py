@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import Params, override
+from navml.cli.options import City, Params, override
 from navml.config import ExtractParams as E
 
 
@@ -15,6 +15,7 @@ from navml.config import ExtractParams as E
 def command(
     pbf: Path = typer.Argument(None, help="OSM file (.osm.pbf, .osm, .osm.bz2); default: extract.pbf in params.", show_default=False),
     params: Path = Params,
+    city: str = City,
     out: Path = typer.Option(Path("data/extract"), "--out", help="Folder for <class>.geojson, roads.geojson and summary.json."),
     index: str = override("extract", E, "index"),
     required: list[str] = typer.Option(
@@ -23,7 +24,7 @@ def command(
 ) -> None:
     from navml.data.extract import extract, format_summary
 
-    p = load_params(params)
+    p = load_params(params, city)
     e = with_overrides(p.extract, pbf=str(pbf) if pbf else None, index=index)
     summary = extract(
         Path(e.pbf) if e.pbf else None,  # none: every class has own labels

@@ -7,12 +7,13 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, Scheduler, StoreRoot, TilesCsv, Workers
+from navml.cli.options import City, Params, Scheduler, StoreRoot, TilesCsv, Workers
 
 
 @exits
 def command(
     params: Path = Params,
+    city: str = City,
     tiles: Path = TilesCsv,
     store: str = StoreRoot,
     scheduler: str = Scheduler,
@@ -25,7 +26,7 @@ def command(
     from navml.geo.tile_index import read_index, tiles_from_index
 
     plan = resolve_scheduler(scheduler, workers)
-    p = load_params(params)
+    p = load_params(params, city)
     s = p.imagery
     tile_list = tiles_from_index(read_index(tiles))
     if not tile_list:

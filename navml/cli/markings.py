@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import ExtractDir, Params, TilesCsv
+from navml.cli.options import City, ExtractDir, Params, TilesCsv
 
 
 @exits
@@ -19,6 +19,7 @@ def command(
     tiles: Path = TilesCsv,
     labels: Path = ExtractDir,
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.config import detection_mapping, detection_names
     from navml.data.rasterize import detection_labels
@@ -28,7 +29,7 @@ def command(
     from navml.io import write_json
     from navml.segment.dataset import split_tiles
 
-    p = load_params(params)
+    p = load_params(params, city)
     s = p.detect_predict
     names = [n for _, n in detection_names(p.class_specs())]
     if not names:

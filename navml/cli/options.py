@@ -8,6 +8,10 @@ from typing import Any
 import typer
 
 Params = typer.Option(Path("params.yaml"), "--params", "-p", help="params.yaml to read (the whole file is validated first).")
+City = typer.Option(
+    None, "--city", help="Run for this city of the params' `cities` section: its imagery, OSM file, AOI, labels and truth (docs/cities.md).",
+    show_default=False,
+)
 TilesCsv = typer.Option(Path("data/cover/tiles.csv"), "--tiles", help="Tile index written by `navml cover`.")
 StoreDir = typer.Option(Path("data/store"), "--store", help="Shard store folder (imagery, masks).")
 StoreRoot = typer.Option("data/store", "--store", help="Shard store holding the imagery: a folder or s3://bucket/prefix.")
@@ -27,6 +31,11 @@ Workers = typer.Option(
     "or one per CPU core with --scheduler local. Ignored with a scheduler address.",
     show_default=False,
 )
+TilesList = typer.Option(
+    [Path("data/cover/tiles.csv")], "--tiles", help="Tile index written by `navml cover`; repeat with --store per city to train on several."
+)
+StoresList = typer.Option([Path("data/store")], "--store", help="Shard store folder (imagery, masks, boxes.csv); one per --tiles.")
+TrainCities = typer.Option(False, "--cities", help="Train on the union of the `role: train` cities of params (their tiles and stores) instead.")
 ExtractDir = typer.Option(Path("data/extract"), "--labels", help="Folder of per-class GeoJSON written by `navml extract`.")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, Scheduler, StoreRoot, TilesCsv, Workers
+from navml.cli.options import City, Params, Scheduler, StoreRoot, TilesCsv, Workers
 
 
 @exits
@@ -17,6 +17,7 @@ def command(
     model: Path = typer.Option(Path("data/models/det"), "--model", help="Detector folder (model.keras, meta.json) written by `navml train_detect`."),
     out: Path = typer.Option(Path("data/predict/detections.csv"), "--out", help="Detections table: tile, global pixel box, class, score."),
     params: Path = Params,
+    city: str = City,
     scheduler: str = Scheduler,
     workers: int = Workers,
 ) -> None:
@@ -26,7 +27,7 @@ def command(
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
-    p = load_params(params)
+    p = load_params(params, city)
     s = p.detect_predict
     grid = p.grid.grid()
     names = [n for _, n in detection_names(p.class_specs())]

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import ExtractDir, Params, Scheduler, StoreDir, TilesCsv, Workers
+from navml.cli.options import City, ExtractDir, Params, Scheduler, StoreDir, TilesCsv, Workers
 
 
 @exits
@@ -16,6 +16,7 @@ def command(
     tiles: Path = TilesCsv,
     store: Path = StoreDir,
     params: Path = Params,
+    city: str = City,
     scheduler: str = Scheduler,
     workers: int = Workers,
 ) -> None:
@@ -23,7 +24,7 @@ def command(
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index, tiles_from_index
 
-    p = load_params(params)
+    p = load_params(params, city)
     r = p.rasterize
     legend = rasterize_labels(
         labels, tiles_from_index(read_index(tiles)), Store(store, p.grid.grid()), p.class_specs(), complete=r.complete or None, roads=r.roads,

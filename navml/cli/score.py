@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import Params, TilesCsv, override
+from navml.cli.options import City, Params, TilesCsv, override
 from navml.config import ScoreParams as S
 
 
@@ -19,12 +19,19 @@ def command(
     tiles: Path = TilesCsv,
     out: Path = typer.Option(Path("data/metrics/features.json"), "--out", help="Metrics JSON to write."),
     params: Path = Params,
+    city: str = City,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.post.score import score_outputs
 
-    p = load_params(params)
+    p = load_params(params, city)
     s = with_overrides(p.score, truth=str(truth) if truth else None)
+    if not s.truth:  # a city without truth (cities.<name>.truth): predicted, not scored
+        from navml.io import write_json
+
+        write_json(out, {"scored": False, "reason": f"city {city} has no truth polygons", "split": s.split})
+        typer.echo(f"score: city {city} has no truth; nothing scored -> {out}")
+        return
     registry = [c.name for c in segmentation_classes(p.class_specs())]
     given = s.truth if isinstance(s.truth, dict) else Path(s.truth)
     m = score_outputs(

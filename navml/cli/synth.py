@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import Params, override
+from navml.cli.options import City, Params, override
 from navml.config import SynthParams as S
 
 
 @exits
 def command(
     params: Path = Params,
+    city: str = City,
     out: Path = typer.Option(Path("data/synth"), "--out", help="Output folder (replaced as a whole, atomically)."),
     seed: int = override("synth", S, "seed"),
     center: tuple[float, float] = override("synth", S, "center", metavar="LON LAT"),
@@ -26,7 +27,16 @@ def command(
 ) -> None:
     from navml.data.synth import make_city
 
-    s = load_params(params).synth
+    p = load_params(params, city)
+    if city and p.cities[city].synthetic is None:
+        # a city with own imagery: nothing to draw; the folder (a DVC output of the per-city synth stage) says so
+        from navml.io import staging_dir
+
+        with staging_dir(out) as tmp:
+            (tmp / "README.txt").write_text(f"city {city} brings its own imagery and labels (params.yaml cities.{city}); nothing synthetic here\n")
+        typer.echo(f"synth: city {city} has its own imagery; nothing to draw -> {out}")
+        return
+    s = p.synth
     if center == (None, None):
         center = None
     s = with_overrides(s, seed=seed, center=center, size_km=size_km, gsd_m=gsd_m, unmapped_share=unmapped_share, shift_m=shift_m,

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli._common import city_sources, exits, load_params
+from navml.cli.options import Params, StoresList, TilesList, TrainCities
 
 
 @exits
 def command(
-    tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    tiles: list[Path] = TilesList,
+    store: list[Path] = StoresList,
+    cities: bool = TrainCities,
     out: Path = typer.Option(Path("data/models/seg"), "--out", help="Model folder to write (model.keras, meta.json, thresholds.json)."),
     live: Path = typer.Option(Path("data/metrics/train"), "--live", help="dvclive folder for per-epoch metrics and learning curves."),
     params: Path = Params,
@@ -26,16 +27,18 @@ def command(
 
     p = load_params(params)
     t = p.train
+    tiles, store = city_sources(p, tiles, store, cities)
+    grid = p.grid.grid()
     result = train_segmentation(
-        Store(store, p.grid.grid()),
-        read_index(tiles),
+        [Store(s, grid) for s in store],
+        [read_index(x) for x in tiles],
         [c.name for c in segmentation_classes(p.class_specs())],
         out,
         **t.model_dump(exclude={"augment"}),
         augment=Augment(**t.augment.model_dump()) if t.augment else None,
         live_dir=live,
         progress=True,
-        where=str(tiles),
+        where=", ".join(map(str, tiles)),
     )
     thr = ", ".join(f"{k} {v['threshold']:.2f}" for k, v in result["thresholds"].items())
     typer.echo(

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli._common import city_sources, exits, load_params
+from navml.cli.options import Params, StoresList, TilesList, TrainCities
 
 
 @exits
 def command(
-    tiles: Path = TilesCsv,
-    store: Path = StoreDir,
+    tiles: list[Path] = TilesList,
+    store: list[Path] = StoresList,
+    cities: bool = TrainCities,
     out: Path = typer.Option(Path("data/models/det"), "--out", help="Model folder to write (model.keras; meta.json: anchors, stride, names, threshold)."),
     live: Path = typer.Option(Path("data/metrics/train_detect"), "--live", help="dvclive folder for the loss and val mAP curves."),
     params: Path = Params,
@@ -24,12 +25,13 @@ def command(
     from navml.geo.tile_index import read_index
 
     p = load_params(params)
+    tiles, store = city_sources(p, tiles, store, cities)
     d = p.detect
     pairs = detection_names(p.class_specs())
     aug = d.augment.model_dump() if d.augment else {"flip": False, "rotate": False}
     result = train_detection(
-        Store(store, p.grid.grid()),
-        read_index(tiles),
+        [Store(s, p.grid.grid()) for s in store],
+        [read_index(x) for x in tiles],
         [name for _, name in pairs],
         out,
         classes_of=[cls for cls, _ in pairs],
@@ -39,7 +41,7 @@ def command(
         **aug,
         live_dir=live,
         progress=True,
-        where=str(tiles),
+        where=", ".join(map(str, tiles)),
     )
     typer.echo(
         f"train_detect: best val mAP@0.5 {result['best_val_map50']:.4f} at step {result['best_step']}/{result['steps_run']} "

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params, with_overrides
-from navml.cli.options import Params, Scheduler, Workers, override
+from navml.cli.options import City, Params, Scheduler, Workers, override
 from navml.config import PostProcess
 from navml.config import VectorizeParams as V
 
@@ -23,6 +23,7 @@ def command(
         show_default=False,
     ),
     params: Path = Params,
+    city: str = City,
     scheduler: str = Scheduler,
     workers: int = Workers,
 ) -> None:
@@ -31,7 +32,7 @@ def command(
     from navml.geo.store import Store
     from navml.segment.vectorize import vectorize_store
 
-    p = load_params(params)
+    p = load_params(params, city)
     v = with_overrides(p.vectorize, layer=layer)
     specs = segmentation_classes(p.class_specs())
     if threshold is not None:

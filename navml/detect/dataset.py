@@ -78,6 +78,29 @@ def read_boxes(path: str | os.PathLike, n_classes: int) -> dict[Tile, TileBoxes]
     return out
 
 
+def city_boxes(truths: Sequence[Mapping[Tile, TileBoxes]], factors: Sequence[float]) -> dict:
+    """The truth of several stores (cities) in one mapping keyed by :class:`~navml.segment.dataset.SourceTile`,
+    each store's boxes scaled by its factor (model pixels per store pixel, as its tiles are resampled)."""
+    from navml.segment.dataset import SourceTile
+
+    out = {}
+    for i, (truth, f) in enumerate(zip(truths, factors)):
+        for t, (b, ids) in truth.items():
+            out[SourceTile(t.x, t.y, t.z, i)] = (np.asarray(b, float) * f, ids)
+    return out
+
+
+def fit_boxes(image: np.ndarray, truth: TileBoxes, size: int) -> tuple[np.ndarray, TileBoxes]:
+    """``image`` cut or padded (with 0) to ``size`` x ``size`` around its centre, with its boxes moved along
+    (those whose centre leaves the image dropped, the others clipped): a resampled tile back at the tile size."""
+    rows, cols = image.shape[:2]
+    r, c = (rows - size) // 2, (cols - size) // 2  # negative: padding
+    out = np.zeros((size, size, image.shape[2]), dtype=image.dtype)
+    src = image[max(r, 0) : max(r, 0) + size, max(c, 0) : max(c, 0) + size]
+    out[max(-r, 0) : max(-r, 0) + src.shape[0], max(-c, 0) : max(-c, 0) + src.shape[1]] = src
+    return out, crop_boxes(truth[0], truth[1], r, c, size)
+
+
 def count_boxes(truth: Mapping[Tile, TileBoxes], tiles: Sequence[Tile], n_classes: int) -> np.ndarray:
     """Truth boxes per class (n_classes,) over ``tiles``."""
     counts = np.zeros(n_classes, int)
@@ -129,6 +152,9 @@ def sample(
     """One training sample of a tile: image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
     boxes, ids = truth
     rows, cols = image.shape[:2]
+    if crop is not None and (rows < crop or cols < crop):  # a tile resampled smaller than a crop
+        image, (boxes, ids) = fit_boxes(image, (boxes, ids), max(crop, rows, cols))
+        rows, cols = image.shape[:2]
     if crop is not None and (crop < rows or crop < cols):
         r, c = crop_origin(rows, cols, crop, boxes, rng, box_crops)
         image = image[r : r + crop, c : c + crop]
@@ -172,8 +198,11 @@ def sample_stream(
                 # the caller sees the short stream and re-raises ``reader.error``
                 reader.error = exc
                 return
+            tile_truth = truth.get(tile, EMPTY)
+            if crop is None and image.shape[0] != reader.store.grid.tile_size:  # whole tiles, resampled: back to the tile size
+                image, tile_truth = fit_boxes(image, tile_truth, reader.store.grid.tile_size)
             img, boxes, ids = sample(
-                image, truth.get(tile, EMPTY), rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
+                image, tile_truth, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
             )
             rows, cols = img.shape[:2]
             yield img, encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
@@ -220,8 +249,25 @@ def training_dataset(
 
 
 def tile_images(reader: TileReader, tiles: Sequence[Tile]) -> np.ndarray:
-    """Whole tiles (n, rows, cols, bands) float32 0..255, in order (for val and test)."""
+    """Whole tiles (n, rows, cols, bands) float32 0..255, in order (for val and test); resampled tiles of a
+    :class:`~navml.segment.dataset.CityReader` are cut or padded back to the tile size (:func:`fit_boxes`)."""
+    size = reader.store.grid.tile_size
     if not tiles:
-        size = reader.store.grid.tile_size
         return np.zeros((0, size, size, reader.bands), "float32")
-    return np.stack([reader.image(t) for t in tiles]).astype("float32")
+    images = [reader.image(t) for t in tiles]
+    images = [im if im.shape[0] == size else fit_boxes(im, EMPTY, size)[0] for im in images]
+    return np.stack(images).astype("float32")
+
+
+def tile_truths(reader: TileReader, tiles: Sequence[Tile], truth: Mapping[Tile, TileBoxes]) -> list[TileBoxes]:
+    """The truth of each of ``tiles`` as :func:`tile_images` shows them (moved with a resampled tile's cut or padding)."""
+    size = reader.store.grid.tile_size
+    out = []
+    for t in tiles:
+        boxes = truth.get(t, EMPTY)
+        f = reader.factors[t.source] if hasattr(reader, "factors") else 1.0
+        if f != 1.0:
+            n = int(round(size * f))
+            boxes = fit_boxes(np.zeros((n, n, 1), "uint8"), boxes, size)[1]
+        out.append(boxes)
+    return out

@@ -243,6 +243,25 @@ def evaluate_detection(
     check_store(store, tiles, bands, (IMAGERY,))
     model, _ = load_model(model_dir)
     reader = TileReader(store, 0, bands)
+    from navml.geo.grid import tiles_ground_resolution
+    from navml.models.scale import resample, scale_factor
+
+    # at the detector's ground resolution, as predict_detect runs it (tile by tile here)
+    factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, store.grid.tile_size))
+
+    def detect(images: np.ndarray) -> list[Detections]:
+        if factor == 1.0:
+            return predict_detections(model, images, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+        rows, cols = images.shape[1:3]
+        mr, mc = (-(-round(k * factor) // meta.stride) * meta.stride for k in (rows, cols))
+        x = resample(images, mr, mc, (mr / rows, mc / cols), (0.0, 0.0))
+        out = []
+        for d in predict_detections(model, x, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale):
+            b = d.boxes * np.array([cols / mc, rows / mr, cols / mc, rows / mr])
+            b[:, 0::2] = np.clip(b[:, 0::2], 0, cols)
+            b[:, 1::2] = np.clip(b[:, 1::2], 0, rows)
+            out.append(Detections(b, d.scores, d.class_ids))
+        return out
 
     from tqdm import tqdm
 
@@ -251,8 +270,7 @@ def evaluate_detection(
     for start in tqdm(range(0, len(tiles), batch_size), desc="test", unit="batch", disable=None if progress else True, leave=False):
         chunk = tiles[start : start + batch_size]
         images = tile_images(reader, chunk)
-        found = predict_detections(model, images, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
-        for tile, img, d in zip(chunk, images, found):
+        for tile, img, d in zip(chunk, images, detect(images)):
             preds.append(d)
             images_of[tile] = img
     as_tuples = [(d.boxes, d.scores, d.class_ids) for d in preds]

@@ -46,18 +46,21 @@ from navml.detect.nms import box_iou, centre_in_core
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
 from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
 from navml.errors import ConfigError, ModelError
-from navml.geo.grid import Grid, Tile
+from navml.geo.grid import Grid, Tile, tiles_ground_resolution
 from navml.geo.store import Store
 from navml.models.inference import (
     Job,
     ModelFiles,
+    Rescale,
     check_inputs,
     flexible,
     fold_batchnorm,
-    plan_windows,
     prediction_halo,
+    rescaled_jobs,
     runner,
+    scale_factor,
     tf_threads,
+    to_model_grid,
 )
 
 _P = DetectPredictParams()
@@ -185,39 +188,46 @@ class DetectTask:
     present: frozenset[tuple[int, int]]
     where: str
     threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
+    rescale: Rescale | None = None  # a store at another ground resolution than the detector's: read and model windows
 
 
 def read_detect_input(task: DetectTask) -> tuple[np.ndarray | None, np.ndarray]:
     """The detector input of a window (None when its core has no imagery) and the input's valid-data mask."""
-    job = task.job
-    valid = task.store.read_valid(task.layer, job.input)
-    r0, c0 = job.core.row - job.input.row, job.core.col - job.input.col
+    job, rs = task.job, task.rescale
+    src = rs.read if rs else job.input
+    valid = task.store.read_valid(task.layer, src)
+    r0, c0 = job.core.row - src.row, job.core.col - src.col
     if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
         return None, valid
-    x = task.store.read_window(task.layer, job.input, bands=task.bands)
-    return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+    x = np.moveaxis(task.store.read_window(task.layer, src, bands=task.bands), 0, -1)[None].astype("float32")
+    return (to_model_grid(x, rs) if rs else x), valid
 
 
 def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections:
     """Boxes of a window's core (and margin) from the detector's raw output ``y`` (batch, rows, cols, values):
-    decoded, centre in core, on imagery, in an AOI tile."""
-    det, job = task.det, task.job
+    decoded, centre in core, on imagery, in an AOI tile.
+
+    Resampled (:class:`~navml.models.scale.Rescale`), boxes are decoded on the model's grid and divided
+    by the factor back into store pixels."""
+    det, job, rs = task.det, task.job, task.rescale
     stride, size = det.stride, task.store.grid.tile_size
     per = N_BOX + task.n_names
     n_out = len(det.anchors) * per
     if y.ndim != 4:
         raise ModelError(f"{task.where}: detector output has shape {y.shape}; expected (batch, rows / stride, cols / stride, {n_out})")
     y = y[0]
+    f = rs.factor if rs else 1.0
     # a centre lies in its own cell, or up to (s - 1) / 2 cells beyond it with an offset scale s > 1
-    margin_cells = math.ceil(task.core_margin_px / stride + (det.offset_scale - 1.0) / 2.0)
-    inp, core = job.input, job.core
+    margin_cells = math.ceil(task.core_margin_px * f / stride + (det.offset_scale - 1.0) / 2.0)
+    inp, core = (rs.model if rs else job.input), job.core
+    src = rs.read if rs else job.input
     gh, gw = inp.height // stride, inp.width // stride
     if y.shape != (gh, gw, n_out):
         raise ModelError(f"{task.where}: detector output has shape {y.shape} for a {inp.height} x {inp.width} window; expected ({gh}, {gw}, {n_out})")
-    i0 = max(0, (core.row - inp.row) // stride - margin_cells)
-    j0 = max(0, (core.col - inp.col) // stride - margin_cells)
-    i1 = min(gh, (core.row + core.height - inp.row) // stride + margin_cells)
-    j1 = min(gw, (core.col + core.width - inp.col) // stride + margin_cells)
+    i0 = max(0, math.floor((core.row * f - inp.row) / stride) - margin_cells)
+    j0 = max(0, math.floor((core.col * f - inp.col) / stride) - margin_cells)
+    i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
+    j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
     y = y[i0:i1, j0:j1]
     # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
     rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
@@ -226,12 +236,14 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
                     offset_scale=det.offset_scale)
              for a, b in zip(edges[::2], edges[1::2])]
     d = _concat(found)
+    if f != 1.0 and len(d):
+        d = Detections(d.boxes / f, d.scores, d.class_ids)
     d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
     if not len(d):
         return d
     cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
     cy = np.floor((d.boxes[:, 1] + d.boxes[:, 3]) / 2).astype(int)
-    r, c = np.clip(cy - inp.row, 0, inp.height - 1), np.clip(cx - inp.col, 0, inp.width - 1)
+    r, c = np.clip(cy - src.row, 0, src.height - 1), np.clip(cx - src.col, 0, src.width - 1)
     ok = valid[r, c] & np.array([(int(a) // size, int(b) // size) in task.present for a, b in zip(cx, cy)], bool)
     return d.take(ok)
 
@@ -257,6 +269,7 @@ def detect_store(
     core_margin_px: float = _P.core_margin_px,
     layer: str = "imagery",
     progress: bool = True,
+    resample: bool = True,
     scheduler=None,
     workers: int | None = None,
 ) -> tuple[Detections, DetectReport]:
@@ -265,7 +278,8 @@ def detect_store(
     ``names``: the detection names of the registry in class-id order (the
     model must have the same). ``halo`` None: half the receptive field;
     ``score_threshold`` None: the model's own (``meta.json``). The inputs are
-    checked before the model is loaded.
+    checked before the model is loaded. ``resample``: windows of a store at another ground resolution
+    than the detector's (``meta.extra["gsd_m"]``) run resampled to it (as :mod:`navml.segment.predict`).
 
     ``scheduler`` / ``workers`` say where the windows run
     (:func:`navml.geo.parallel.resolve_scheduler`): in this process by
@@ -281,7 +295,7 @@ def detect_store(
     plan = resolve_scheduler(scheduler, workers)
     check_inputs(store, tiles, window, layer, KEY)
     kw = dict(window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold, core_margin_px=core_margin_px,
-              layer=layer, progress=progress, where=str(model_dir))
+              layer=layer, progress=progress, where=str(model_dir), resample=resample)
     if plan.serial:
         model, meta = load_model(model_dir)
         return detect_with_model(store, tiles, model, meta, names, **kw)
@@ -312,6 +326,7 @@ def detect_with_model(
     layer: str = "imagery",
     progress: bool = True,
     where: str = "model",
+    resample: bool = True,
 ) -> tuple[Detections, DetectReport]:
     """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``), in this process;
     ``where`` names it in errors."""
@@ -332,11 +347,12 @@ def detect_with_model(
                 yield post.submit(keep_boxes, task, y, valid)
 
     return _detect(store, tiles, meta, names, window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold,
-                   core_margin_px=core_margin_px, layer=layer, progress=progress, where=where, windows=windows)
+                   core_margin_px=core_margin_px, layer=layer, progress=progress, where=where, windows=windows,
+                   resample=resample)
 
 
 def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold, core_margin_px, layer, progress, where,
-            windows) -> tuple[Detections, DetectReport]:
+            windows, resample=True) -> tuple[Detections, DetectReport]:
     """Plan the windows, get their boxes from ``windows(tasks)`` (in task order: Detections, futures of them, or None),
     and run NMS over all of them."""
     t_start = time.perf_counter()
@@ -353,17 +369,19 @@ def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold
         raise ConfigError(f"params: {KEY}.core_margin_px is {core_margin_px}; use 0 or more")
     stride = det.stride
     halo = prediction_halo(det.receptive_field, stride, halo, KEY)
-    jobs = plan_windows(tiles, grid, window, halo, stride)
+    factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, grid.tile_size)) if resample else 1.0
+    planned = rescaled_jobs(tiles, grid, window, halo, stride, factor)
+    jobs = [j for j, _ in planned]
     size = grid.tile_size
     present = {(t.x, t.y) for t in tiles}
 
-    def touched(job: Job) -> frozenset[tuple[int, int]]:
-        w = job.input
+    def touched(job: Job, rs: Rescale | None) -> frozenset[tuple[int, int]]:
+        w = rs.read if rs else job.input
         return frozenset((x, y) for y in range(w.row // size, (w.row + w.height - 1) // size + 1)
                          for x in range(w.col // size, (w.col + w.width - 1) // size + 1) if (x, y) in present)
 
     tasks = [DetectTask(store, layer, bands, job, det, len(names), float(score_threshold), float(core_margin_px),
-                        touched(job), where) for job in jobs]
+                        touched(job, rs), where, rescale=rs) for job, rs in planned]
     parts: list = []
     with tqdm(total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True) as bar:
         for job, got in zip(jobs, windows(tasks)):
@@ -379,7 +397,7 @@ def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold
         windows=len(jobs),
         halo=halo,
         aoi_pixels=len(tiles) * size**2,
-        input_pixels=sum(j.input.width * j.input.height for j in jobs),
+        input_pixels=sum((r.model if r else j.input).width * (r.model if r else j.input).height for j, r in planned),
         candidates=len(merged),
         detections=len(out),
         score_threshold=float(score_threshold),

@@ -40,12 +40,21 @@ import numpy as np
 import pandas as pd
 
 from navml.config import DetectParams
-from navml.detect.dataset import BOXES_FILE, TileBoxes, count_boxes, read_boxes, tile_images, training_dataset
+from navml.detect.dataset import (
+    BOXES_FILE,
+    TileBoxes,
+    city_boxes,
+    count_boxes,
+    read_boxes,
+    tile_images,
+    tile_truths,
+    training_dataset,
+)
 from navml.detect.targets import check_offset
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.store import Store
 from navml.io import replace_dir
-from navml.segment.dataset import IMAGERY, TileReader, check_store, split_tiles
+from navml.segment.dataset import IMAGERY, CityReader, TileReader, check_store, split_tiles
 
 #: Defaults of the keyword arguments below: the params model's, written once there.
 _DETECT = DetectParams()
@@ -108,8 +117,8 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
 
 
 def train_detection(
-    store: Store,
-    index: pd.DataFrame,
+    store: Store | Sequence[Store],
+    index: pd.DataFrame | Sequence[pd.DataFrame],
     names: Sequence[str],
     out_dir: str | os.PathLike,
     *,
@@ -144,6 +153,7 @@ def train_detection(
     nms_iou: float = _DETECT.nms_iou,
     score_threshold: float | None = _DETECT.score_threshold,
     seed: int = _DETECT.seed,
+    gsd_m: float | None = None,
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",
@@ -159,14 +169,21 @@ def train_detection(
     (``steps`` rounds up to a multiple of ``eval_every``). ``score_threshold``
     None chooses the score of best F1 (over all classes, IoU 0.5) on the val
     split. Returns a summary dict (also in ``meta.extra``) with ``seconds``.
+
+    ``store`` and ``index`` may be lists (one per city): the union of their splits, each store's tiles
+    and boxes resampled to one ground resolution, ``gsd_m`` (None: the coarsest city's), recorded in
+    ``meta.extra["gsd_m"]`` (:func:`navml.segment.train.training_sources`).
     """
     from navml.detect.anchors import box_shapes, kmeans_anchors
     from navml.detect.augment import mirror_table
     from navml.models.yolo import receptive_field
+    from navml.segment.train import training_sources
 
     started = time.monotonic()
     names = list(names)
     n = len(names)
+    stores, index, factors, gsd_ref = training_sources(store, index, gsd_m)
+    store = stores[0]
     size = store.grid.tile_size
     _check_args(names, steps, eval_every, batch_size, patience, crop, stride, size)
     check_offset(offset_scale, neighbours)
@@ -176,7 +193,10 @@ def train_detection(
         raise ConfigError(f"params: 'detect.score_threshold' is {score_threshold}; use 0..1 or auto")
     out_dir = Path(out_dir)
     boxes_path = store.root / BOXES_FILE
-    truth = read_boxes(boxes_path, n) if boxes is None else dict(boxes)
+    if factors == [1.0]:
+        truth = read_boxes(boxes_path, n) if boxes is None else dict(boxes)
+    else:
+        truth = city_boxes([read_boxes(s.root / BOXES_FILE, n) for s in stores] if boxes is None else boxes, factors)
 
     train_tiles = split_tiles(index, "train", where)
     val_tiles = split_tiles(index, "val", where)
@@ -185,7 +205,11 @@ def train_detection(
             raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
         if not count_boxes(truth, tiles, n).sum():
             raise InputError(f"{boxes_path}: split '{split}' has no detection box; check the labels of the detection class or use a larger AOI")
-    check_store(store, train_tiles + val_tiles, bands, (IMAGERY,))
+    if factors == [1.0]:
+        check_store(store, train_tiles + val_tiles, bands, (IMAGERY,))
+    else:
+        for i, st in enumerate(stores):
+            check_store(st, [t.tile for t in train_tiles + val_tiles if t.source == i], bands, (IMAGERY,))
     train_counts = count_boxes(truth, train_tiles, n)
     val_counts = count_boxes(truth, val_tiles, n)
     train_boxes = np.concatenate([truth[t][0] for t in train_tiles if t in truth])
@@ -200,9 +224,12 @@ def train_detection(
     from navml.segment.train import learning_rate_schedule, set_determinism
 
     set_determinism(seed)
-    reader = TileReader(store, 0, bands)
+    if factors == [1.0]:
+        reader = TileReader(store, 0, bands)
+    else:
+        reader = CityReader([TileReader(st, 0, bands, cache_mb=1024.0 / len(stores)) for st in stores], factors)
     val_images = tile_images(reader, val_tiles)
-    val_truths: list[TileBoxes] = [truth.get(t, (np.zeros((0, 4)), np.zeros(0, int))) for t in val_tiles]
+    val_truths: list[TileBoxes] = tile_truths(reader, val_tiles, truth)
     model = build_yolo(bands, n, anchors, stride, base_filters)
     checks = -(-steps // eval_every)
     total_steps = checks * eval_every
@@ -270,7 +297,10 @@ def train_detection(
             "val_f1": round(chosen["f1"], 6),
             "val_precision": round(chosen["precision"], 6),
             "val_recall": round(chosen["recall"], 6),
+            "gsd_m": round(gsd_ref, 6),
         }
+        if len(stores) > 1:
+            summary["cities"] = [{"store": str(st.root), "factor": round(f, 4)} for st, f in zip(stores, factors)]
         if live is not None:
             live.summary.update({"best_val_map50": summary["best_val_map50"], "best_step": summary["best_step"]})
             live.make_summary()

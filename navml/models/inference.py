@@ -36,6 +36,15 @@ import numpy as np
 from navml.errors import ConfigError, InputError, ModelError
 from navml.geo.grid import Grid, Tile, Window, group_by_shard
 from navml.geo.store import Store
+from navml.models.scale import (  # noqa: F401 - resampling to the model's ground resolution; re-exported
+    GSD_TOLERANCE,
+    Rescale,
+    from_model_grid,
+    resample,
+    rescale_plan,
+    scale_factor,
+    to_model_grid,
+)
 
 #: Default core size of a prediction window, pixels (memory grows with its square).
 DEFAULT_WINDOW = 2048
@@ -122,6 +131,18 @@ def plan_windows(tiles: Sequence[Tile], grid: Grid, window: int, halo: int, stri
                 h += -h % stride
                 jobs.append(Job(core, Window(core.col - left, core.row - top, w, h), len(inside)))
     return jobs
+
+
+def rescaled_jobs(tiles: Sequence[Tile], grid: Grid, window: int, halo: int, stride: int, factor: float) -> list[tuple[Job, Rescale | None]]:
+    """The windows of :func:`plan_windows` with their :class:`Rescale` (None for ``factor`` 1): ``halo`` and
+    ``stride`` are the model's (model pixels); cores shrink by ``factor`` where the model grid is finer, so that
+    a model call stays within about ``window`` model pixels a side."""
+    if factor == 1.0:
+        return [(j, None) for j in plan_windows(tiles, grid, window, halo, stride)]
+    size = grid.tile_size
+    core = max(size, int(window / max(1.0, factor)) // size * size)
+    jobs = plan_windows(tiles, grid, core, math.ceil(halo / factor), 1)
+    return [(j, rescale_plan(j, factor, halo, stride)) for j in jobs]
 
 
 def flexible(model, bands: int):

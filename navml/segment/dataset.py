@@ -26,6 +26,7 @@ import itertools
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,8 @@ class Augment:
     ``flip``: horizontal / vertical flips; ``rotate``: multiples of 90 degrees;
     ``brightness``: max shift as a share of 255; ``contrast``: max relative
     change of the spread around the tile mean; ``hue``: max hue rotation as a
-    share of the colour circle (first three bands, read as RGB).
+    share of the colour circle (first three bands, read as RGB); ``scale``: ``(low, high)`` range of a
+    random zoom of the sample (log-uniform; cut or padded back to its size), None for none.
     """
 
     flip: bool = True
@@ -57,6 +59,7 @@ class Augment:
     brightness: float = 0.1
     contrast: float = 0.1
     hue: float = 0.02
+    scale: tuple[float, float] | None = None
 
     @classmethod
     def from_params(cls, value: bool | Mapping | None) -> Augment | None:
@@ -76,6 +79,11 @@ class Augment:
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: Augment) -> tuple[np.ndarray, np.ndarray]:
     """Augment ``image`` (rows, cols, bands) and ``mask`` (rows, cols) together; image comes back float32 0..255."""
+    if aug.scale:
+        lo, hi = aug.scale
+        factor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        rows = mask.shape[0]
+        image, mask = fit_pair(*rescale_pair(image, mask, factor), rows, rng)
     if aug.flip:
         if rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -108,6 +116,42 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
     return out, mask
 
 
+class SourceTile(NamedTuple):
+    """A tile of one of several stores trained on together (cities): ``source`` indexes the stores."""
+
+    x: int
+    y: int
+    z: int
+    source: int
+
+    @property
+    def tile(self) -> Tile:
+        """The plain z/x/y tile in its own store."""
+        return Tile(self.x, self.y, self.z)
+
+
+def tile_order(t: Tile | SourceTile) -> tuple[int, int, int, int]:
+    """Sort key: by store, then north to south, west to east."""
+    return (getattr(t, "source", 0), t.z, t.y, t.x)
+
+
+def combine_indexes(indexes: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One tile index over several stores: the rows of each with a ``source`` column (its position);
+    :func:`split_tiles` and :func:`positive_tiles` then give :class:`SourceTile` s. ``pos_<class>``
+    columns one index lacks are 0 there."""
+    frames = [df.assign(source=i) for i, df in enumerate(indexes)]
+    out = pd.concat(frames, ignore_index=True)
+    pos = [c for c in out.columns if c.startswith("pos_")]
+    out[pos] = out[pos].fillna(0)
+    return out
+
+
+def _tiles_of(rows: pd.DataFrame) -> list:
+    if "source" in rows.columns:
+        return [SourceTile(int(x), int(y), int(z), int(s)) for z, x, y, s in zip(rows["z"], rows["x"], rows["y"], rows["source"])]
+    return [Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])]
+
+
 def _need_columns(index: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     missing = [c for c in columns if c not in index.columns]
     if missing:
@@ -117,9 +161,7 @@ def _need_columns(index: pd.DataFrame, columns: Sequence[str], where: str) -> No
 def split_tiles(index: pd.DataFrame, split: str, where: str = "tile index") -> list[Tile]:
     """Tiles of ``split`` (train / val / test), sorted north to south, west to east."""
     _need_columns(index, ("z", "x", "y", "split"), where)
-    rows = index[index["split"] == split]
-    tiles = [Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])]
-    return sorted(tiles, key=lambda t: (t.z, t.y, t.x))
+    return sorted(_tiles_of(index[index["split"] == split]), key=tile_order)
 
 
 def positive_tiles(index: pd.DataFrame, classes: Sequence[str], where: str = "tile index") -> set[Tile]:
@@ -127,8 +169,7 @@ def positive_tiles(index: pd.DataFrame, classes: Sequence[str], where: str = "ti
     cols = [f"pos_{c}" for c in classes]
     _need_columns(index, ("z", "x", "y", *cols), where)
     hit = index[cols].fillna(0).astype(bool).any(axis=1)
-    rows = index[hit]
-    return {Tile(int(x), int(y), int(z)) for z, x, y in zip(rows["z"], rows["x"], rows["y"])}
+    return set(_tiles_of(index[hit]))
 
 
 @dataclass(frozen=True)
@@ -151,7 +192,7 @@ class TrainingTiles:
     @property
     def all(self) -> list[Tile]:
         """Every tile that can be drawn, sorted."""
-        return sorted(self.positives + self.negatives + self.hard, key=lambda t: (t.z, t.y, t.x))
+        return sorted(self.positives + self.negatives + self.hard, key=tile_order)
 
     def epoch(self, rng: np.random.Generator) -> list[Tile]:
         """This epoch's tiles: all positives, a random draw of negatives and every hard tile ``hard_repeats`` times (unshuffled)."""
@@ -172,7 +213,7 @@ class TrainingTiles:
         pos = [t for t in self.positives if t not in hard_set]
         neg = [t for t in self.negatives if t not in hard_set]
         per = min(self.negatives_per_epoch, len(neg))
-        ordered = sorted(hard_set, key=lambda t: (t.z, t.y, t.x))
+        ordered = sorted(hard_set, key=tile_order)
         return TrainingTiles(pos, neg, per, ordered, int(repeats))
 
 
@@ -288,8 +329,88 @@ class TileReader:
             return np.where(valid, arr[0], IGNORE).astype(arr.dtype)
         return arr[0]
 
-    def pair(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    def pair(self, tile: Tile, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Imagery and mask of ``tile`` (``rng``: unused here, see :class:`CityReader`)."""
         return self.image(tile), self.mask(tile)
+
+
+def rescale_pair(image: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (rows, cols, bands) and ``mask`` (rows, cols) resized by ``factor``: the image by area
+    averaging when it shrinks (bilinear when it grows), the mask by nearest neighbour (:data:`IGNORE` stays)."""
+    import cv2
+
+    if factor == 1.0:
+        return image, mask
+    rows, cols = mask.shape
+    size = (max(1, int(round(cols * factor))), max(1, int(round(rows * factor))))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    out = cv2.resize(np.ascontiguousarray(image), size, interpolation=interp)
+    if out.ndim == 2:
+        out = out[..., None]
+    return out, cv2.resize(np.ascontiguousarray(mask), size, interpolation=cv2.INTER_NEAREST)
+
+
+def fit_pair(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` and ``mask`` cut or padded to ``size`` x ``size`` px: a random window (``rng``) or the centre
+    where larger; padded with 0 imagery and :data:`IGNORE` labels (neither trained nor scored) where smaller."""
+    rows, cols = mask.shape
+    if rows > size or cols > size:
+        r = int(rng.integers(rows - size + 1)) if rng is not None and rows > size else max(0, (rows - size) // 2)
+        c = int(rng.integers(cols - size + 1)) if rng is not None and cols > size else max(0, (cols - size) // 2)
+        image, mask = image[r : r + size, c : c + size], mask[r : r + size, c : c + size]
+        rows, cols = mask.shape
+    if rows < size or cols < size:
+        r = int(rng.integers(size - rows + 1)) if rng is not None else (size - rows) // 2
+        c = int(rng.integers(size - cols + 1)) if rng is not None else (size - cols) // 2
+        img = np.zeros((size, size, image.shape[-1]), dtype=image.dtype)
+        msk = np.full((size, size), IGNORE, dtype=mask.dtype)
+        img[r : r + rows, c : c + cols] = image
+        msk[r : r + rows, c : c + cols] = mask
+        image, mask = img, msk
+    return image, mask
+
+
+class CityReader:
+    """:class:`TileReader` over several stores (cities) at once, each tile resampled to one ground resolution.
+
+    Tiles are :class:`SourceTile` s; ``factors[i]`` is the model pixels per pixel of store ``i``
+    (its ground resolution over the training one). A resampled tile is cut or padded back to the tile
+    size (:func:`fit_pair`): at random with ``rng`` (training), at the centre without (validation).
+    """
+
+    def __init__(self, readers: Sequence[TileReader], factors: Sequence[float]):
+        if not readers or len(readers) != len(factors):
+            raise ValueError("CityReader needs one factor per reader")
+        self.readers = list(readers)
+        self.factors = [float(f) for f in factors]
+        self.store = self.readers[0].store  # the grid every store shares
+        self.n_classes = self.readers[0].n_classes
+        self.bands = self.readers[0].bands
+        self.error: NavmlError | None = None
+
+    @property
+    def shard_reads(self) -> int:
+        return sum(r.shard_reads for r in self.readers)
+
+    def _one(self, tile: SourceTile) -> tuple[TileReader, Tile, float]:
+        return self.readers[tile.source], tile.tile, self.factors[tile.source]
+
+    def image(self, tile: SourceTile) -> np.ndarray:
+        """The tile's imagery at the training resolution (not cut back to the tile size)."""
+        reader, t, f = self._one(tile)
+        img = reader.image(t)
+        return img if f == 1.0 else rescale_pair(img, img[..., 0], f)[0]
+
+    def mask(self, tile: SourceTile) -> np.ndarray:
+        """The tile's mask at the training resolution (not cut back to the tile size)."""
+        reader, t, f = self._one(tile)
+        m = reader.mask(t)
+        return m if f == 1.0 else rescale_pair(m[..., None], m, f)[1]
+
+    def pair(self, tile: SourceTile, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        reader, t, f = self._one(tile)
+        image, mask = rescale_pair(*reader.pair(t), f)
+        return fit_pair(image, mask, self.store.grid.tile_size, rng)
 
 
 class MinedReader(TileReader):
@@ -384,7 +505,7 @@ def sample_stream(
         order = rng.permutation(len(tiles_now)) if shuffle else range(len(tiles_now))
         for i in order:
             try:
-                image, mask = reader.pair(tiles_now[i])
+                image, mask = reader.pair(tiles_now[i], rng)
             except NavmlError as exc:
                 # end the stream quietly (raising here makes TensorFlow print a traceback);
                 # the caller sees the short epoch and re-raises ``reader.error``

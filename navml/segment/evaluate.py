@@ -48,14 +48,27 @@ CONFUSION_ROWS = 10_000
 
 
 def predict_tiles(
-    model, reader: TileReader, tiles: Sequence[Tile], batch_size: int = 8, progress: bool = False, desc: str = "predict"
+    model, reader: TileReader, tiles: Sequence[Tile], batch_size: int = 8, progress: bool = False, desc: str = "predict",
+    factor: float = 1.0, stride: int = 1,
 ) -> Iterator[tuple[list[Tile], np.ndarray, np.ndarray, np.ndarray]]:
-    """``(tiles, images, masks, probs)`` batch by batch; probs float32 ``(b, rows, cols, K)``."""
+    """``(tiles, images, masks, probs)`` batch by batch; probs float32 ``(b, rows, cols, K)``.
+
+    ``factor`` (model pixels per store pixel, :func:`navml.models.inference.scale_factor`) resamples each
+    tile to the model's ground resolution (a side rounded up to ``stride``) and the probabilities back."""
     from tqdm import tqdm
+
+    from navml.models.scale import resample
 
     bar = tqdm(total=len(tiles), desc=desc, unit="tile", disable=None if progress else True, leave=False)
     for chunk, images, masks in image_batches(reader, tiles, batch_size):
-        probs = np.asarray(model.predict_on_batch(images), dtype="float32")
+        if factor == 1.0:
+            probs = np.asarray(model.predict_on_batch(images), dtype="float32")
+        else:
+            rows, cols = images.shape[1:3]
+            mr, mc = (-(-round(n * factor) // stride) * stride for n in (rows, cols))
+            x = resample(images, mr, mc, (mr / rows, mc / cols), (0.0, 0.0))
+            y = np.asarray(model.predict_on_batch(x), dtype="float32")
+            probs = resample(y, rows, cols, (rows / mr, cols / mc), (0.0, 0.0))
         bar.update(len(chunk))
         yield chunk, images, masks, probs
     bar.close()
@@ -131,6 +144,7 @@ def evaluate_segmentation(
     bins: int = _EVALUATE.bins,
     progress: bool = True,
     where: str = "tile index",
+    resample: bool = True,
 ) -> dict:
     """Score the model in ``model_dir`` on the test split and write ``seg.json`` and ``seg_plots/`` into ``out_dir``.
 
@@ -141,7 +155,8 @@ def evaluate_segmentation(
     draw (those with the most truth + predicted pixels). With ``threshold``
     None the model's ``thresholds.json`` (chosen on val by training) is used,
     or, without that file, thresholds are chosen here on the val split.
-    Returns the metrics.
+    ``resample``: tiles of another ground resolution than the model's (``meta.extra["gsd_m"]``) are
+    resampled to it, as ``predict`` does. Returns the metrics.
     """
     from navml.models.io import load_model, read_meta
 
@@ -174,6 +189,12 @@ def evaluate_segmentation(
         raise InputError(f"{where}: split 'val' has no tile to choose thresholds on; set evaluate.threshold to a number")
     check_store(store, val_tiles + test_tiles, bands, (IMAGERY, MASKS))
     reader = TileReader(store, n, bands)
+    from navml.geo.grid import tiles_ground_resolution
+    from navml.models.scale import scale_factor
+
+    # at the model's ground resolution, as predict runs it (tile by tile here)
+    factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(test_tiles, store.grid.tile_size)) if resample else 1.0
+    scaled = {"factor": factor, "stride": meta.stride}
 
     metric_name = threshold_metric
     if threshold is not None:
@@ -191,7 +212,7 @@ def evaluate_segmentation(
     pos = np.zeros((n, bins), dtype="int64")
     neg = np.zeros((n, bins), dtype="int64")
     interest: list[tuple[int, Tile]] = []
-    for chunk, _, masks, probs in predict_tiles(model, reader, test_tiles, batch_size, progress, "test"):
+    for chunk, _, masks, probs in predict_tiles(model, reader, test_tiles, batch_size, progress, "test", **scaled):
         labels = labels_from_probs(probs, thresholds)
         cm += confusion_counts(masks, labels, n + 1)
         for c in range(n):
@@ -226,7 +247,7 @@ def evaluate_segmentation(
 
     picked = [t for _, t in sorted(interest, key=lambda it: (-it[0], it[1].y, it[1].x))[: max(0, overlays)]]
     overlay_images = {}
-    for chunk, images, masks, probs in predict_tiles(model, reader, picked, batch_size):
+    for chunk, images, masks, probs in predict_tiles(model, reader, picked, batch_size, **scaled):
         for tile, img, m, pr in zip(chunk, images, masks, probs):
             overlay_images[tile_key(tile)] = render_overlay(img, m, labels_from_probs(pr, thresholds), colors)
 

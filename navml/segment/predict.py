@@ -65,13 +65,18 @@ from navml.models.inference import (  # noqa: F401 - the windowing is shared; re
     STRIP_SHARDS,
     Job,
     ModelFiles,
+    Rescale,
     check_inputs,
     flexible,
     fold_batchnorm,
+    from_model_grid,
     plan_windows,
     prediction_halo,
+    rescaled_jobs,
     runner,
+    scale_factor,
     tf_threads,
+    to_model_grid,
 )
 
 #: Layer of the prediction store that holds the probabilities.
@@ -87,8 +92,9 @@ class PredictReport:
     windows: int
     halo: int  # pixels
     aoi_pixels: int  # pixels of the AOI tiles
-    input_pixels: int  # pixels fed to the model, halo included
+    input_pixels: int  # pixels fed to the model, halo included (model pixels when resampled)
     seconds: float
+    factor: float = 1.0  # model pixels per store pixel (1: the store's pixels as they are)
 
     @property
     def overhead(self) -> float:
@@ -132,6 +138,7 @@ def predict_store(
     progress: bool = True,
     scheduler: str | None = None,
     workers: int | None = None,
+    resample: bool = True,
 ) -> PredictReport:
     """Predict class probabilities for every tile in ``tiles`` into ``out``'s ``probs`` layer.
 
@@ -150,6 +157,8 @@ def predict_store(
     the model (sent once to each worker, loaded once per worker), and the
     shards are assembled and written here in plan order, so the files are the
     same bytes as in-process.
+
+    ``resample``: run the model at the ground resolution it was trained at (:func:`window_plan`).
     """
     from navml.geo.parallel import resolve_scheduler
     from navml.models.io import load_model, read_meta
@@ -158,11 +167,12 @@ def predict_store(
     _check_inputs(store, tiles, out, window, layer)  # before the slow model load (and again, cheaply, below)
     if plan.serial:
         model, meta = load_model(model_dir)
-        return predict_with_model(store, tiles, model, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir))
+        return predict_with_model(store, tiles, model, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress,
+                                  where=str(model_dir), resample=resample)
     meta = read_meta(model_dir)
     files = ModelFiles.read(model_dir)
     return _predict(store, tiles, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=str(model_dir),
-                    windows=_distributed(files, plan))
+                    windows=_distributed(files, plan), resample=resample)
 
 
 def predict_with_model(
@@ -178,6 +188,7 @@ def predict_with_model(
     layer: str = "imagery",
     progress: bool = True,
     where: str = "model",
+    resample: bool = True,
 ) -> PredictReport:
     """:func:`predict_store` with a model already in memory (``keras.Model`` and its ``ModelMeta``), in this process;
     ``where`` names it in errors and in the shards' tags."""
@@ -192,7 +203,8 @@ def predict_with_model(
                     next_x = reader.submit(read_input, tasks[i + 1])
                 yield predict_core(run, x, valid, task)
 
-    return _predict(store, tiles, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=where, windows=windows)
+    return _predict(store, tiles, meta, out, classes, window=window, halo=halo, layer=layer, progress=progress, where=where, windows=windows,
+                    resample=resample)
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,7 @@ class WindowTask:
     classes: int
     where: str
     threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
+    rescale: Rescale | None = None  # resampled to the model's ground resolution; None: the store's pixels as they are
 
 
 def read_input(task: WindowTask) -> tuple[np.ndarray | None, np.ndarray]:
@@ -214,8 +227,9 @@ def read_input(task: WindowTask) -> tuple[np.ndarray | None, np.ndarray]:
     valid = task.store.read_valid(task.layer, job.core)
     if not valid.any():
         return None, valid
-    x = task.store.read_window(task.layer, job.input, bands=task.bands)
-    return np.moveaxis(x, 0, -1)[None].astype("float32"), valid
+    x = task.store.read_window(task.layer, task.rescale.read if task.rescale else job.input, bands=task.bands)
+    x = np.moveaxis(x, 0, -1)[None].astype("float32")
+    return (to_model_grid(x, task.rescale) if task.rescale else x), valid
 
 
 def predict_core(run, x: np.ndarray | None, valid: np.ndarray, task: WindowTask) -> tuple[np.ndarray, np.ndarray]:
@@ -227,8 +241,12 @@ def predict_core(run, x: np.ndarray | None, valid: np.ndarray, task: WindowTask)
     y = run(x)
     if y.ndim != 4 or y.shape[-1] != n_cls + 1:
         raise ModelError(f"{task.where}: model output has shape {y.shape}; expected (batch, rows, cols, {n_cls + 1})")
-    r0 = job.core.row - job.input.row
-    c0 = job.core.col - job.input.col
+    if task.rescale is not None:  # back from the model's grid onto the core's store pixels
+        y, r0, c0 = from_model_grid(y[:1, ..., 1:], task.rescale, job.core), 0, 0
+        y = np.concatenate([np.zeros_like(y[..., :1]), y], axis=-1)
+    else:
+        r0 = job.core.row - job.input.row
+        c0 = job.core.col - job.input.col
     core = np.moveaxis(to_uint8(y[0, r0 : r0 + job.core.height, c0 : c0 + job.core.width, 1:]), -1, 0)
     core *= valid[None]
     return core, valid
@@ -253,20 +271,39 @@ def _distributed(files: ModelFiles, plan):
     return windows
 
 
-def _predict(store, tiles, meta, out: Store, classes, *, window, halo, layer, progress, where, windows) -> PredictReport:
+def window_plan(
+    tiles: Sequence[Tile], grid: Grid, meta, *, window: int, halo: int | None, resample: bool = True
+) -> tuple[list[tuple[Job, Rescale | None]], int, float]:
+    """``([(job, rescale or None)], halo px, factor)``: the windows over ``tiles`` and the model pixels per store pixel.
+
+    With ``resample`` and a model that records its ground resolution (``meta.extra["gsd_m"]``), a store
+    whose ground resolution (at the tiles' latitude) differs from it by more than
+    :data:`~navml.models.inference.GSD_TOLERANCE` is resampled to it window by window; ``halo`` (and the
+    returned halo) is then in model pixels.
+    """
+    from navml.geo.grid import tiles_ground_resolution
+
+    factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, grid.tile_size)) if resample else 1.0
+    halo = prediction_halo(meta.receptive_field, meta.stride, halo)
+    return rescaled_jobs(tiles, grid, window, halo, meta.stride, factor), halo, factor
+
+
+def _predict(store, tiles, meta, out: Store, classes, *, window, halo, layer, progress, where, windows, resample=True) -> PredictReport:
     """Plan the windows, get their cores from ``windows(tasks)`` (in task order) and write each shard once all of its windows are in."""
     t_start = time.perf_counter()
     tiles, bands, groups = _check_inputs(store, tiles, out, window, layer)
     grid = store.grid
     check_model(meta, grid, bands, classes, where)
-    halo = prediction_halo(meta.receptive_field, meta.stride, halo)
-    jobs = plan_windows(tiles, grid, window, halo, meta.stride)
-    tasks = [WindowTask(store, layer, bands, job, len(classes), where) for job in jobs]
+    planned, halo, factor = window_plan(tiles, grid, meta, window=window, halo=halo, resample=resample)
+    jobs = [j for j, _ in planned]
+    tasks = [WindowTask(store, layer, bands, job, len(classes), where, rescale=r) for job, r in planned]
 
     work = Store(out.root, grid)
     n = grid.shard_size
     n_cls = len(classes)
     tags = {"classes": ",".join(classes), "scale": "1/255", "model": Path(where).name, "halo_px": halo}
+    if factor != 1.0:
+        tags["model_px_per_px"] = f"{factor:.4f}"
     remaining = Counter(s for j in jobs for s in shards_of_window(j.core, grid) if s in groups)
     buffers: dict[Tile, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -304,8 +341,9 @@ def _predict(store, tiles, meta, out: Store, classes, *, window, halo, layer, pr
         windows=len(jobs),
         halo=halo,
         aoi_pixels=len(tiles) * grid.tile_size**2,
-        input_pixels=sum(j.input.width * j.input.height for j in jobs),
+        input_pixels=sum((r.model if r else j.input).width * (r.model if r else j.input).height for j, r in planned),
         seconds=time.perf_counter() - t_start,
+        factor=factor,
     )
 
 

@@ -28,13 +28,16 @@ from navml.io import write_json
 from navml.models.io import THRESHOLDS_FILE
 from navml.segment.dataset import (
     Augment,
+    CityReader,
     MinedReader,
     TileReader,
     check_store,
+    combine_indexes,
     label_counts,
     make_dataset,
     select_training_tiles,
     split_tiles,
+    tile_order,
     training_counts,
 )
 
@@ -112,9 +115,43 @@ def _require_pixels(counts, classes: Sequence[str], split: str, store: Store) ->
             )
 
 
+def training_sources(
+    stores: Store | Sequence[Store], indexes: pd.DataFrame | Sequence[pd.DataFrame], gsd_m: float | None = None
+) -> tuple[list[Store], pd.DataFrame, list[float], float]:
+    """``(stores, one tile index, factors, training gsd)`` of one store or several (cities) trained on together.
+
+    Each store's ground resolution is that of its tiles (at their median latitude); the training one is
+    ``gsd_m`` or, when None, the coarsest of the stores (measured better than the finest: docs/cities.md). ``factors[i]``
+    is the model pixels per pixel of store ``i`` (1.0 within :data:`~navml.models.inference.GSD_TOLERANCE`).
+    One store at its own resolution keeps its plain tiles; otherwise the index gets a ``source`` column
+    (:func:`combine_indexes`).
+    """
+    from navml.geo.grid import tiles_ground_resolution
+    from navml.geo.tile_index import tiles_from_index
+    from navml.models.scale import scale_factor
+
+    stores = [stores] if isinstance(stores, Store) else list(stores)
+    indexes = [indexes] if isinstance(indexes, pd.DataFrame) else list(indexes)
+    if not stores or len(stores) != len(indexes):
+        raise ConfigError(f"training needs one tile index per store; got {len(stores)} store(s) and {len(indexes)} index(es)")
+    grids = {s.grid for s in stores}
+    if len(grids) != 1:
+        raise ConfigError(f"training stores lie on different grids {sorted(grids)}; use one grid (zoom, tile size) for every city")
+    gsds = []
+    for store, df in zip(stores, indexes):
+        tiles = tiles_from_index(df)
+        if not tiles:
+            raise InputError(f"{store.root}: its tile index has no tile; re-run cover for this city")
+        gsds.append(tiles_ground_resolution(tiles, store.grid.tile_size))
+    ref = float(gsd_m) if gsd_m else max(gsds)
+    factors = [scale_factor(ref, g) for g in gsds]
+    index = indexes[0] if factors == [1.0] else combine_indexes(indexes)
+    return stores, index, factors, ref
+
+
 def train_segmentation(
-    store: Store,
-    index: pd.DataFrame,
+    store: Store | Sequence[Store],
+    index: pd.DataFrame | Sequence[pd.DataFrame],
     classes: Sequence[str],
     out_dir: str | os.PathLike,
     *,
@@ -138,6 +175,7 @@ def train_segmentation(
     augment: Augment | None = Augment(),
     threshold_metric: str = _TRAIN.threshold_metric,
     seed: int = _TRAIN.seed,
+    gsd_m: float | None = _TRAIN.gsd_m,
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",
@@ -165,11 +203,17 @@ def train_segmentation(
     maximizes ``threshold_metric`` on the val split goes to
     ``out_dir/thresholds.json``. Returns a summary dict (also in ``meta.extra``).
 
+    ``store`` and ``index`` may be lists (one store and tile index per city): training then runs over the
+    union of their splits, every tile resampled to one ground resolution, ``gsd_m`` (None: the coarsest
+    city's; :func:`training_sources`). The model records it (``meta.extra["gsd_m"]``), and prediction
+    resamples other stores to it.
+
     Hard-negative retraining (:mod:`navml.mining`): ``init_model`` (a model folder)
     starts from its weights instead of a fresh U-Net (fine-tuning; its architecture
     wins over ``depth``/``base_filters``/...); ``hard`` maps train tiles to boolean
     ``(rows, cols)`` masks of mined background pixels: each such tile is drawn
-    ``hard_repeats`` times per pass and its mined pixels weigh ``mined_weight`` in the loss.
+    ``hard_repeats`` times per pass and its mined pixels weigh ``mined_weight`` in the loss. Over several
+    stores the keys of ``hard`` are :class:`~navml.segment.dataset.SourceTile` s (store position and tile).
     """
     from navml.models.unet import build_unet, model_stride, receptive_field, receptive_halo
     from navml.segment.losses import MaskedIoU, SegmentationLoss, class_weights_from_counts, parse_loss
@@ -180,6 +224,8 @@ def train_segmentation(
     terms = parse_loss(loss)
     out_dir = Path(out_dir)
     n = len(classes)
+    stores, index, factors, gsd_ref = training_sources(store, index, gsd_m)
+    store = stores[0]
     size = store.grid.tile_size
     stride = model_stride(depth, downsample)
     if size % stride:
@@ -199,13 +245,22 @@ def train_segmentation(
         outside = sorted(tile_key(t) for t in hard if t not in in_train)
         if outside:
             raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile of {where}; only train tiles are mined")
-        train_tiles = train_tiles.with_hard(sorted(hard, key=lambda t: (t.z, t.y, t.x)), hard_repeats)
+        train_tiles = train_tiles.with_hard(sorted(hard, key=tile_order), hard_repeats)
     val_tiles = split_tiles(index, "val", where)
     for split, tiles in (("train", train_tiles.all), ("val", val_tiles)):
         if not tiles:
             raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
-    check_store(store, train_tiles.all + val_tiles, bands)
-    reader = MinedReader(store, n, bands, hard) if hard else TileReader(store, n, bands)
+    if factors == [1.0]:
+        check_store(store, train_tiles.all + val_tiles, bands)
+        reader = MinedReader(store, n, bands, hard) if hard else TileReader(store, n, bands)
+    else:
+        readers = []
+        for i, st in enumerate(stores):
+            check_store(st, [t.tile for t in train_tiles.all + val_tiles if t.source == i], bands)
+            own = {t.tile: m for t, m in (hard or {}).items() if t.source == i}
+            mb = 1024.0 / len(stores)
+            readers.append(MinedReader(st, n, bands, own, cache_mb=mb) if own else TileReader(st, n, bands, cache_mb=mb))
+        reader = CityReader(readers, factors)
     train_counts = training_counts(reader, train_tiles, progress)
     _require_pixels(train_counts, classes, "train", store)
     val_counts = label_counts(reader, val_tiles, progress, "val labels")
@@ -288,7 +343,10 @@ def train_segmentation(
             "train_negative_tiles": len(train_tiles.negatives),
             "val_tiles": len(val_tiles),
             "class_weights": weights,
+            "gsd_m": round(gsd_ref, 6),
         }
+        if len(stores) > 1:
+            summary["cities"] = [{"store": str(st.root), "factor": round(f, 4)} for st, f in zip(stores, factors)]
         if hard:
             summary["hard_tiles"] = len(train_tiles.hard)
             summary["hard_repeats"] = int(hard_repeats)

@@ -1,0 +1,83 @@
+"""Metrics per city and the cross-city gap: how much worse a held-out city scores than the training cities.
+
+:func:`city_metrics` picks the headline numbers of one city from its metric files
+(``features.json`` of score, ``detect.json`` of evaluate_detect): per segmentation class the
+polygon F1 (on the score split: the test split of a training city, the whole of a held-out one,
+whose tiles are all ``test``) and the new-feature precision and recall; per detector its mAP@0.5.
+:func:`cross_city_gap` sets the held-out cities' numbers next to the training cities' (the mean
+over each role) and gives ``held_out - in_city`` per metric, the worst of them, and whether it is
+within ``tolerance`` (the goal: 0.05). Both are pure; :func:`write_gap` writes the JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from navml.io import write_json
+
+#: Headline metrics of a segmentation class and of the detector, as named in the gap file.
+SEGMENTATION_METRICS = ("polygon_f1", "new_precision", "new_recall")
+DETECTION_METRICS = ("map50",)
+#: The goal of issue 10: a held-out city within this of the training cities.
+TOLERANCE = 0.05
+
+
+def city_metrics(features: Mapping[str, Any] | None, detect: Mapping[str, Any] | None = None, detector: str = "detector") -> dict:
+    """``{class: {polygon_f1, new_precision, new_recall}, detector: {map50}}`` of one city's metric files (either may be None)."""
+    out: dict[str, dict[str, float | None]] = {}
+    if features:
+        split = features.get("split", "test")
+        for name, m in features.items():
+            if isinstance(m, Mapping) and "new_features" in m:
+                poly, new = m.get(split) or {}, m["new_features"]
+                out[name] = {"polygon_f1": poly.get("f1"), "new_precision": new.get("precision"), "new_recall": new.get("recall")}
+    if detect:
+        out[detector] = {"map50": detect.get("map50")}
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return round(sum(vals) / len(vals), 4) if vals else None
+
+
+def cross_city_gap(cities: Mapping[str, Mapping[str, Any]], roles: Mapping[str, str], tolerance: float = TOLERANCE) -> dict:
+    """The gap file: ``cities`` (per city: role and :func:`city_metrics`), ``in_city`` and ``held_out`` (means over the
+    ``train`` and ``predict`` cities per class and metric), ``gap`` (``held_out - in_city``, negative = worse),
+    ``worst_gap`` (the most negative), ``tolerance`` and ``within`` (worst gap >= -tolerance; None without both roles)."""
+    unknown = sorted(set(cities) - set(roles))
+    if unknown:
+        raise ValueError(f"no role for city '{unknown[0]}'")
+    by_role: dict[str, dict[str, dict[str, list]]] = {"train": {}, "predict": {}}
+    for city, metrics in cities.items():
+        role = roles[city]
+        for cls, values in metrics.items():
+            for key, v in values.items():
+                by_role[role].setdefault(cls, {}).setdefault(key, []).append(v)
+    means = {role: {cls: {k: _mean(v) for k, v in ms.items()} for cls, ms in group.items()} for role, group in by_role.items()}
+    gap: dict[str, dict[str, float]] = {}
+    for cls, ms in means["predict"].items():
+        for key, held in ms.items():
+            own = means["train"].get(cls, {}).get(key)
+            if held is not None and own is not None:
+                gap.setdefault(cls, {})[key] = round(held - own, 4)
+    worst = min((v for ms in gap.values() for v in ms.values()), default=None)
+    return {
+        "cities": {c: {"role": roles[c], **cities[c]} for c in cities},
+        "in_city": means["train"],
+        "held_out": means["predict"],
+        "gap": gap,
+        "worst_gap": worst,
+        "tolerance": tolerance,
+        "within": None if worst is None else worst >= -tolerance,
+    }
+
+
+def write_gap(path: str | os.PathLike, cities: Mapping[str, Mapping[str, Any]], roles: Mapping[str, str], tolerance: float = TOLERANCE) -> dict:
+    """:func:`cross_city_gap` written to ``path`` (atomically); returns it."""
+    gap = cross_city_gap(cities, roles, tolerance)
+    write_json(path, gap)
+    return gap
