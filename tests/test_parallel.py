@@ -252,20 +252,10 @@ def test_cli_exits_1_with_one_line_when_a_worker_dies(tmp_path):
 # ---------------------------------------------------------------- the other shard work: imagery, rasterize, predict_detect
 
 
-@pytest.fixture
-def tile_server():
-    """test_imagery.py's HTTP tile server on 127.0.0.1."""
-    from test_imagery import TileServer
-
-    srv = TileServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-    srv.thread.join(timeout=5)
+from test_imagery import server  # noqa: E402,F401 - test_imagery.py's HTTP tile server on 127.0.0.1, one fixture for both files
 
 
-def test_imagery_geotiff_and_xyz_on_dask_write_the_same_shards(tmp_path, small_grid, cluster, tile_server):
+def test_imagery_geotiff_and_xyz_on_dask_write_the_same_shards(tmp_path, small_grid, cluster, server):  # noqa: F811 - the fixture
     from test_imagery import LAT, LON, UTM, make_geotiff, shard_corner, tiles_around, xyz_tiles
 
     from navml.data.imagery import build_imagery
@@ -285,7 +275,7 @@ def test_imagery_geotiff_and_xyz_on_dask_write_the_same_shards(tmp_path, small_g
     runs = {}
     for name, kw in {"serial": {}, "dask": {"scheduler": cluster}}.items():
         store = Store(tmp_path / f"xyz-{name}", small_grid)
-        counts = build_imagery(store, xyz, source="xyz", url=tile_server.base + "/{z}/{x}/{y}.png", workers=2,
+        counts = build_imagery(store, xyz, source="xyz", url=server.base + "/{z}/{x}/{y}.png", workers=2,
                                cache_dir=tmp_path / f"cache-{name}", timeout_s=5, progress=False, **kw)
         assert counts["fetched"] == len(xyz) and counts["requests"] == len(xyz)  # counted on the workers too
         runs[name] = files(store, "imagery")
