@@ -228,13 +228,8 @@ class PathsParams(Section):
     """Where each stage writes (used by dvc.yaml; own input files go under ``inputs``)."""
 
     synth: str = Field("data/synth", description="synthetic city (synth stage)")
-    extract: str = Field("data/extract", description="per-class GeoJSON (extract stage)")
-    cover: str = Field("data/cover", description="tile index (cover stage)")
-    store: str = Field("data/store", description="shard store: imagery, masks (imagery, rasterize stages)")
     models: str = Field("data/models", description="trained models (train stage)")
     metrics: str = Field("data/metrics", description="metrics and plots (train, evaluate, score stages)")
-    predict: str = Field("data/predict", description="probability store (predict stage)")
-    output: str = Field("data/output", description="polygons, new features, JOSM file (vectorize, dedupe stages)")
     inputs: str = Field(
         "inputs",
         description="own input files DVC tracks: <inputs>/labels (labels, complete areas), <inputs>/imagery (GeoTIFFs)",
@@ -713,6 +708,16 @@ class ScoreParams(Section):
 
 
 # --- cities: train on some, predict on others (issue 10) ------------------------------------
+
+#: Keys of the stage sections that each city of ``cities`` gives (:meth:`Params.for_city` sets them from the
+#: city's entry): the shipped params.yaml leaves them out of their sections, so a city's inputs are said once.
+CITY_KEYS: dict[str, tuple[str, ...]] = {
+    "extract": ("pbf",),
+    "cover": ("aoi",),
+    "rasterize": ("complete",),
+    "imagery": ("source", "geotiff", "url"),
+    "score": ("truth",),
+}
 
 #: A city's name: a DVC stage suffix (``extract@denver``) and a folder name.
 CITY_NAME = r"^[a-z0-9][a-z0-9_-]*$"
