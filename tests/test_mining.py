@@ -356,7 +356,7 @@ def test_retrain_over_two_cities_uses_the_negatives_of_both_and_mines_again(two_
     assert result["negatives_of_no_city"] == 0
 
 
-def test_mine_cities_option(tmp_path):
+def test_mine_and_retrain_cities_options(tmp_path, monkeypatch):
     import yaml
     from typer.testing import CliRunner
 
@@ -387,6 +387,26 @@ def test_mine_cities_option(tmp_path):
     assert summary["negatives"] == 2 and {n: c["negatives"] for n, c in summary["cities"].items()} == {"a": 1, "b": 1}
     assert sorted(p.relative_to(out / "export").parts[:2] for p in (out / "export").rglob("*.png")) == [
         ("a", "imagery"), ("a", "overlay"), ("b", "imagery"), ("b", "overlay")]
+    # retrain --cities: the union of both stores, each negative on its city's (the training itself is stubbed here)
+    import navml.segment.train as train_mod
+    from navml.segment.dataset import SourceTile
+
+    seen = {}
+
+    def fake(store, index, classes, out_dir, *, hard=None, **kw):
+        seen.update(stores=[str(s.root) for s in store], hard=sorted(hard))
+        return {"thresholds": {"parking": {"threshold": 0.5}}, "best_val_iou": 0.5, "steps_run": 2, "best_step": 2}
+
+    monkeypatch.setattr(train_mod, "train_segmentation", fake)
+    res = CliRunner().invoke(app, ["retrain", "--cities", "--params", str(params), "--negatives", str(out / "hard_negatives.geojson"),
+                                   "--summary", str(tmp_path / "retrain.json")])
+    assert res.exit_code == 0, res.output
+    ta, tb = (list(tiles_of_shard(s, GRID))[1] for s in (SHARD, SHARD_B))
+    assert seen == {"stores": [str(tmp_path / "cities" / "train" / n / "store") for n in "ab"],
+                    "hard": [SourceTile(ta.x, ta.y, ta.z, 0), SourceTile(tb.x, tb.y, tb.z, 1)]}
+    summary = json.loads((tmp_path / "retrain.json").read_text())
+    assert {n: c["hard_tiles"] for n, c in summary["by_city"].items()} == {"a": 1, "b": 1} and summary["mined_pixels"] == 2 * 24 * 24
+    assert "[a 1 on 1 tiles; b 1 on 1 tiles]" in res.output
     # without a train city: one line, exit 1
     del base["cities"]
     params.write_text(yaml.safe_dump(base, sort_keys=False))

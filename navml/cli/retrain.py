@@ -44,10 +44,12 @@ def command(
     specs = segmentation_classes(p.class_specs())
     if not negatives.is_file():
         raise InputError(f"{negatives}: hard-negatives file not found; run `navml mine` (dvc repro mine) first")
+    again = r.rounds > 1  # only later rounds mine, and read the complete areas
     if names:
-        sources = city_sources(p, names, probs=False)
+        sources = city_sources(p, names, probs=False, complete=again)
     else:
-        sources = [MineSource("", None, Store(store, p.grid.grid()), read_index(tiles), complete_areas(specs, p.rasterize.complete), str(tiles))]
+        areas = complete_areas(specs, p.rasterize.complete) if again else [None] * len(specs)
+        sources = [MineSource("", None, Store(store, p.grid.grid()), read_index(tiles), areas, str(tiles))]
     train = {**t.model_dump(exclude={"augment"}), "augment": Augment(**t.augment.model_dump()) if t.augment else None}
     result = retrain_rounds(
         sources, [c.name for c in specs], model, read_collection(negatives), out, train=train, rounds=r.rounds, mine=p.mine,

@@ -330,11 +330,12 @@ def mine_cities(
     return kept, total
 
 
-def city_sources(params: Params, names: Sequence[str], *, probs: bool = True) -> list[MineSource]:
+def city_sources(params: Params, names: Sequence[str], *, probs: bool = True, complete: bool = True) -> list[MineSource]:
     """The :class:`MineSource` of each city ``names`` of ``params``: its tile index and store
     (:meth:`~navml.config.Params.city`), the first model's probabilities at ``<city.first>/predict``
     (None with ``probs=False``) and its complete areas (:meth:`~navml.config.Params.for_city`: the city's
-    ``complete``, or a class's own)."""
+    ``complete``, or a class's own; not read with ``complete=False``, for a caller that mines nothing:
+    None per class)."""
     from navml.config import segmentation_classes
     from navml.data.rasterize import complete_areas
     from navml.geo.tile_index import read_index
@@ -343,12 +344,13 @@ def city_sources(params: Params, names: Sequence[str], *, probs: bool = True) ->
     out = []
     for name in names:
         c, pc = params.city(name), params.for_city(name)
+        specs = segmentation_classes(pc.class_specs())
         out.append(MineSource(
             name=name,
             probs=Store(f"{c.first}/predict", grid) if probs else None,
             store=Store(c.store, grid),
             index=read_index(c.tiles),
-            complete=complete_areas(segmentation_classes(pc.class_specs()), pc.rasterize.complete),
+            complete=complete_areas(specs, pc.rasterize.complete) if complete else [None] * len(specs),
             where=c.tiles,
         ))
     return out
