@@ -238,7 +238,10 @@ class PathsParams(Section):
     cities: str = Field(
         "data/cities", description="cities of `cities`: data in <cities>/<role>/<name> (synth, extract, cover, store), results in <cities>/results/<name>"
     )
-    first: str = Field("data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output")
+    first: str = Field(
+        "data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output; "
+        "per city of `cities` in <first>/<role>/<name>",
+    )
     mining: str = Field("data/mining", description="hard negatives per model (<mining>/seg/hard_negatives.geojson), summary, review export (mine stage)")
 
 
@@ -845,6 +848,8 @@ class CityInputs:
     labels: dict[str, str]  # class -> own labels file, for the classes that have them
 
     results: str  # <paths.cities>/results/<name>: what the models make of the city (predict, output, metrics)
+    first: str  # <paths.first>/<role>/<name>: what the first model (before mining) makes of it (predict, output, metrics);
+    # mine --cities reads its probabilities at <first>/predict
 
     @property
     def tiles(self) -> str:
@@ -991,6 +996,7 @@ class Params(Registry):
             role=c.role,
             root=root,
             results=f"{self.paths.cities}/results/{name}",
+            first=f"{self.paths.first}/{c.role}/{name}",
             synthetic=c.synthetic,
             imagery="xyz" if c.xyz is not None else "geotiff",
             geotiff=c.geotiff if c.geotiff is not None else default("ortho.tif"),
