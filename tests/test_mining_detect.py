@@ -202,7 +202,7 @@ def test_vetoed_negatives_are_not_used_and_kept_ones_fine_tune(monkeypatch, firs
     assert extra["init_model"].endswith("model") and extra["anchors"] == read_meta(model).extra["anchors"]
 
 
-def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeypatch, tmp_path):
+def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeypatch, first, tmp_path):
     from typer.testing import CliRunner
 
     import navml.cli as cli
@@ -237,19 +237,21 @@ def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeyp
         assert all(clear_of_truth(truth, parse_tile(f["properties"]["tile"])) for f in by_city[c])
     assert (out / "export" / "a" / "index.html").exists() or list((out / "export" / "a").rglob("*.png"))
     monkeypatch.undo()
-    # retrain over both stores: each negative back on its own store (a negative of another city is an error)
-    from navml.detect.train import train_detection
-    from navml.geo.store import Store
-    from navml.mining.detect import retrain_detection as retrain
-
-    stores = [Store(root / c / "store", GRID) for c in ("a", "b")]
+    # retrain over both stores (from the one-store first detector: same grid and names): each negative back on its own store
     import pandas as pd
 
+    from navml.errors import InputError
+    from navml.geo.store import Store
+    from navml.models.io import read_meta
+
+    stores = [Store(root / c / "store", GRID) for c in ("a", "b")]
     dfs = [pd.read_csv(root / c / "cover" / "tiles.csv") for c in ("a", "b")]
-    train_detection(stores, dfs, NAMES, tmp_path / "first", steps=2, eval_every=2, anchors=2, classes_of=CLASSES_OF, **FAST)
     keep = by_city["a"][:1] + by_city["b"][:2]
-    res = retrain(stores, dfs, NAMES, tmp_path / "first", keep, tmp_path / "mined", classes_of=CLASSES_OF, cities=["a", "b"],
-                  train={**FAST, "anchors": 2}, steps=2, eval_every=2)
-    assert res["negatives_used"] == 3 and res["hard_tiles"] == 3 and not res["copied_first_model"]
-    with pytest.raises(Exception, match="city 'b'"):
-        retrain(stores[:1], dfs[:1], NAMES, tmp_path / "first", keep, tmp_path / "x", classes_of=CLASSES_OF, cities=["a"], train={})
+    tiles_a = {f["properties"]["tile"] for f in by_city["a"][:1]}
+    tiles_b = {f["properties"]["tile"] for f in by_city["b"][:2]}
+    res = retrain_detection(stores, dfs, NAMES, first[2], keep, tmp_path / "mined", classes_of=CLASSES_OF, cities=["a", "b"],
+                            train={**FAST, "anchors": 2}, steps=2, eval_every=2)
+    assert res["negatives_used"] == 3 and res["hard_tiles"] == len(tiles_a) + len(tiles_b) == 3 and not res["copied_first_model"]
+    assert [c["store"] for c in read_meta(tmp_path / "mined").extra["cities"]] == [str(s.root) for s in stores]
+    with pytest.raises(InputError, match="city 'b'"):
+        retrain_detection(stores[:1], dfs[:1], NAMES, first[2], keep, tmp_path / "x", classes_of=CLASSES_OF, cities=["a"], train={})
