@@ -97,7 +97,7 @@ def test_mining_takes_train_tiles_only_and_boxes_matching_no_truth(monkeypatch, 
     assert report.detections == n_truth + len(train)  # the 0.05 copies are below the threshold 0.3
     assert report.matched == n_truth
     want = [t for t in train if clear_of_truth(truth, t, 0.2)]
-    assert report.kept == len(feats) == len(want) >= 6 and report.near == 0
+    assert report.kept == len(feats) == len(want) >= 6 and report.near == 0  # val and test tiles have the false box too: never taken
     assert sorted(f["properties"]["tile"] for f in feats) == sorted(f"{t.z}-{t.x}-{t.y}" for t in want)
     p = feats[0]["properties"]
     assert p["class"] == "marks" and p["kind"] == "detection" and p["source"] == "mined" and p["keep"] is True
@@ -255,3 +255,27 @@ def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeyp
     assert [c["store"] for c in read_meta(tmp_path / "mined").extra["cities"]] == [str(s.root) for s in stores]
     with pytest.raises(InputError, match="city 'b'"):
         retrain_detection(stores[:1], dfs[:1], NAMES, first[2], keep, tmp_path / "x", classes_of=CLASSES_OF, cities=["a"], train={})
+
+
+def test_decoy_false_detections_by_kind():
+    from shapely.geometry import box
+
+    from navml.detect.evaluate import decoy_detections
+    from navml.geo.features import to_lonlat
+    from navml.geo.grid import Tile, tile_window
+
+    tile = Tile(54620, 99490, 18)
+    w = tile_window(tile, 64)
+
+    def lonlat(x0, y0, x1, y1):  # tile pixels -> WGS84
+        return to_lonlat(box(x0, y0, x1, y1), 18, 64, origin=(w.col, w.row))
+
+    decoys = [(lonlat(0, 0, 20, 10), "crosswalk"), (lonlat(30, 30, 40, 40), "word")]
+    truth = (np.array([[50.0, 50.0, 60.0, 54.0]]), np.array([0]))
+    boxes = np.array([[2, 2, 12, 6], [4, 4, 14, 8], [30, 30, 36, 36], [50, 50, 60, 54], [20, 50, 30, 54], [18, 8, 28, 18]], float)
+    scores = np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.05])
+    d = Detections(boxes, scores, np.zeros(6, int))
+    out = decoy_detections([tile], [truth], [d], 0.3, decoys, GRID)
+    # 5 at the threshold, 1 on the truth: 4 false, 2 on the crosswalk, 1 on the word, 1 on nothing
+    assert out == {"false_detections": 4, "on_decoys": 3, "kinds": {"crosswalk": 2, "word": 1}}
+

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import city_sources, exits, load_params, with_overrides
-from navml.cli.options import Params, StoresList, TilesList, TrainCities, override
+from navml.cli.options import Params, StoresList, TilesList, override
 from navml.config import MineDetectParams as M
 
 NEGATIVES = "hard_negatives.geojson"
@@ -19,7 +19,10 @@ EXPORT = "export"
 def command(
     tiles: list[Path] = TilesList,
     store: list[Path] = StoresList,
-    cities: bool = TrainCities,
+    cities: bool = typer.Option(
+        False, "--cities",
+        help="Mine the train tiles of every `role: train` city of params (their tiles and stores) instead; each negative gets its `city`.",
+    ),
     model: Path = typer.Option(Path("data/first/models/det"), "--model", help="The first detector's model folder (meta.json: score_threshold)."),
     out: Path = typer.Option(
         Path("data/mining/det"), "--out",

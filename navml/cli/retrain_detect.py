@@ -7,14 +7,17 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import city_sources, exits, load_params
-from navml.cli.options import Params, StoresList, TilesList, TrainCities
+from navml.cli.options import Params, StoresList, TilesList
 
 
 @exits
 def command(
     tiles: list[Path] = TilesList,
     store: list[Path] = StoresList,
-    cities: bool = TrainCities,
+    cities: bool = typer.Option(
+        False, "--cities",
+        help="Train over the `role: train` cities of params (their tiles and stores), each negative on the store of its `city`.",
+    ),
     model: Path = typer.Option(Path("data/first/models/det"), "--model", help="The first detector's folder (fine-tuned, or copied when nothing was mined)."),
     negatives: Path = typer.Option(
         Path("data/mining/det/hard_negatives.geojson"), "--negatives", help="Hard negatives (navml mine_detect; keep: false vetoes one)."

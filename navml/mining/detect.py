@@ -63,7 +63,7 @@ class DetectMineReport:
     kept: int = 0
     by_name: dict[str, int] = field(default_factory=dict)
     by_city: dict[str, int] = field(default_factory=dict)
-    tiles: list[str] = field(default_factory=list)
+    tiles: list[str] = field(default_factory=list)  # tiles of the kept negatives, "z-x-y" or "<city>/z-x-y"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -239,8 +239,8 @@ def mine_detection(
         report.by_name[p["name"]] = report.by_name.get(p["name"], 0) + 1
         key = str(p["city"]) if p["city"] is not None else "-"
         report.by_city[key] = report.by_city.get(key, 0) + 1
-    report.tiles = sorted({(str(f["properties"]["city"]), f["properties"]["tile"]) for f in kept})
-    report.tiles = [t if c == "None" else f"{c}/{t}" for c, t in report.tiles]
+    # "z-x-y", or "<city>/z-x-y" over several cities
+    report.tiles = sorted({(f"{p['city']}/" if p["city"] is not None else "") + p["tile"] for p in (f["properties"] for f in kept)})
     return kept, report
 
 
