@@ -889,6 +889,38 @@ class RetrainParams(Section):
     rounds: int = Field(1, ge=1, le=5, description="mine + retrain rounds; rounds after the first run inside the retrain stage")
 
 
+class MineDetectParams(Section):
+    """Hard-negative mining of the detector (mine_detect stage): its confident boxes matching no truth box on train tiles."""
+
+    score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
+        "auto", description="score at or above which a detection is taken; auto = the model's score_threshold (meta.json, chosen on val)"
+    )
+    iou: float = Field(0.2, gt=0.0, le=1.0, description="a detection is false when its IoU with every truth box is below this")
+    margin_m: float = Field(1.0, ge=0.0, le=50.0, description="false detections closer than this to a truth box are left out (label shift), metres")
+    min_size_m2: float = Field(0.0, ge=0.0, description="smaller false boxes are left out, m² of ground")
+    max_negatives: int = Field(500, ge=0, description="at most this many negatives (highest score first)")
+    tile_share: float = Field(1.0, gt=0.0, le=1.0, description="share of the train tiles (inside complete areas) that are scanned")
+    complete: bool = Field(
+        False, description="true: only train tiles inside the classes' complete areas (rasterize.complete); false: every train tile (own labels)"
+    )
+    batch_size: int = Field(16, ge=1, description="tiles per model call")
+    seed: int = Field(0, description="seed of the tile_share draw")
+
+
+class RetrainDetectParams(Section):
+    """Training the detector again with its mined hard negatives (retrain_detect stage); the other settings are detect's."""
+
+    mode: Literal["finetune", "scratch"] = Field("finetune", description="finetune: start from the first detector | scratch: a fresh one with detect.steps")
+    steps: int = Field(120, ge=1, description="optimizer steps of fine-tuning (scratch uses detect.steps)")
+    eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
+    learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam peak learning rate of fine-tuning, cosine decay to 5 % over steps")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up of fine-tuning from learning_rate/10, steps")
+    oversample: int = Field(
+        3, ge=1, le=100, description="each train tile holding a hard negative is drawn this many times per pass (the extra draws crop on a mined box)"
+    )
+    weight: float = Field(3.0, ge=1.0, le=1000.0, description="weight of the no-object loss in the cells a mined box covers (elsewhere 1)")
+
+
 class Registry(Section):
     """The class registry (``classes``) with the vectorization settings of its segmentation classes (``post``)."""
 
@@ -951,6 +983,8 @@ class Params(Registry):
     detect: DetectParams = DetectParams()
     mine: MineParams = MineParams()
     retrain: RetrainParams = RetrainParams()
+    mine_detect: MineDetectParams = MineDetectParams()
+    retrain_detect: RetrainDetectParams = RetrainDetectParams()
     cities: Cities = Field({}, description="cities to train on (role: train) and to predict (role: predict); {} = the single `synth` city")
 
     @model_validator(mode="after")

@@ -35,6 +35,7 @@ def command(
         names=names,
         batch_size=e.batch_size,
         overlays=e.overlays,
+        decoys=marking_decoys(p),
         progress=True,
         where=str(tiles),
     )
@@ -44,3 +45,21 @@ def command(
         f"over {m['classes_scored']} classes (AP@0.5 {per}); P {m['precision']:.3f} R {m['recall']:.3f} at score "
         f"{m['score_threshold']:.3f} -> {out}/detect.json"
     )
+    if "decoys" in m:
+        d = m["decoys"]
+        kinds = ", ".join(f"{k} {v}" for k, v in d["kinds"].items()) or "none"
+        typer.echo(f"evaluate_detect: {d['false_detections']} false detections on test tiles, {d['on_decoys']} on decoys ({kinds})")
+
+
+def marking_decoys(p) -> list | None:
+    """``[(WGS84 polygon, kind), ...]`` of the detection classes' decoys in score.decoys; None without a decoys file."""
+    from shapely.geometry import shape
+
+    from navml.cli.score import decoys_file
+    from navml.post.score import read_decoys
+
+    path = decoys_file(p.score.decoys)
+    if path is None:
+        return None
+    return [(shape(f["geometry"]), str(f["properties"]["kind"]))
+            for c in p.class_specs() if c.task == "detection" for f in read_decoys(path, c.name)]

@@ -138,6 +138,26 @@ def crop_origin(rows: int, cols: int, size: int, boxes: np.ndarray, rng: np.rand
     return int(rng.integers(rows - size + 1)), int(rng.integers(cols - size + 1))
 
 
+def clip_mined(boxes: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """Mined boxes (N, 4) in the pixels of the window ``[col, col + size) x [row, row + size)``: every box
+    overlapping it, clipped to it (unlike truth boxes, a mined box need not have its centre inside)."""
+    b = np.asarray(boxes, float).reshape(-1, 4) - np.array([col, row, col, row], float)
+    b = np.clip(b, 0.0, float(size))
+    return b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+
+
+def noobj_weights(mined: np.ndarray, rows: int, cols: int, stride: int, n_anchors: int, weight: float) -> np.ndarray:
+    """Weight of the no-object loss per cell and anchor (rows / stride, cols / stride, A, 1) float32: ``weight`` in
+    every cell a mined box (N, 4, window pixels) overlaps with positive area, 1 elsewhere."""
+    gh, gw = rows // stride, cols // stride
+    w = np.ones((gh, gw), np.float32)
+    for x0, y0, x1, y1 in np.asarray(mined, float).reshape(-1, 4):
+        j0, j1 = max(int(np.floor(x0 / stride)), 0), min(int(np.ceil(x1 / stride)), gw)
+        i0, i1 = max(int(np.floor(y0 / stride)), 0), min(int(np.ceil(y1 / stride)), gh)
+        w[i0:i1, j0:j1] = max(float(weight), 1.0)
+    return np.repeat(w[:, :, None, None], n_anchors, axis=2)
+
+
 def sample(
     image: np.ndarray,
     truth: TileBoxes,
@@ -150,17 +170,47 @@ def sample(
     box_crops: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training sample of a tile: image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
+    return sample_mined(image, truth, None, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops)[:3]
+
+
+def sample_mined(
+    image: np.ndarray,
+    truth: TileBoxes,
+    mined: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    crop: int | None,
+    mirror: np.ndarray,
+    flip: bool,
+    rotate: bool,
+    box_crops: float,
+    focus: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample` that also carries the tile's mined boxes ``mined`` (M, 4 tile pixels; None: none) through the
+    crop and the transform; ``focus`` places the crop on a random mined box instead of a truth box. Returns
+    ``(image, boxes, class ids, mined boxes in crop pixels)``. Without mined boxes the random draws are :func:`sample`'s."""
     boxes, ids = truth
+    mined = np.zeros((0, 4)) if mined is None else np.asarray(mined, float).reshape(-1, 4)
     rows, cols = image.shape[:2]
     if crop is not None and (rows < crop or cols < crop):  # a tile resampled smaller than a crop
-        image, (boxes, ids) = fit_boxes(image, (boxes, ids), max(crop, rows, cols))
+        big = max(crop, rows, cols)
+        r0, c0 = (rows - big) // 2, (cols - big) // 2
+        image, (boxes, ids) = fit_boxes(image, (boxes, ids), big)
+        mined = clip_mined(mined, r0, c0, big)
         rows, cols = image.shape[:2]
     if crop is not None and (crop < rows or crop < cols):
-        r, c = crop_origin(rows, cols, crop, boxes, rng, box_crops)
+        if focus and len(mined):
+            r, c = crop_origin(rows, cols, crop, mined, rng, 1.0)
+        else:
+            r, c = crop_origin(rows, cols, crop, boxes, rng, box_crops)
         image = image[r : r + crop, c : c + crop]
         boxes, ids = crop_boxes(boxes, ids, r, c, crop)
-    image, boxes, ids = random_transform(image, boxes, ids, mirror, rng, flip=flip, rotate=rotate)
-    return image.astype("float32"), boxes, ids
+        mined = clip_mined(mined, r, c, crop)
+    n = len(ids)
+    both = np.concatenate([np.asarray(boxes, float).reshape(-1, 4), mined])
+    both_ids = np.concatenate([np.asarray(ids, int).reshape(-1), np.zeros(len(mined), int)])
+    image, both, both_ids = random_transform(image, both, both_ids, mirror, rng, flip=flip, rotate=rotate)
+    return image.astype("float32"), both[:n], both_ids[:n], both[n:]
 
 
 def sample_stream(
@@ -178,10 +228,27 @@ def sample_stream(
     box_crops: float = _DETECT.box_crops,
     neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float | None = None,
 ):
     """A generator function yielding ``(image float32 (s, s, bands), target (s/stride, s/stride, A, 5 + C))``;
-    each call is one shuffled pass over ``tiles``, seeded by ``[seed, pass]``."""
+    each call is one shuffled pass over ``tiles``, seeded by ``[seed, pass]``.
+
+    Hard-negative training (:mod:`navml.mining.detect`): ``hard`` maps tiles of ``tiles`` to their mined
+    boxes (M, 4) tile pixels; each such tile is drawn ``hard_repeats`` times per pass (the extra draws crop
+    on a mined box). With ``mined_weight`` the target has one more channel, the no-object weight of each
+    cell and anchor (:func:`noobj_weights`: ``mined_weight`` in the cells of mined boxes, 1 elsewhere), which
+    :class:`navml.detect.loss.YoloLoss` reads with ``noobj_weighted``."""
     tiles = list(tiles)
+    hard = dict(hard or {})
+    entries = [(t, False) for t in tiles]
+    if hard:
+        known = set(tiles)
+        outside = [t for t in hard if t not in known]
+        if outside:
+            raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile; only train tiles are mined")
+        entries += [(t, True) for t in tiles if t in hard for _ in range(max(int(hard_repeats), 1) - 1)]
     passes = [0]
 
     def gen():
@@ -189,8 +256,8 @@ def sample_stream(
             return
         rng = np.random.default_rng([seed, passes[0]])
         passes[0] += 1
-        for i in rng.permutation(len(tiles)):
-            tile = tiles[i]
+        for i in rng.permutation(len(entries)):
+            tile, focus = entries[i]
             try:
                 image = reader.image(tile)
             except NavmlError as exc:
@@ -199,14 +266,28 @@ def sample_stream(
                 reader.error = exc
                 return
             tile_truth = truth.get(tile, EMPTY)
+            mined = hard.get(tile)
             if crop is None and image.shape[0] != reader.store.grid.tile_size:  # whole tiles, resampled: back to the tile size
-                image, tile_truth = fit_boxes(image, tile_truth, reader.store.grid.tile_size)
-            img, boxes, ids = sample(
-                image, tile_truth, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
-            )
+                size = reader.store.grid.tile_size
+                r0, c0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+                image, tile_truth = fit_boxes(image, tile_truth, size)
+                mined = None if mined is None else clip_mined(mined, r0, c0, size)
+            if mined is None and mined_weight is None:
+                img, boxes, ids = sample(
+                    image, tile_truth, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
+                )
+                mined_px = np.zeros((0, 4))
+            else:
+                img, boxes, ids, mined_px = sample_mined(
+                    image, tile_truth, mined, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops, focus=focus
+                )
             rows, cols = img.shape[:2]
-            yield img, encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
+            target = encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
+            if mined_weight is not None:
+                target = np.concatenate([target, noobj_weights(mined_px, rows, cols, stride, len(anchors), mined_weight)], axis=-1)
+            yield img, target
 
+    gen.entries = entries
     return gen
 
 
@@ -226,8 +307,12 @@ def training_dataset(
     box_crops: float = _DETECT.box_crops,
     neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float | None = None,
 ):
-    """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``."""
+    """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``
+    (``hard``, ``hard_repeats``, ``mined_weight``: :func:`sample_stream`)."""
     import tensorflow as tf
 
     size = crop or reader.store.grid.tile_size
@@ -236,13 +321,14 @@ def training_dataset(
     gen = sample_stream(
         reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, stride=stride, crop=crop,
         flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
+        hard=hard, hard_repeats=hard_repeats, mined_weight=mined_weight,
     )
     cells = size // stride
     ds = tf.data.Dataset.from_generator(
         gen,
         output_signature=(
             tf.TensorSpec((size, size, reader.bands), tf.float32),
-            tf.TensorSpec((cells, cells, len(anchors), 5 + n_classes), tf.float32),
+            tf.TensorSpec((cells, cells, len(anchors), 5 + n_classes + (mined_weight is not None)), tf.float32),
         ),
     )
     return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
