@@ -32,6 +32,7 @@ TINY = {
     "predict": {"window_px": 512},
     "detect": {"steps": 4, "eval_every": 2, "patience": 2},
     "retrain": {"steps": 2, "eval_every": 2},
+    "retrain_detect": {"steps": 2, "eval_every": 2},
 }
 CITIES = {
     "denver": {"role": "train", "synthetic": {"seed": 42, "center": [-104.9903, 39.7392], "size_km": 0.6}},
@@ -141,6 +142,11 @@ def test_repro_produces_the_stage_outputs(project):
     assert set(features["parking"]) >= {"new_features", "test", "geometry"} and features["parking"]["test"]["tiles"] > 0
     detect = json.loads((res / "metrics/detect.json").read_text())
     assert "map50" in json.dumps(detect)
+    for model in ("data/first/models/det", "data/models/det"):  # the first detector and the mined one
+        assert (project / model / "model.keras").is_file() and (project / model / "meta.json").is_file()
+    mined_boxes = json.loads((project / "data/mining/det/hard_negatives.geojson").read_text())
+    assert all(f["properties"]["city"] == "denver" for f in mined_boxes["features"])
+    assert "map50" in json.dumps(json.loads((project / "data/first/train/denver/metrics/detect.json").read_text()))
     assert (res / "output/markings.geojson").is_file()
 
 
