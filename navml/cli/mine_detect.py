@@ -43,6 +43,7 @@ def command(
     from navml.geo.tile_index import read_index
     from navml.io import write_json
     from navml.mining.detect import detection_complete_areas, mine_detection
+    from navml.mining.mine import MineSource
     from navml.mining.negatives import merge_previous, read_collection, write_collection
 
     p = load_params(params)
@@ -57,9 +58,9 @@ def command(
         views = [p.for_city(n) for n in names] if names else [p]
         areas = [detection_complete_areas(v.class_specs(), v.rasterize.complete) for v in views]
         complete = None if any(a is None for a in areas) else [g for a in areas for g in a]
-    stores = [Store(s, grid) for s in store]
+    stores, indexes = [Store(s, grid) for s in store], [read_index(x) for x in tiles]
     feats, report = mine_detection(
-        model, stores, [read_index(x) for x in tiles], [n for _, n in pairs], classes_of=[c for c, _ in pairs], cities=names,
+        model, stores, indexes, [n for _, n in pairs], classes_of=[c for c, _ in pairs], cities=names,
         complete=complete, score_threshold=m.score_threshold, iou=m.iou, margin_m=m.margin_m, min_size_m2=m.min_size_m2,
         max_negatives=m.max_negatives, tile_share=m.tile_share, batch_size=m.batch_size, seed=m.seed, progress=True,
         where=", ".join(map(str, tiles)),
@@ -68,10 +69,8 @@ def command(
     merged, counts = merge_previous(feats, read_collection(path))
     write_collection(path, merged)
     write_json(out / SUMMARY, {**report.as_dict(), **counts, "features_in_file": len(merged)})
-    shown = 0
-    for i, st in enumerate(stores):
-        own = [f for f in merged if (f["properties"].get("city") == names[i] if names else True)]
-        shown += export_negatives(st, own, out / EXPORT / names[i] if names else out / EXPORT, p, export_limit)
+    sources = [MineSource(names[i] if names else "", None, st, indexes[i], None) for i, st in enumerate(stores)]
+    shown = export_negatives(sources, merged, out / EXPORT, p, export_limit)  # out/<city>/ over several cities
     typer.echo(
         f"mine_detect: {report.kept} negatives on {len(report.tiles)} of {report.scanned} train tiles at score >= {report.threshold:.3f} "
         f"({report.detections} detections: {report.matched} on truths, {report.near} near truths, {report.small} small, {report.found} false); "
