@@ -47,17 +47,16 @@ from navml.detect.table import COLUMNS, detections_table, read_detections, write
 from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile, tiles_ground_resolution
-from navml.geo.store import Store
+from navml.geo.store import Store, WindowReader
 from navml.models.inference import (
     Job,
     ModelFiles,
     Rescale,
     check_inputs,
-    flexible,
-    fold_batchnorm,
+    model_input,
+    model_runner,
     prediction_halo,
     rescaled_jobs,
-    runner,
     scale_factor,
     tf_threads,
     to_model_grid,
@@ -191,15 +190,22 @@ class DetectTask:
     rescale: Rescale | None = None  # a store at another ground resolution than the detector's: read and model windows
 
 
-def read_detect_input(task: DetectTask) -> tuple[np.ndarray | None, np.ndarray]:
-    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask."""
+def read_detect_input(task: DetectTask, reader: WindowReader | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask.
+
+    ``reader``: a :class:`~navml.geo.store.WindowReader` of the task's layer, kept open across the windows
+    of one thread (the shards a halo shares with the next window are not opened and decoded again);
+    None: one for this window only (its mask and pixels still share the open shards)."""
+    if reader is None:
+        with task.store.reader(task.layer) as own:
+            return read_detect_input(task, own)
     job, rs = task.job, task.rescale
     src = rs.read if rs else job.input
-    valid = task.store.read_valid(task.layer, src)
+    valid = reader.read_valid(src)
     r0, c0 = job.core.row - src.row, job.core.col - src.col
     if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
         return None, valid
-    x = np.moveaxis(task.store.read_window(task.layer, src, bands=task.bands), 0, -1)[None].astype("float32")
+    x = model_input(reader.read_window(src, bands=task.bands))
     return (to_model_grid(x, rs) if rs else x), valid
 
 
@@ -332,13 +338,14 @@ def detect_with_model(
     ``where`` names it in errors."""
 
     def windows(tasks: list[DetectTask]):
-        run = runner(fold_batchnorm(flexible(model, tasks[0].bands)), tasks[0].bands)
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:  # read the next window, decode the last
-            next_x = reader.submit(read_detect_input, tasks[0])
+        # one reading thread with the shards kept open across windows: read the next window, decode the last
+        with tasks[0].store.reader(tasks[0].layer) as shards, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:
+            next_x = reader.submit(read_detect_input, tasks[0], shards)  # read while the model is folded and traced
+            run = model_runner(model, tasks[0].bands)
             for i, task in enumerate(tasks):
                 x, valid = next_x.result()
                 if i + 1 < len(tasks):
-                    next_x = reader.submit(read_detect_input, tasks[i + 1])
+                    next_x = reader.submit(read_detect_input, tasks[i + 1], shards)
                 if x is None:
                     yield None
                     continue
