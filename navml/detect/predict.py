@@ -44,7 +44,7 @@ from tqdm import tqdm
 from navml.config import DetectPredictParams
 from navml.detect.nms import box_iou, centre_in_core
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
-from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
+from navml.detect.targets import N_BOX, TO, Detections, decode_cells, sigmoid
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile, tiles_ground_resolution
 from navml.geo.store import Store, WindowReader
@@ -235,13 +235,24 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
     i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
     j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
     y = y[i0:i1, j0:j1]
-    # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
-    rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride),
-                    offset_scale=det.offset_scale)
-             for a, b in zip(edges[::2], edges[1::2])]
-    d = _concat(found)
+    # only cells (and anchors) whose objectness reaches the threshold can hold a box (score <= objectness); they
+    # are decoded as decode() decodes each run of such rows (the same values, origins and order: by run, then
+    # by score, ties in cell order), without decoding the other cells of those rows
+    n_a = len(det.anchors)
+    hit = sigmoid(y[..., TO::per]) >= task.score_threshold
+    ii, jj, aa = np.nonzero(hit)
+    if len(ii):
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], hit.any(axis=(1, 2)).astype(np.int8), [0]])))[::2]
+        start = runs[np.searchsorted(runs, ii, side="right") - 1]  # first row of each cell's run
+        raw = y.reshape(*y.shape[:2], n_a, per)[ii, jj, aa]
+        boxes, scores, class_ids = decode_cells(raw, ii - start, jj, aa, det.anchors, stride, det.offset_scale)
+        ok = np.flatnonzero(scores >= task.score_threshold)
+        order = ok[np.lexsort((-scores[ok], start[ok]))]  # stable: decode's argsort within each run
+        ox = np.full(len(order), float(inp.col + j0 * stride))
+        oy = (inp.row + (i0 + start[order]) * stride).astype(float)  # each run's origin, as decode is given it
+        d = Detections(boxes[order] + np.stack([ox, oy, ox, oy], axis=1), scores[order], class_ids[order])
+    else:
+        d = _concat([])
     if f != 1.0 and len(d):
         d = Detections(d.boxes / f, d.scores, d.class_ids)
     d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
