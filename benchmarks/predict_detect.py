@@ -133,7 +133,7 @@ def run_bare(a, loaded=None) -> dict:
     model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
     t0, c0 = time.perf_counter(), _cpu()
     model.predict(x, batch_size=a.batch_size, verbose=0)
-    return {"tiles": len(tiles), "seconds": time.perf_counter() - t0, "cpu_seconds": _cpu() - c0}
+    return {"tiles": len(tiles), "seconds": time.perf_counter() - t0, "cpu_seconds": _cpu() - c0, "load": os.getloadavg()[0]}
 
 
 def run_predict(a, loaded=None) -> dict:
@@ -147,7 +147,7 @@ def run_predict(a, loaded=None) -> dict:
     detections_table(dets, meta.classes, GRID)
     dt, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"tiles": len(tiles), "seconds": dt, "cpu_seconds": cpu, "windows": rep.windows, "halo": rep.halo,
-            "overhead": round(rep.overhead, 3), "detections": rep.detections}
+            "overhead": round(rep.overhead, 3), "detections": rep.detections, "load": os.getloadavg()[0]}
 
 
 def run_in_process(a) -> dict:
@@ -207,7 +207,7 @@ def main() -> None:
             extra = ", ".join(f"{k} {v}" for k, v in res.items() if k in ("windows", "halo", "overhead", "detections"))
             print(f"run {r + 1} {mode:8s} {res['tiles'] / res['seconds']:6.1f} tiles/s  {res['seconds']:6.2f} s  "
                   f"{res['tiles'] / res['cpu_seconds']:6.2f} tiles/cpu-s  peak RSS {res['peak_rss_mb']} MB  {extra}"
-                  f"  load {os.getloadavg()[0]:.1f}", flush=True)
+                  f"  load {res['load']:.1f}", flush=True)
 
         if a.in_process:
             out = subprocess.run([*base, "--mode", "both"], capture_output=True, text=True, check=True)

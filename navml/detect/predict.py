@@ -49,6 +49,7 @@ from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile, tiles_ground_resolution
 from navml.geo.store import Store, WindowReader
 from navml.models.inference import (
+    READER_SHARDS,
     Job,
     ModelFiles,
     Rescale,
@@ -350,7 +351,8 @@ def detect_with_model(
 
     def windows(tasks: list[DetectTask]):
         # one reading thread with the shards kept open across windows: read the next window, decode the last
-        with tasks[0].store.reader(tasks[0].layer) as shards, ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:
+        with (tasks[0].store.reader(tasks[0].layer, READER_SHARDS) as shards, ThreadPoolExecutor(1) as reader,
+              ThreadPoolExecutor(1) as post):
             next_x = reader.submit(read_detect_input, tasks[0], shards)  # read while the model is folded and traced
             run = model_runner(model, tasks[0].bands)
             for i, task in enumerate(tasks):

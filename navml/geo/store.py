@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -254,9 +255,9 @@ class Store:
         with self.reader(layer) as r:
             return r.read_valid(window)
 
-    def reader(self, layer: str) -> WindowReader:
+    def reader(self, layer: str, max_open: int = 16) -> WindowReader:
         """A :class:`WindowReader` of ``layer``: many windows read with each shard file opened once (use ``with``)."""
-        return WindowReader(self, layer)
+        return WindowReader(self, layer, max_open)
 
     def read_valid_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """Valid-data mask (bool, size x size) of one tile of ``layer``, optionally with ``halo`` pixels around it."""
@@ -334,19 +335,23 @@ class Store:
 
 class WindowReader:
     """Windows of one layer of a :class:`Store` (:meth:`Store.read_window`, :meth:`Store.read_valid`), read with
-    each shard file opened once and kept open until :meth:`close` (or the end of a ``with`` block).
+    each shard file opened once and kept open (the ``max_open`` last used ones) until :meth:`close` (or the end
+    of a ``with`` block).
 
     Windows that share shards (a halo across the neighbour's core, the data and the valid mask of one
     window) then share the open datasets, and the blocks GDAL decoded for one window stay in its block
-    cache for the next one instead of being decoded again. The pixels are those of the store's own
-    reads. One reader belongs to one thread (a GDAL dataset is not thread-safe) and to one pass over a
-    layer: files rewritten while it is open are not seen.
+    cache for the next one instead of being decoded again; closing the least recently used dataset
+    frees its blocks, so the memory held is at most ``max_open`` decoded shards. The pixels are those of
+    the store's own reads. One reader belongs to one thread (a GDAL dataset is not thread-safe) and to one
+    pass over a layer: files rewritten while it is open are not seen.
     """
 
-    def __init__(self, store: Store, layer: str):
+    def __init__(self, store: Store, layer: str, max_open: int = 16):
         self.store = store
         self.layer = layer
-        self._open: dict[Tile, object] = {}  # shard -> open dataset, or None where the shard does not exist
+        self.max_open = max(1, int(max_open))
+        self._open: OrderedDict[Tile, object] = OrderedDict()  # shard -> open dataset, least recently used first
+        self._missing: set[Tile] = set()  # shards that do not exist
         self._bands: int | None = None
 
     def __enter__(self) -> WindowReader:
@@ -356,25 +361,31 @@ class WindowReader:
         self.close()
 
     def close(self) -> None:
-        """Close every shard file opened so far."""
-        datasets, self._open = self._open, {}
+        """Close every shard file still open."""
+        datasets, self._open = self._open, OrderedDict()
         for src in datasets.values():
-            if src is not None:
-                src.close()
+            src.close()
 
     def _dataset(self, shard: Tile):
         """The open dataset of ``shard`` (None when it does not exist)."""
-        if shard not in self._open:
-            path = self.store.path(self.layer, shard)
-            src = None
-            if path.exists():
-                try:
-                    with self.store._env():
-                        src = rasterio.open(str(path) if self.store.remote else path)
-                except rasterio.errors.RasterioIOError as exc:
-                    raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{self.layer}'") from exc
-            self._open[shard] = src
-        return self._open[shard]
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
+        if shard in self._missing:
+            return None
+        path = self.store.path(self.layer, shard)
+        if not path.exists():
+            self._missing.add(shard)
+            return None
+        try:
+            with self.store._env():
+                src = rasterio.open(str(path) if self.store.remote else path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{self.layer}'") from exc
+        self._open[shard] = src
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return src
 
     def _parts(self, window: Window, read) -> Iterator[tuple[Window, np.ndarray]]:
         """``(part window, read(src, rasterio window))`` for each existing shard of the layer that ``window`` overlaps."""

@@ -51,6 +51,9 @@ from navml.models.scale import (  # noqa: F401 - resampling to the model's groun
 DEFAULT_WINDOW = 2048
 #: Width of the strips windows are planned in, in shards (bounds the shards held in memory).
 STRIP_SHARDS = 8
+#: Shard files a window reader (:meth:`navml.geo.store.Store.reader`) keeps open over the windows: two rows of a
+#: strip and the shards either side, so that the next row of windows finds its top halo's blocks decoded.
+READER_SHARDS = 2 * (STRIP_SHARDS + 2)
 
 
 @dataclass(frozen=True)
