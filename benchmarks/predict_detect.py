@@ -2,12 +2,13 @@
 
     python benchmarks/predict_detect.py [--model data/models/det --store data/store --tiles data/cover/tiles.csv]
                                         [--shards 2] [--window 1024] [--batch-size 8] [--repeats 3]
+                                        [--in-process] [--silent]
 
 Without ``--model`` it builds the default detector (``build_yolo``: stride 8,
 base 8, 5 anchors, 6 classes; untrained: the model's speed does not depend on the
 weights) with a score threshold of 0.5, its head rescaled (:data:`FIRE`) so that it
 finds about as many boxes per tile as the synthetic city holds markings (3 per
-tile before NMS; ``--silent``: the plain untrained head, no box); without ``--store`` it writes
+tile, calibrated on the store; ``--silent``: the plain untrained head, no box); without ``--store`` it writes
 ``--shards`` x ``--shards`` shards of textured imagery (zoom 18, 256-px
 tiles, 2048-px shards) into a temporary folder and takes all their tiles.
 
@@ -27,7 +28,8 @@ alternating ``--repeats`` times: the steady state of a long city-wide run, where
 loading TensorFlow, folding and tracing are paid once (a fresh process pays them
 for every measure: about 0.3 CPU-s, which is 10-15 % of the 256 tiles here).
 
-Prints tiles/s (wall) and tiles per CPU-second, the ratios of the medians, and peak RSS.
+Prints tiles/s (wall) and tiles per CPU-second, the ratios of the medians, peak RSS, and the load
+average at the end of each measure (the machine is shared: report it next to the ratios).
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ def model_input(chw: np.ndarray) -> np.ndarray:
     buf = np.empty(n + 16, dtype="float32")
     start = (-buf.ctypes.data % 64) // 4
     out = buf[start : start + n].reshape(1, h, w, b)
-    np.copyto(out[0], np.moveaxis(chw, 0, -1), casting="unsafe")
+    np.copyto(out[0], np.moveaxis(chw, 0, -1))
     return out
 
 
