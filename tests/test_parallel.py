@@ -81,12 +81,13 @@ def test_worker_cached_makes_once_per_key():
 @pytest.mark.parametrize("where", ["serial", "threads", "dask"])
 def test_map_shards_keeps_input_order_and_raises_task_errors(cluster, where):
     scheduler = {"serial": None, "threads": "threads", "dask": cluster}[where]
+    workers = 1 if where == "serial" else 2  # serial: in this process (2 workers and no scheduler would start a cluster)
     texts = [f"18/{x}/{y}" for x, y in [(5, 9), (100, 3), (7, 7), (1, 2), (2, 1), (64, 64), (3, 0)]]
-    got = list(map_shards(parse_tile, texts, scheduler=scheduler, workers=2, in_flight=3, progress=False))
+    got = list(map_shards(parse_tile, texts, scheduler=scheduler, workers=workers, in_flight=3, progress=False))
     assert got == [Tile(5, 9, 18), Tile(100, 3, 18), Tile(7, 7, 18), Tile(1, 2, 18), Tile(2, 1, 18), Tile(64, 64, 18), Tile(3, 0, 18)]
     # a NavmlError raised on a worker keeps its class and its one-line message
     with pytest.raises(ConfigError, match="'18/x/1' is not a tile"):
-        list(map_shards(parse_tile, ["18/1/1", "18/x/1", "18/2/2"], scheduler=scheduler, workers=2, progress=False))
+        list(map_shards(parse_tile, ["18/1/1", "18/x/1", "18/2/2"], scheduler=scheduler, workers=workers, progress=False))
 
 
 def test_shared_argument_reaches_every_task(cluster):
