@@ -592,6 +592,10 @@ class DetectParams(Section):
     anchors: int = Field(5, ge=1, le=16, description="anchor shapes: the k of k-means over the training boxes (distance 1 - IoU)")
     anchor_seed: int = Field(0, description="seed of the k-means++ start")
     base_filters: int = Field(8, ge=1, le=256, description="filters of the first level, doubling per level (16: ~4x the cost)")
+    stem_convs: int = Field(
+        0, ge=0, le=8, description="3x3 conv + BN + leaky layers at full resolution before the first pooling (0 = none; each adds 2 px of receptive field)"
+    )
+    stem_filters: int = Field(16, ge=1, le=256, description="filters of each stem convolution")
     loss: DetectLossParams = Field(DetectLossParams(), description="weights of the YOLOv2 loss terms")
     offset_scale: float = Field(
         1.0, ge=1.0, le=4.0, description="centre offset s sigmoid(t) - (s - 1) / 2 in cells: 1 = YOLOv2 (0..1), 2 = YOLOv5 (-0.5..1.5)"
