@@ -4,7 +4,7 @@
                                         [--shards 2] [--window 1024] [--batch-size 8] [--repeats 3]
 
 Without ``--model`` it builds the default detector (``build_yolo``: stride 8,
-base 8, 5 anchors, 6 classes; untrained: speed does not depend on the
+base 8, the stem of the ``detect`` params' defaults, 5 anchors, 6 classes; untrained: speed does not depend on the
 weights) with a score threshold of 0.5; without ``--store`` it writes
 ``--shards`` x ``--shards`` shards of textured imagery (zoom 18, 256-px
 tiles, 2048-px shards) into a temporary folder and takes all their tiles.
@@ -67,13 +67,15 @@ def make_store(root: Path, shards: int) -> list[Tile]:
 
 
 def make_model(folder: Path) -> None:
+    from navml.config import DetectParams
     from navml.models.io import ModelMeta, save_model
     from navml.models.yolo import build_yolo, receptive_field
 
+    d = DetectParams()
     anchors = [[11.0, 4.0], [4.0, 11.0], [10.0, 10.0], [12.0, 5.0], [5.0, 12.0]]
-    meta = ModelMeta("detection", NAMES, GRID.zoom, GRID.tile_size, 3, 8, receptive_field(8),
+    meta = ModelMeta("detection", NAMES, GRID.zoom, GRID.tile_size, 3, 8, receptive_field(8, d.stem_convs),
                      extra={"anchors": anchors, "score_threshold": 0.5})
-    save_model(build_yolo(3, len(NAMES), len(anchors), 8, 8), meta, folder)
+    save_model(build_yolo(3, len(NAMES), len(anchors), 8, 8, stem_convs=d.stem_convs, stem_filters=d.stem_filters), meta, folder)
 
 
 def _cpu() -> float:
