@@ -593,7 +593,7 @@ class DetectParams(Section):
     anchor_seed: int = Field(0, description="seed of the k-means++ start")
     base_filters: int = Field(8, ge=1, le=256, description="filters of the first level, doubling per level (16: ~4x the cost)")
     stem_convs: int = Field(
-        2, ge=0, le=8, description="3x3 conv + BN + leaky layers at full resolution before the first pooling (0 = none; each adds 2 px of receptive field)"
+        0, ge=0, le=8, description="3x3 conv + BN + leaky layers at full resolution before the first pooling (0 = none; each adds 2 px of receptive field)"
     )
     stem_filters: int = Field(16, ge=1, le=256, description="filters of each stem convolution")
     loss: DetectLossParams = Field(DetectLossParams(), description="weights of the YOLOv2 loss terms")
@@ -604,7 +604,7 @@ class DetectParams(Section):
     ignore_iou: float = Field(0.6, gt=0.0, le=1.0, description="no-object term off where a prediction overlaps a truth more than this")
     max_truths: int = Field(64, ge=1, description="truth boxes per crop the no-object term compares with")
     prior_steps: int = Field(100, ge=0, description="steps during which the prior term pulls predictions toward their anchors")
-    steps: int = Field(560, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    steps: int = Field(800, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
     eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
     warmup_steps: int = Field(20, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
     crop: Annotated[int, Field(ge=8)] | None = Field(
