@@ -291,7 +291,7 @@ def batch_stream(
     tiles = list(tiles)
 
     def gen():
-        if reader.error is not None:  # an empty stream after a read error
+        if reader.error is not None or not tiles:  # an empty stream after a read error (or of no tile)
             return
         cache = _TileCache(reader, truth, crop is None)
         queue: list[int] = []

@@ -1,8 +1,8 @@
 """A small YOLOv2-style fully convolutional detector (Keras 3), trained from scratch.
 
-An optional full-resolution stem (``stem_convs`` 3x3 convolutions of
-``stem_filters`` before the first pooling) gives the first layers, which see
-markings of ~11 x 4 px at zoom 18 at their full resolution, more capacity.
+An optional stem (``stem_convs`` 3x3 convolutions of ``stem_filters`` before
+the first pooling) adds capacity at full resolution, where a marking of about
+11 x 4 px at zoom 18 is still whole (off by default: docs/detection.md, round 5).
 Darknet-style backbone: 3x3 convolutions (filters doubling per level from
 ``base_filters``) with 1x1 bottlenecks in between, each followed by batch
 normalisation and leaky ReLU (slope 0.1); 2x2 max-pooling between levels
