@@ -228,13 +228,8 @@ class PathsParams(Section):
     """Where each stage writes (used by dvc.yaml; own input files go under ``inputs``)."""
 
     synth: str = Field("data/synth", description="synthetic city (synth stage)")
-    extract: str = Field("data/extract", description="per-class GeoJSON (extract stage)")
-    cover: str = Field("data/cover", description="tile index (cover stage)")
-    store: str = Field("data/store", description="shard store: imagery, masks (imagery, rasterize stages)")
     models: str = Field("data/models", description="trained models (train stage)")
     metrics: str = Field("data/metrics", description="metrics and plots (train, evaluate, score stages)")
-    predict: str = Field("data/predict", description="probability store (predict stage)")
-    output: str = Field("data/output", description="polygons, new features, JOSM file (vectorize, dedupe stages)")
     inputs: str = Field(
         "inputs",
         description="own input files DVC tracks: <inputs>/labels (labels, complete areas), <inputs>/imagery (GeoTIFFs)",
@@ -243,7 +238,10 @@ class PathsParams(Section):
     cities: str = Field(
         "data/cities", description="cities of `cities`: data in <cities>/<role>/<name> (synth, extract, cover, store), results in <cities>/results/<name>"
     )
-    first: str = Field("data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output")
+    first: str = Field(
+        "data/first", description="the first model (before hard-negative mining) and its outputs: models, metrics, predict, output; "
+        "per city of `cities` in <first>/<role>/<name>",
+    )
     mining: str = Field("data/mining", description="hard negatives per model (<mining>/seg/hard_negatives.geojson), summary, review export (mine stage)")
 
 
@@ -718,6 +716,16 @@ class ScoreParams(Section):
 
 # --- cities: train on some, predict on others (issue 10) ------------------------------------
 
+#: Keys of the stage sections that each city of ``cities`` gives (:meth:`Params.for_city` sets them from the
+#: city's entry): the shipped params.yaml leaves them out of their sections, so a city's inputs are said once.
+CITY_KEYS: dict[str, tuple[str, ...]] = {
+    "extract": ("pbf",),
+    "cover": ("aoi",),
+    "rasterize": ("complete",),
+    "imagery": ("source", "geotiff", "url"),
+    "score": ("truth",),
+}
+
 #: A city's name: a DVC stage suffix (``extract@denver``) and a folder name.
 CITY_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 ROLES = ("train", "predict")
@@ -844,6 +852,8 @@ class CityInputs:
     labels: dict[str, str]  # class -> own labels file, for the classes that have them
 
     results: str  # <paths.cities>/results/<name>: what the models make of the city (predict, output, metrics)
+    first: str  # <paths.first>/<role>/<name>: what the first model (before mining) makes of it (predict, output, metrics);
+    # mine --cities reads its probabilities at <first>/predict
 
     @property
     def tiles(self) -> str:
@@ -881,6 +891,38 @@ class RetrainParams(Section):
     oversample: int = Field(3, ge=1, le=100, description="each tile holding a hard negative is drawn this many times per pass")
     weight: float = Field(3.0, ge=1.0, le=1000.0, description="loss weight of a mined pixel (a labelled pixel weighs 1)")
     rounds: int = Field(1, ge=1, le=5, description="mine + retrain rounds; rounds after the first run inside the retrain stage")
+
+
+class MineDetectParams(Section):
+    """Hard-negative mining of the detector (mine_detect stage): its confident boxes matching no truth box on train tiles."""
+
+    score_threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
+        "auto", description="score at or above which a detection is taken; auto = the model's score_threshold (meta.json, chosen on val)"
+    )
+    iou: float = Field(0.2, gt=0.0, le=1.0, description="a detection is false when its IoU with every truth box is below this")
+    margin_m: float = Field(1.0, ge=0.0, le=50.0, description="false detections closer than this to a truth box are left out (label shift), metres")
+    min_size_m2: float = Field(0.0, ge=0.0, description="smaller false boxes are left out, m² of ground")
+    max_negatives: int = Field(500, ge=0, description="at most this many negatives (highest score first)")
+    tile_share: float = Field(1.0, gt=0.0, le=1.0, description="share of the train tiles (inside complete areas) that are scanned")
+    complete: bool = Field(
+        False, description="true: only train tiles inside the classes' complete areas (rasterize.complete); false: every train tile (own labels)"
+    )
+    batch_size: int = Field(16, ge=1, description="tiles per model call")
+    seed: int = Field(0, description="seed of the tile_share draw")
+
+
+class RetrainDetectParams(Section):
+    """Training the detector again with its mined hard negatives (retrain_detect stage); the other settings are detect's."""
+
+    mode: Literal["finetune", "scratch"] = Field("finetune", description="finetune: start from the first detector | scratch: a fresh one with detect.steps")
+    steps: int = Field(120, ge=1, description="optimizer steps of fine-tuning (scratch uses detect.steps)")
+    eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
+    learning_rate: float = Field(0.002, gt=0.0, le=1.0, description="Adam peak learning rate of fine-tuning, cosine decay to 5 % over steps")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up of fine-tuning from learning_rate/10, steps")
+    oversample: int = Field(
+        3, ge=1, le=100, description="each train tile holding a hard negative is drawn this many times per pass (the extra draws crop on a mined box)"
+    )
+    weight: float = Field(3.0, ge=1.0, le=1000.0, description="weight of the no-object loss in the cells a mined box covers (elsewhere 1)")
 
 
 class Registry(Section):
@@ -945,6 +987,8 @@ class Params(Registry):
     detect: DetectParams = DetectParams()
     mine: MineParams = MineParams()
     retrain: RetrainParams = RetrainParams()
+    mine_detect: MineDetectParams = MineDetectParams()
+    retrain_detect: RetrainDetectParams = RetrainDetectParams()
     cities: Cities = Field({}, description="cities to train on (role: train) and to predict (role: predict); {} = the single `synth` city")
 
     @model_validator(mode="after")
@@ -990,6 +1034,7 @@ class Params(Registry):
             role=c.role,
             root=root,
             results=f"{self.paths.cities}/results/{name}",
+            first=f"{self.paths.first}/{c.role}/{name}",
             synthetic=c.synthetic,
             imagery="xyz" if c.xyz is not None else "geotiff",
             geotiff=c.geotiff if c.geotiff is not None else default("ortho.tif"),

@@ -255,7 +255,7 @@ def test_cities_as_people_write_them():
     p = load(CITIES)
     assert list(p.cities) == ["denver", "no", "mine"] and p.train_cities() == ["denver"]
     no = p.city("no")
-    assert no.root == "data/cities/predict/no" and no.results == "data/cities/results/no"
+    assert no.root == "data/cities/predict/no" and no.results == "data/cities/results/no" and no.first == "data/first/predict/no"
     assert no.pbf == "data/cities/predict/no/synth/city.osm.pbf" and no.tiles == "data/cities/predict/no/cover/tiles.csv"
     assert no.labels == {"turn_markings": "data/cities/predict/no/synth/truth/markings.geojson"}  # the synthetic city's own labels
     assert p.cities["no"].synthetic.size_km == 1.0 and p.cities["no"].synthetic.gsd_m == 0.3  # the rest: synth defaults
@@ -338,7 +338,7 @@ def test_shipped_cities_two_train_one_held_out_at_60_north():
     seeds = {c.synthetic.seed for c in p.cities.values()}
     lats = {c.synthetic.center[1] for c in p.cities.values()}
     assert len(seeds) == 3 and len(lats) == 3
-    assert p.city("paris").store == "data/cities/train/paris/store"
+    assert p.city("paris").store == "data/cities/train/paris/store" and p.city("paris").first == "data/first/train/paris"
 
 
 def test_gap_command_reads_each_city_results(tmp_path, monkeypatch):

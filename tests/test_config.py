@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from navml.config import (
+    CITY_KEYS,
     AugmentParams,
     ClassSpec,
     Params,
@@ -53,8 +54,23 @@ SECTIONS = [name for name, f in Params.model_fields.items() if name not in ("cla
 def test_shipped_params_equal_the_model_defaults(section):
     """params.yaml lists every key of every section, with the model's default (classes and post are the user's registry)."""
     model = type(Params.model_fields[section].default)
-    assert set(SHIPPED[section]) == {f.alias or n for n, f in model.model_fields.items()}, section
+    by_city = set(CITY_KEYS.get(section, ()))  # each city of `cities` gives these
+    assert set(SHIPPED[section]) == {f.alias or n for n, f in model.model_fields.items()} - by_city, section
     assert model.model_validate(SHIPPED[section]) == model(), section
+
+
+def test_city_keys_are_what_a_city_sets():
+    """The keys params.yaml leaves to the cities are the ones Params.for_city replaces, and each city gives them."""
+    p = validate_params(SHIPPED)
+    for name in p.cities:
+        seen = p.for_city(name)
+        for section, keys in CITY_KEYS.items():
+            for key in keys:
+                assert key in type(getattr(p, section)).model_fields, (section, key)
+        assert seen.extract.pbf.startswith(f"data/cities/{p.cities[name].role}/{name}/synth/")
+        assert seen.cover.aoi.endswith(f"{name}/synth/aoi.geojson") and seen.score.truth.endswith(f"{name}/synth/truth/lots.geojson")
+        assert seen.imagery.source == "geotiff" and seen.imagery.geotiff.endswith(f"{name}/synth/ortho.tif") and seen.imagery.url == ""
+        assert seen.rasterize.complete.endswith(f"{name}/synth/truth/complete_aoi.geojson")
 
 
 def test_shipped_post_and_augment_equal_the_defaults():

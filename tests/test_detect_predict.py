@@ -219,3 +219,23 @@ def test_saved_detector_loads_and_the_table_round_trips(tmp_path, small_grid):
         read_detections(tmp_path / "missing.csv")
     with pytest.raises(InputError, match="not a detection name"):
         read_detections(path, ["other"])
+
+
+def test_the_compiled_runner_is_reused_until_the_weights_change(tmp_path, small_grid):
+    from navml.models.inference import model_input, model_runner
+
+    model = marker_model()
+    run = model_runner(model, 3)
+    assert model_runner(model, 3) is run
+    x = model_input(np.random.default_rng(0).integers(0, 255, (3, 40, 48)).astype("uint8"))
+    assert x.shape == (1, 40, 48, 3) and x.dtype == np.float32 and x.ctypes.data % 64 == 0
+    y = run(x)
+    w = model.get_weights()
+    model.set_weights([v * 2 for v in w])  # trained further: a new runner with the new weights
+    assert model_runner(model, 3) is not run and not np.array_equal(model_runner(model, 3)(x), y)
+    model.set_weights(w)
+    np.testing.assert_array_equal(model_runner(model, 3)(x), y)
+    store = store_with(tmp_path, small_grid, markers=[(13000 * 1024 + 300, 24000 * 1024 + 200)])
+    first = detect_with_model(store, all_tiles(small_grid), model, meta(), NAMES, progress=False)[0]
+    again = detect_with_model(store, all_tiles(small_grid), model, meta(), NAMES, progress=False)[0]
+    assert len(first) == 1 and np.array_equal(first.boxes, again.boxes) and np.array_equal(first.scores, again.scores)

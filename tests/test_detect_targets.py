@@ -118,3 +118,26 @@ def test_neighbours_need_the_wide_offset():
         check_offset(1.0, neighbours=True)
     with pytest.raises(ConfigError, match="offset_scale"):
         check_offset(0.5)
+
+
+@pytest.mark.parametrize("offset_scale", [1.0, 2.0])
+def test_decode_cells_equals_decode_bit_for_bit_at_those_cells(offset_scale):
+    from navml.detect.targets import decode_cells, sigmoid
+
+    rng = np.random.default_rng(3)
+    anchors = np.array([[11.0, 4.0], [4.0, 11.0], [10.0, 10.0]])
+    raw = rng.normal(0, 3, (9, 7, 3, 5 + 4)).astype("float32")
+    raw[2:4, :, :, 4] = 40.0  # saturated objectness and classes: equal scores, ties kept in cell order
+    raw[2:4, :, :, 5:] = [40.0, 0.0, 0.0, 0.0]
+    raw[5, 3, 1, 2] = 30.0  # a width beyond the clip
+    thr = 0.3
+    want = decode(raw, anchors, 8, thr, origin=(16.0, 24.0), offset_scale=offset_scale)
+    hit = sigmoid(raw[..., 4]) >= thr
+    ii, jj, aa = np.nonzero(hit)
+    boxes, scores, ids = decode_cells(raw[ii, jj, aa], ii, jj, aa, anchors, 8, offset_scale)
+    ok = np.flatnonzero(scores >= thr)
+    order = ok[np.argsort(-scores[ok], kind="stable")]
+    assert len(order) == len(want) > 20 and len(ok) < hit.sum() + 1
+    np.testing.assert_array_equal(boxes[order] + [16.0, 24.0, 16.0, 24.0], want.boxes)
+    np.testing.assert_array_equal(scores[order], want.scores)
+    np.testing.assert_array_equal(ids[order], want.class_ids)

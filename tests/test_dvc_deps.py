@@ -74,7 +74,20 @@ def resolve(text: str, params: dict) -> str:
 
 
 def stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages, a ``foreach`` over ``cities`` expanded per city of params.yaml (``extract@denver``)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    out = {}
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        assert stage["foreach"] == "${cities}", f"{name}: foreach over {stage['foreach']}, not the cities"
+        for key, item in params["cities"].items():
+            body = yaml.safe_dump(stage["do"]).replace("${key}", key)
+            for k, v in item.items():
+                body = body.replace("${item.%s}" % k, str(v))
+            out[f"{name}@{key}"] = yaml.safe_load(body)
+    return out
 
 
 def test_closure_sees_imports_inside_functions():
@@ -153,14 +166,16 @@ def copy_project(dst: Path) -> None:
 def test_optional_inputs_left_empty_keep_dvc_working(tmp_path):
     copy_project(tmp_path)
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["rasterize"]["complete"] = ""
-    params["imagery"].update(source="xyz", geotiff="", url="https://tiles.example.invalid/{z}/{x}/{y}.png")
+    params["cities"]["oslo"] = {  # a held-out city of own data: tile URL imagery, OSM complete nowhere said ("" = everywhere)
+        "role": "predict", "xyz": "https://tiles.example.invalid/{z}/{x}/{y}.png", "osm": "inputs/osm/oslo.osm.pbf",
+        "aoi": "10.74,59.99,10.76,60.01", "complete": "", "labels": {"turn_markings": "inputs/labels/oslo_markings.geojson"},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {"DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "unexpected error" not in (proc.stdout + proc.stderr).lower()
-    assert "imagery" in proc.stdout and "rasterize" in proc.stdout
+    assert "imagery@oslo" in proc.stdout and "rasterize@oslo" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "check"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -302,7 +302,7 @@ class TileServer:
 
     ``faults[(z, x, y)]`` is a list of actions used one per request (then normal
     service): ``"500"``, ``"429"`` (Retry-After: 0), ``"slow"`` (answers after
-    ``slow_s``), ``"garbage"`` (200 with bytes that are not an image),
+    ``slow_s``, or when ``release`` is set: the fixture sets it at teardown), ``"garbage"`` (200 with bytes that are not an image),
     ``"interrupt"`` (sends SIGINT to this process, like Ctrl-C, then serves).
     ``missing`` tiles always get 404, ``broken`` tiles always 503, ``truncated``
     tiles always a PNG cut to a third of its bytes. With
@@ -318,6 +318,7 @@ class TileServer:
         self.truncated: set[tuple] = set()
         self.token = token
         self.slow_s = slow_s
+        self.release = threading.Event()
         self.lock = threading.Lock()
         server = self
 
@@ -374,7 +375,7 @@ class TileServer:
         if action == "garbage":
             return self.send(h, 200, b"\x89PNG garbage, not an image", {"Content-Type": "image/png"})
         if action == "slow":
-            threading.Event().wait(self.slow_s)
+            self.release.wait(self.slow_s)
         if action == "interrupt":
             os.kill(os.getpid(), signal.SIGINT)
         ok, png = cv2.imencode(".png", tile_rgb(z, x, y).transpose(1, 2, 0)[:, :, ::-1])
@@ -389,6 +390,7 @@ def server():
     srv = TileServer()
     srv.thread.start()
     yield srv
+    srv.release.set()  # requests still hanging in a "slow" fault answer now
     srv.httpd.shutdown()
     srv.httpd.server_close()
     srv.thread.join(timeout=5)
@@ -819,8 +821,8 @@ from navml.geo.grid import Grid, Tile
 from navml.geo.store import Store
 from navml.data.imagery import build_imagery
 tiles = [Tile(int(x), int(y), 18) for x, y in (t.split(",") for t in sys.argv[3].split(";"))]
-build_imagery(Store(sys.argv[1], Grid(18, 256, 16)), tiles, source="xyz", url=sys.argv[2], workers=1,
-              cache_dir=sys.argv[4], progress=False, timeout_s=60)
+build_imagery(Store(sys.argv[1], Grid(18, 256, 16)), tiles, source="xyz", url=sys.argv[2], workers=2,
+              cache_dir=sys.argv[4], progress=False, timeout_s=600)
 """
 
 
@@ -834,18 +836,33 @@ def test_xyz_kill_9_mid_fetch_leaves_the_old_layer(tmp_path, small_grid, server)
     build_imagery(store, tiles, source="xyz", url=server.base + "/{z}/{x}/{y}.png", cache_dir=tmp_path / "cache", **FAST)
     before = {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")}
     last = tiles[-1]
-    server.slow_s = 30.0
-    server.faults[(last.z, last.x, last.y)] = ["slow"]  # the new source hangs on the second shard's last tile
+    # The new source hangs on the second shard's last tile until the test ends (the fixture releases it): the run
+    # can never finish by itself, however slow the machine. Two download threads, so that the hang holds one and the
+    # other fetches the remaining tiles whichever shard task queues its tiles first.
+    server.slow_s = 600.0
+    server.faults[(last.z, last.x, last.y)] = ["slow"]
     arg = ";".join(f"{t.x},{t.y}" for t in tiles)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "store"), server.base + "/tms/{z}/{x}/{-y}.png", arg,
                              str(tmp_path / "cache2")], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
     staging = tmp_path / "store" / ".imagery.partial"
-    deadline = time.monotonic() + 60
-    while not list(staging.glob("*.tif")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert list(staging.glob("*.tif")), "the new run wrote no shard into its staging layer"
-    proc.kill()  # kill -9 while the second shard's tiles are being fetched
-    proc.wait(timeout=10)
+    want = {(t.x, t.y) for t in tiles[:-1]}
+
+    def mid_fetch() -> bool:
+        """The first shard is in the staging layer, the other 5 tiles are cached and the 6th is being requested."""
+        cached = {(int(p.parent.name), int(p.stem)) for p in (tmp_path / "cache2").rglob("*.png")}
+        with server.lock:
+            hanging = server.hits[(last.z, last.x, last.y)] >= 1
+        return hanging and cached == want and bool(list(staging.glob("*.tif")))
+
+    deadline = time.monotonic() + 120  # generous: a loaded CI machine; normally well under a second
+    try:
+        while not mid_fetch() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the new run ended by itself (exit code {proc.returncode}) before it could be killed"
+        assert mid_fetch(), "the new run did not reach the hanging tile with one shard staged and 5 tiles cached in 120 s"
+    finally:
+        proc.kill()  # kill -9 while the second shard's last tile is being fetched
+        proc.wait(timeout=30)
     assert {p.name: p.read_bytes() for p in (tmp_path / "store" / "imagery").glob("*.tif")} == before
     # The next run cleans the staging folder up and resumes from the cache.
     server.faults.clear()

@@ -26,7 +26,8 @@ N = GRID.shard_size
 
 
 def _tile_rc(t: Tile) -> tuple[int, int]:
-    return t.y - TILES[0].y, t.x - TILES[0].x
+    side = 2 ** (GRID.zoom - GRID.shard_zoom)
+    return t.y % side, t.x % side
 
 
 def blob(arr: np.ndarray, tile: Tile, r0: int, c0: int, h: int, w: int, value: int) -> None:
@@ -35,40 +36,46 @@ def blob(arr: np.ndarray, tile: Tile, r0: int, c0: int, h: int, w: int, value: i
     arr[r * 64 + r0 : r * 64 + r0 + h, c * 64 + c0 : c * 64 + c0 + w] = value
 
 
-@pytest.fixture
-def city(tmp_path):
+def make_city(store_dir, probs_dir, shard: Tile = SHARD, score: int = 230, seed: int = 0):
     """A store with one labelled lot, a complete area over the top two tile rows (unknown below),
-    and a probability layer with false blobs in every place mining must or must not take."""
-    store = Store(tmp_path / "store", GRID)
-    rng = np.random.default_rng(0)
+    and a probability layer with false blobs in every place mining must or must not take:
+    ``(store, probs store, tile index, complete areas, {k: tile k of the shard})``; the hard negative has ``score``/255."""
+    tiles = list(tiles_of_shard(shard, GRID))
+    store = Store(store_dir, GRID)
+    rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, size=(3, N, N), dtype=np.uint8)
     mask = np.zeros((N, N), np.uint8)
     mask[128:] = IGNORE  # tile rows 2..3: outside the complete area, class unknown
     probs = np.zeros((N, N), np.uint8)
-    t = {k: TILES[k] for k in range(16)}
+    t = {k: tiles[k] for k in range(16)}
     blob(mask, t[0], 10, 10, 30, 30, 1)  # the labelled lot on train tile 0
     blob(probs, t[0], 10, 10, 30, 30, 240)  # predicted right: not a negative
     blob(probs, t[0], 40, 10, 2, 30, 240)  # a sliver along the lot's edge: label shift, left out (edge_m)
     for k in (6, 7):  # lots on a val and a test tile, predicted right
         blob(mask, t[k], 5, 5, 20, 20, 1)
         blob(probs, t[k], 5, 5, 20, 20, 240)
-    blob(probs, t[1], 20, 20, 24, 24, 230)  # THE hard negative: train tile, complete area, background
+    blob(probs, t[1], 20, 20, 24, 24, score)  # THE hard negative: train tile, complete area, background
     blob(probs, t[5], 30, 30, 3, 3, 250)  # train tile, too small (min_area_m2)
     blob(probs, t[2], 20, 20, 24, 24, 250)  # val tile: never mined
     blob(probs, t[3], 20, 20, 24, 24, 250)  # test tile: never mined
     blob(probs, t[8], 20, 20, 24, 24, 250)  # train tile outside the complete area (unknown): never mined
     blob(mask, t[9], 0, 0, 64, 64, 0)  # a mapped road outside the complete area: background in the mask ...
     blob(probs, t[9], 20, 20, 24, 24, 250)  # ... but not known complete for lots: never mined
-    store.write_shard("imagery", SHARD, image)
-    store.write_shard("masks", SHARD, mask)
-    pstore = Store(tmp_path / "predict", GRID)
-    pstore.write_shard("probs", SHARD, probs[None])
+    store.write_shard("imagery", shard, image)
+    store.write_shard("masks", shard, mask)
+    pstore = Store(probs_dir, GRID)
+    pstore.write_shard("probs", shard, probs[None])
     rows = []
-    for k, tile in enumerate(TILES):
+    for k, tile in enumerate(tiles):
         m = store.read_tile("masks", tile)[0]
-        rows.append(dict(z=tile.z, x=tile.x, y=tile.y, shard=tile_key(SHARD), block="b", split=SPLIT[k % 4], pos_parking=int((m == 1).any())))
-    complete = shapely.union_all([tile_polygon(TILES[k]) for k in range(8)])  # tile rows 0..1
+        rows.append(dict(z=tile.z, x=tile.x, y=tile.y, shard=tile_key(shard), block="b", split=SPLIT[k % 4], pos_parking=int((m == 1).any())))
+    complete = shapely.union_all([tile_polygon(tiles[k]) for k in range(8)])  # tile rows 0..1
     return store, pstore, pd.DataFrame(rows), [[complete]], t
+
+
+@pytest.fixture
+def city(tmp_path):
+    return make_city(tmp_path / "store", tmp_path / "predict")
 
 
 def mine(city, **kw):
@@ -235,3 +242,176 @@ def test_retrain_fine_tunes_with_the_negatives(city, tmp_path):
     extra = read_meta(tmp_path / "mined").extra
     assert extra["hard_tiles"] == 1 and extra["hard_repeats"] == 3 and extra["mined_weight"] == 4.0
     assert extra["init_model"].endswith("first")
+
+
+# --- over several cities ------------------------------------------------------------------------------------------------
+
+SHARD_B = Tile(10001, 22500, 16)  # the next shard east: city b's tiles are not city a's
+
+
+@pytest.fixture
+def two_cities(tmp_path):
+    """Cities a (hard negative scored 230/255) and b (245/255), each with its own store, probabilities and complete areas."""
+    from navml.mining.mine import MineSource
+
+    out = []
+    for name, shard, score, seed in (("a", SHARD, 230, 0), ("b", SHARD_B, 245, 1)):
+        store, pstore, index, complete, t = make_city(tmp_path / name / "store", tmp_path / name / "predict", shard, score, seed)
+        out.append((MineSource(name, pstore, store, index, complete, f"{name}/tiles.csv"), t))
+    return out
+
+
+def mine_two(two_cities, **kw):
+    from navml.mining.mine import mine_cities
+
+    args = dict(min_area_m2=100.0, max_negatives=50, tile_share=1.0, edge_m=6.0, seed=0) | kw
+    return mine_cities([s for s, _ in two_cities], ["parking"], {"parking": 0.5}, **args)
+
+
+def test_mining_over_two_cities_keeps_to_train_tiles_in_each_complete_area(two_cities):
+    (_, ta), (_, tb) = two_cities
+    feats, report = mine_two(two_cities)
+    assert [(f["properties"]["city"], f["properties"]["tile"]) for f in feats] == [("a", tile_key(ta[1])), ("b", tile_key(tb[1]))]
+    assert [f["properties"]["score"] for f in feats] == [pytest.approx(230 / 255, abs=1e-3), pytest.approx(245 / 255, abs=1e-3)]
+    for f, t in zip(feats, (ta, tb)):  # each lies on its own city's train tile 1, inside that city's complete area
+        assert tile_polygon(t[1]).buffer(1e-9).contains(shapely.geometry.shape(f["geometry"]))
+    assert report.candidates == 8 and report.scanned == 8 and report.found == 2 and report.kept == 2
+    assert report.small == 2 and report.edge_px == 120  # a 3 x 3 px blob and a 2 x 30 px sliver in each city
+    d = report.as_dict()
+    assert d["negatives"] == 2 and d["tiles_with_negatives"] == 2
+    assert {n: (c["train_tiles_in_complete_areas"], c["tiles_scanned"], c["negatives"]) for n, c in d["cities"].items()} == {
+        "a": (4, 4, 1), "b": (4, 4, 1)}
+
+
+def test_max_negatives_over_cities_keeps_the_top_scores(two_cities):
+    (_, ta), (_, tb) = two_cities
+    feats, report = mine_two(two_cities, max_negatives=1)
+    assert [(f["properties"]["city"], f["properties"]["tile"]) for f in feats] == [("b", tile_key(tb[1]))]  # 245 beats 230
+    assert report.found == 2 and report.kept == 1
+    assert (report.cities["a"].found, report.cities["a"].kept, report.cities["b"].kept) == (1, 0, 1)
+    # a tile_share draw per city, with the seed: the same twice, half of each city's 4 candidates
+    a1, r1 = mine_two(two_cities, tile_share=0.5, seed=3)
+    a2, r2 = mine_two(two_cities, tile_share=0.5, seed=3)
+    assert a1 == a2 and r1.cities["a"].scanned == 2 and r1.cities["b"].scanned == 2 and r1.scanned == 4
+
+
+def test_negatives_find_their_city_by_property_or_tile(two_cities):
+    from navml.geo.tile_index import tiles_from_index
+    from navml.mining.negatives import feature_cities
+
+    (sa, ta), (sb, tb) = two_cities
+    cities = {"a": tiles_from_index(sa.index), "b": tiles_from_index(sb.index)}
+    feats, _ = mine_two(two_cities)
+    review = negative_feature(tile_polygon(tb[4]).buffer(-1e-5), cls="parking", kind="segmentation", tile=tile_key(tb[4]), score=None,
+                              source="review")  # no city: found by its tile
+    gone = {**feats[0], "properties": {**feats[0]["properties"], "city": "lima"}}  # a city no longer mined over
+    nowhere = negative_feature(tile_polygon(Tile(1, 1, 18)), cls="parking", kind="segmentation", tile="18-1-1", score=None)
+    assert feature_cities([*feats, review, gone, nowhere], cities) == ["a", "b", "b", None, None]
+    from navml.errors import InputError
+
+    with pytest.raises(InputError, match="has no city and that tile lies in cities a and b"):
+        feature_cities([review], {"a": cities["b"], "b": cities["b"]})
+
+
+def test_retrain_over_two_cities_uses_the_negatives_of_both_and_mines_again(two_cities, tmp_path, monkeypatch):
+    import navml.segment.train as train_mod
+    from navml.config import MineParams
+    from navml.mining.retrain import retrain_rounds
+    from navml.models.io import read_meta
+    from navml.segment.dataset import SourceTile
+
+    (sa, ta), (sb, tb) = two_cities
+    feats, _ = mine_two(two_cities)
+    review = negative_feature(tile_polygon(tb[4]).buffer(-1e-5), cls="parking", kind="segmentation", tile=tile_key(tb[4]), score=None,
+                              source="review")  # a reviewer's negative without a city: city b's by its tile
+    fast = dict(depth=2, base_filters=4, batch_size=2, downsample=1, warmup_steps=0, augment=None, progress=False, steps=2, eval_every=2)
+    seen = []
+    real = train_mod.train_segmentation
+
+    def spy(*args, hard=None, **kw):  # round 1 trains for real (from scratch, over both stores); round 2 keeps its model
+        seen.append(dict(hard))
+        if len(seen) == 1:
+            return real(*args, hard=hard, **kw)
+        return {"thresholds": {"parking": {"threshold": 0.5}}, "best_val_iou": 0.0, "steps_run": 0, "best_step": 0}
+
+    monkeypatch.setattr(train_mod, "train_segmentation", spy)
+    out = tmp_path / "mined"
+    # round 2 mines at threshold 0: every background pixel of the 4 train tiles in each complete area, one region a tile
+    result = retrain_rounds([sa, sb], ["parking"], tmp_path / "unused", [*feats, review], out, train=fast, rounds=2, mode="scratch",
+                            mine=MineParams(threshold=0.0, edge_m=6.0), oversample=3, weight=4.0, progress=False)
+    src = lambda t, i: SourceTile(t.x, t.y, t.z, i)  # noqa: E731
+    assert set(seen[0]) == {src(ta[1], 0), src(tb[1], 1), src(tb[4], 1)}
+    assert seen[0][src(ta[1], 0)].sum() == 24 * 24 and seen[0][src(tb[4], 1)].mean() > 0.95
+    r1, r2 = result["rounds"]
+    assert r1["negatives_used"] == 3 and r1["hard_tiles"] == 3 and not r1["copied_first_model"]
+    assert read_meta(out).extra["hard_tiles"] == 3 and len(read_meta(out).extra["cities"]) == 2
+    assert r1["by_city"] == {"a": {"negatives": 1, "negatives_used": 1, "hard_tiles": 1, "mined_pixels": 576},
+                            "b": {"negatives": 2, "negatives_used": 2, "hard_tiles": 2, "mined_pixels": 576 + int(seen[0][src(tb[4], 1)].sum())}}
+    train_keys = {src(t[k], i) for i, t in ((0, ta), (1, tb)) for k in (0, 1, 4, 5)}
+    assert set(seen[1]) == train_keys  # round 2: the 4 train tiles in the complete area of both cities
+    assert r2["hard_tiles"] == 8 and r2["negatives_used"] == 11
+    assert {n: c["negatives"] for n, c in r2["by_city"].items()} == {"a": 5, "b": 6}
+    saved = read_collection(out / "hard_negatives.geojson")
+    assert len(saved) == 11 and sorted(str(f["properties"].get("city")) for f in saved).count("a") == 5
+    assert result["negatives_of_no_city"] == 0
+
+
+def test_mine_and_retrain_cities_options(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from navml.cli import app
+
+    base = yaml.safe_load(open("params.yaml"))
+    base["grid"] = {**base["grid"], "zoom": 18, "tile_size": 64, "shard_zoom": 16}
+    base["paths"] = {**base["paths"], "cities": str(tmp_path / "cities"), "first": str(tmp_path / "first")}
+    cities = {}
+    for name, shard, score in (("a", SHARD, 230), ("b", SHARD_B, 245)):
+        root = tmp_path / "cities" / "train" / name
+        store, _, index, complete, _ = make_city(root / "store", tmp_path / "first" / "train" / name / "predict", shard, score)
+        (root / "cover").mkdir(parents=True)
+        index.to_csv(root / "cover" / "tiles.csv", index=False)
+        area = tmp_path / f"{name}_complete.geojson"
+        write_collection(area, [{"type": "Feature", "properties": {}, "geometry": shapely.geometry.mapping(complete[0][0])}])
+        cities[name] = {"role": "train", "synthetic": {"seed": 1}, "complete": str(area)}
+    base["cities"] = {**cities, "c": {"role": "predict", "synthetic": {"seed": 2}}}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(base, sort_keys=False))
+    out = tmp_path / "mining"
+    res = CliRunner().invoke(app, ["mine", "--cities", "--params", str(params), "--threshold", "0.5", "--min-area-m2", "100", "--edge-m", "6",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    feats = read_collection(out / "hard_negatives.geojson")
+    assert [f["properties"]["city"] for f in feats] == ["a", "b"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["negatives"] == 2 and {n: c["negatives"] for n, c in summary["cities"].items()} == {"a": 1, "b": 1}
+    assert sorted(p.relative_to(out / "export").parts[:2] for p in (out / "export").rglob("*.png")) == [
+        ("a", "imagery"), ("a", "overlay"), ("b", "imagery"), ("b", "overlay")]
+    # retrain --cities: the union of both stores, each negative on its city's (the training itself is stubbed here)
+    import navml.segment.train as train_mod
+    from navml.segment.dataset import SourceTile
+
+    seen = {}
+
+    def fake(store, index, classes, out_dir, *, hard=None, **kw):
+        seen.update(stores=[str(s.root) for s in store], hard=sorted(hard))
+        return {"thresholds": {"parking": {"threshold": 0.5}}, "best_val_iou": 0.5, "steps_run": 2, "best_step": 2}
+
+    monkeypatch.setattr(train_mod, "train_segmentation", fake)
+    res = CliRunner().invoke(app, ["retrain", "--cities", "--params", str(params), "--negatives", str(out / "hard_negatives.geojson"),
+                                   "--summary", str(tmp_path / "retrain.json")])
+    assert res.exit_code == 0, res.output
+    ta, tb = (list(tiles_of_shard(s, GRID))[1] for s in (SHARD, SHARD_B))
+    assert seen == {"stores": [str(tmp_path / "cities" / "train" / n / "store") for n in "ab"],
+                    "hard": [SourceTile(ta.x, ta.y, ta.z, 0), SourceTile(tb.x, tb.y, tb.z, 1)]}
+    summary = json.loads((tmp_path / "retrain.json").read_text())
+    assert {n: c["hard_tiles"] for n, c in summary["by_city"].items()} == {"a": 1, "b": 1} and summary["mined_pixels"] == 2 * 24 * 24
+    assert "[a 1 on 1 tiles; b 1 on 1 tiles]" in res.output
+    # without a train city: one line, exit 1
+    del base["cities"]
+    params.write_text(yaml.safe_dump(base, sort_keys=False))
+    res = CliRunner().invoke(app, ["mine", "--cities", "--params", str(params), "--out", str(out)])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == ["navml: error: --cities: params has no city with role: train; add a `cities:` section or drop --cities"]
+    res = CliRunner().invoke(app, ["retrain", "--cities", "--params", str(params), "--negatives", str(out / "hard_negatives.geojson")])
+    assert res.exit_code == 1 and "--cities: params has no city with role: train" in res.output

@@ -24,16 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
-#: params that make the default pipeline tiny enough for CI
+#: params that make the default pipeline tiny enough for CI: one small train city, one smaller held-out one
 TINY = {
-    "synth": {"size_km": 0.6},
     "cover": {"seed": 1},  # 0.6 km: 36 tiles; this seed puts lots in the val and test blocks
     "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
     "detect": {"steps": 4, "eval_every": 2, "patience": 2},
-    "retrain": {"steps": 2, "eval_every": 2},  # the detector: a tiny budget (the 0.6 km city has val and test boxes)
+    "retrain": {"steps": 2, "eval_every": 2},
+    "retrain_detect": {"steps": 2, "eval_every": 2},
 }
+CITIES = {
+    "denver": {"role": "train", "synthetic": {"seed": 42, "center": [-104.9903, 39.7392], "size_km": 0.6}},
+    "oslo": {"role": "predict", "synthetic": {"seed": 7, "center": [10.75, 60.0], "size_km": 0.5}},
+}
+DENVER = "data/cities/train/denver"  # the train city's data
+OSLO = "data/cities/predict/oslo"  # the held-out city's data
+RESULTS = "data/cities/results"  # what the final models make of each city
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -79,7 +86,9 @@ def project(tmp_path_factory) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, target)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    (dst / "params.yaml").write_text(yaml.safe_dump(deep_update(params, TINY), sort_keys=False))
+    params = deep_update(params, TINY)
+    params["cities"] = CITIES
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = git_env()
     run(["git", "init", "-q", "-b", "main"], dst, env)
     run(["git", "add", "-A"], dst, env)
@@ -94,21 +103,23 @@ def dvc(project: Path, *args: str, env: dict | None = None, check: bool = True) 
 
 
 def test_repro_produces_the_stage_outputs(project):
-    tiles = (project / "data/cover/tiles.csv").read_text().splitlines()
+    tiles = (project / DENVER / "cover/tiles.csv").read_text().splitlines()
     assert len(tiles) > 20
-    shards = list((project / "data/store/imagery").glob("*.tif"))
-    assert shards and len(shards) == len(list((project / "data/store/masks").glob("*.tif")))
-    legend = json.loads((project / "data/store/labels.json").read_text())
+    shards = list((project / DENVER / "store/imagery").glob("*.tif"))
+    assert shards and len(shards) == len(list((project / DENVER / "store/masks").glob("*.tif")))
+    legend = json.loads((project / DENVER / "store/labels.json").read_text())
     assert legend["pixels"]["parking"] > 10_000
     assert legend["boxes"] > 0
     for model in ("data/first/models/seg", "data/models/seg_mined"):  # the first model and the mined one (issue 9)
         assert {p.name for p in (project / model).iterdir()} >= {"model.keras", "meta.json", "thresholds.json"}
     mined = json.loads((project / "data/mining/seg/hard_negatives.geojson").read_text())
     assert mined["type"] == "FeatureCollection"
+    assert all(f["properties"]["city"] == "denver" for f in mined["features"])  # mined on train cities only
     retrain = json.loads((project / "data/metrics/retrain.json").read_text())
     assert retrain["copied_first_model"] == (retrain["hard_tiles"] == 0)
-    assert json.loads((project / "data/first/metrics/seg.json").read_text())["tiles"] > 0
-    seg = json.loads((project / "data/metrics/seg.json").read_text())
+    assert json.loads((project / "data/first/train/denver/metrics/seg.json").read_text())["tiles"] > 0
+    res = project / RESULTS / "denver"
+    seg = json.loads((res / "metrics/seg.json").read_text())
     p = seg["parking"]
     assert seg["tiles"] == sum(1 for row in tiles[1:] if ",test," in row)
     # Two epochs of a 4-filter U-Net learn little beyond "parking is likely here": measured
@@ -117,18 +128,48 @@ def test_repro_produces_the_stage_outputs(project):
     # IoU to precision and recall as counted (1/IoU = 1/P + 1/R - 1).
     assert p["iou"] >= 0.008 and p["recall"] >= 0.3
     assert 1 / p["iou"] == pytest.approx(1 / p["precision"] + 1 / p["recall"] - 1, rel=1e-3)
-    assert list((project / "data/predict/probs").glob("*.tif"))
-    new = json.loads((project / "data/output/new_features.geojson").read_text())
+    assert list((res / "predict/probs").glob("*.tif"))
+    new = json.loads((res / "output/new_features.geojson").read_text())
     assert new["type"] == "FeatureCollection"
-    summary = json.loads((project / "data/output/summary.json").read_text())
+    summary = json.loads((res / "output/summary.json").read_text())
     assert summary["new"] == len(new["features"])
     assert summary["predicted"] == summary["matched_existing"] + summary["on_roads"] + summary["new"]
     import osmium
 
-    osm_ways = sum(1 for o in osmium.FileProcessor(str(project / "data/output/new_features.osm")) if o.is_way())
+    osm_ways = sum(1 for o in osmium.FileProcessor(str(res / "output/new_features.osm")) if o.is_way())
     assert osm_ways >= summary["new"]  # a lot with holes is a relation of several ways
-    features = json.loads((project / "data/metrics/features.json").read_text())
+    features = json.loads((res / "metrics/features.json").read_text())
     assert set(features["parking"]) >= {"new_features", "test", "geometry"} and features["parking"]["test"]["tiles"] > 0
+    detect = json.loads((res / "metrics/detect.json").read_text())
+    assert "map50" in json.dumps(detect)
+    for model in ("data/first/models/det", "data/models/det"):  # the first detector and the mined one
+        assert (project / model / "model.keras").is_file() and (project / model / "meta.json").is_file()
+    mined_boxes = json.loads((project / "data/mining/det/hard_negatives.geojson").read_text())
+    assert all(f["properties"]["city"] == "denver" for f in mined_boxes["features"])
+    assert "map50" in json.dumps(json.loads((project / "data/first/train/denver/metrics/detect.json").read_text()))
+    assert (res / "output/markings.geojson").is_file()
+
+
+def test_held_out_city_is_predicted_and_in_the_gap(project):
+    """The predict city: its own data, every tile a test tile, predicted by the models of the train city, and the gap."""
+    rows = (project / OSLO / "cover/tiles.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    splits = {dict(zip(header, r.split(",")))["split"] for r in rows[1:]}
+    assert splits == {"test"}
+    assert not (project / "data/cities/train/oslo").exists()  # not part of the training data
+    res = project / RESULTS / "oslo"
+    seg = json.loads((res / "metrics/seg.json").read_text())
+    assert seg["tiles"] == len(rows) - 1
+    assert list((res / "predict/probs").glob("*.tif")) and (res / "output/new_features.osm").is_file()
+    assert json.loads((project / "data/first/predict/oslo/metrics/features.json").read_text())["parking"]["test"]["tiles"] > 0
+    gap = json.loads((project / "data/metrics/cities.json").read_text())
+    assert set(gap["cities"]) == {"denver", "oslo"}
+    assert gap["cities"]["oslo"]["role"] == "predict" and gap["cities"]["denver"]["role"] == "train"
+    assert set(gap["cities"]["oslo"]) >= {"parking", "detector"}
+    for key, held in gap["held_out"]["parking"].items():  # the gap is held-out minus in-city, as written
+        own = gap["in_city"]["parking"][key]
+        if held is not None and own is not None:
+            assert gap["gap"]["parking"][key] == pytest.approx(held - own, abs=1e-4)
 
 
 def test_second_repro_has_nothing_to_do(project):
@@ -155,17 +196,18 @@ def test_exp_run_compares_two_runs(project):
     run(["git", "add", "-A"], project, env)
     run(["git", "commit", "-qm", "baseline", "--allow-empty"], project, env)
     out = dvc(project, "exp", "run", "-S", "post.parking.threshold=0.95").stdout
-    assert "Running stage 'vectorize'" in out and "Running stage 'train'" not in out  # only post-processing reruns
+    assert "Running stage 'vectorize@denver'" in out and "Running stage 'vectorize@oslo'" in out
+    assert "Running stage 'train'" not in out and "Running stage 'imagery@" not in out  # only post-processing reruns
     out = dvc(project, "exp", "run", "-S", "train.base_filters=6").stdout  # a model param: the model is retrained
-    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'train'" in out and "Running stage 'evaluate@oslo'" in out and "Running stage 'synth@" not in out
     rows = list(csv.DictReader(io.StringIO(dvc(project, "exp", "show", "--no-pager", "--csv").stdout)))
     assert {r["post.parking.threshold"] for r in rows} >= {"0.6", "0.95"}
     assert {r["train.base_filters"] for r in rows} >= {"4", "6"}
     # the first and the mined model's metrics files share their keys: dvc prefixes the columns with the file
     cols = {c: c.rsplit(":", 1)[-1] for c in rows[0]}
-    mined = {v: c for c, v in cols.items() if c == v or c.startswith("data/metrics/")}
+    mined = {v: c for c, v in cols.items() if c.startswith(f"{RESULTS}/denver/metrics/")}
     assert {"parking.iou", "parking.new_features.precision", "parking.new_features.recall", "parking.test.f1"} <= set(mined)
-    assert any(c.startswith("data/first/metrics/") and v == "parking.iou" for c, v in cols.items())  # before and after side by side
+    assert any(c.startswith("data/first/train/denver/metrics/") and v == "parking.iou" for c, v in cols.items())  # before and after side by side
     assert all(r[mined["parking.iou"]] not in ("", "-") for r in rows)
 
 

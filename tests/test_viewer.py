@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import mercantile
 import numpy as np
@@ -320,3 +321,21 @@ def test_foreign_host_header_is_refused(city, tmp_path):
         body = {"feature": lot_polygon(), "verdict": "false", "class": "parking"}
         r = c.post("/api/review", json=body, headers={"Host": "evil.example:8765", "Origin": "http://evil.example:8765"})
         assert r.status_code == 400 and not (tmp_path / "n.geojson").exists()
+
+
+def test_city_paths_follow_the_pipeline_layout():
+    from navml.cli._common import load_params
+    from navml.errors import ConfigError
+    from navml.viewer import city_paths
+
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    paths = city_paths(p)
+    assert list(paths) == list(p.cities)
+    oslo = paths["oslo"]
+    assert oslo.store == Path("data/cities/predict/oslo/store") and oslo.tiles == Path("data/cities/predict/oslo/cover/tiles.csv")
+    assert oslo.predict == Path("data/cities/results/oslo/predict") and oslo.output == Path("data/cities/results/oslo/output")
+    assert oslo.aoi == Path("data/cities/predict/oslo/synth/aoi.geojson")
+    assert Path("data/first/models") in oslo.models and Path("data/models") in oslo.models
+    assert list(city_paths(p, ["denver"])) == ["denver"]
+    with pytest.raises(ConfigError, match="no city 'rome'"):
+        city_paths(p, ["rome"])

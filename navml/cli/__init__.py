@@ -37,6 +37,9 @@ COMMANDS = {
     "evaluate_detect": "evaluate_detect",
     "predict_detect": "predict_detect",
     "markings": "markings",
+    # hard-negative mining of the detector (issue 9, markings)
+    "mine_detect": "mine_detect",
+    "retrain_detect": "retrain_detect",
     # cities (issue 10)
     "gap": "gap",
     # the review viewer (issue 11)

@@ -38,14 +38,19 @@ def load_params(path: str | Path = "params.yaml", city: str | None = None) -> Pa
     return params.for_city(city) if city else params
 
 
+def train_city_names(params: Params) -> list[str]:
+    """The ``role: train`` cities of ``params`` for a ``--cities`` option; a one-line ConfigError when there is none."""
+    names = params.train_cities()
+    if not names:
+        raise ConfigError("--cities: params has no city with role: train; add a `cities:` section or drop --cities")
+    return names
+
+
 def city_sources(params: Params, tiles: list[Path], stores: list[Path], cities: bool) -> tuple[list[Path], list[Path]]:
     """The ``(tile indexes, stores)`` a training reads: the options as given (one store per index), or with ``cities``
     those of the ``role: train`` cities of ``params``."""
     if cities:
-        names = params.train_cities()
-        if not names:
-            raise ConfigError("--cities: params has no city with role: train; add a `cities:` section or drop --cities")
-        inputs = [params.city(n) for n in names]
+        inputs = [params.city(n) for n in train_city_names(params)]
         return [Path(c.tiles) for c in inputs], [Path(c.store) for c in inputs]
     if len(tiles) != len(stores):
         raise ConfigError(f"--tiles given {len(tiles)} time(s) but --store {len(stores)}: give one store per tile index")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from navml.cli._common import exits, load_params
-from navml.cli.options import Params, StoreDir, TilesCsv
+from navml.cli.options import City, Params
 
 
 @exits
@@ -24,8 +24,9 @@ def command(
         None, "--negatives",
         help="A hard-negatives GeoJSON (navml mine, the viewer's review): outlined on the overlay; without a tile choice, its tiles.",
     ),
-    store: Path = StoreDir,
-    tiles: Path = TilesCsv,
+    store: Path = typer.Option(None, "--store", help="Shard store folder (imagery, masks); default: the city's, else data/store.", show_default=False),
+    tiles: Path = typer.Option(None, "--tiles", help="Tile index; default: the city's, else data/cover/tiles.csv.", show_default=False),
+    city: str = City,
     params: Path = Params,
 ) -> None:
     from navml.data.export import export_tiles, read_boxes, select_tiles
@@ -34,6 +35,12 @@ def command(
 
     p = load_params(params)
     grid = p.grid.grid()
+    if city:  # the city's store and tiles as the pipeline lays them out, its final probabilities if they exist
+        c = p.city(city)
+        store, tiles = store or Path(c.store), tiles or Path(c.tiles)
+        done = Path(c.results) / "predict"
+        probs = probs or (done if (done / "probs").is_dir() else None)
+    store, tiles = store or Path("data/store"), tiles or Path("data/cover/tiles.csv")
     negs = None
     if negatives is not None:
         from navml.errors import InputError

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from navml.config import DetectParams
+from navml.detect.augment import random_transform
 from navml.detect.targets import encode_targets
 from navml.errors import ConfigError, InputError, NavmlError
 from navml.geo.grid import Tile
@@ -225,6 +226,26 @@ def sample_batch(
     return out, np.split(boxes, split), np.split(ids, split)
 
 
+def clip_mined(boxes: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """Mined boxes (N, 4) in the pixels of the window ``[col, col + size) x [row, row + size)``: every box
+    overlapping it, clipped to it (unlike truth boxes, a mined box need not have its centre inside)."""
+    b = np.asarray(boxes, float).reshape(-1, 4) - np.array([col, row, col, row], float)
+    b = np.clip(b, 0.0, float(size))
+    return b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
+
+
+def noobj_weights(mined: np.ndarray, rows: int, cols: int, stride: int, n_anchors: int, weight: float) -> np.ndarray:
+    """Weight of the no-object loss per cell and anchor (rows / stride, cols / stride, A, 1) float32: ``weight`` in
+    every cell a mined box (N, 4, window pixels) overlaps with positive area, 1 elsewhere."""
+    gh, gw = rows // stride, cols // stride
+    w = np.ones((gh, gw), np.float32)
+    for x0, y0, x1, y1 in np.asarray(mined, float).reshape(-1, 4):
+        j0, j1 = max(int(np.floor(x0 / stride)), 0), min(int(np.ceil(x1 / stride)), gw)
+        i0, i1 = max(int(np.floor(y0 / stride)), 0), min(int(np.ceil(y1 / stride)), gh)
+        w[i0:i1, j0:j1] = max(float(weight), 1.0)
+    return np.repeat(w[:, :, None, None], n_anchors, axis=2)
+
+
 def sample(
     image: np.ndarray,
     truth: TileBoxes,
@@ -239,6 +260,46 @@ def sample(
     """One training sample of a tile (:func:`sample_batch` of one): image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
     img, boxes, ids = sample_batch([image], [truth], rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops)
     return img[0], boxes[0], ids[0]
+
+
+def sample_mined(
+    image: np.ndarray,
+    truth: TileBoxes,
+    mined: np.ndarray | None,
+    rng: np.random.Generator,
+    *,
+    crop: int | None,
+    mirror: np.ndarray,
+    flip: bool,
+    rotate: bool,
+    box_crops: float,
+    focus: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`sample` that also carries the tile's mined boxes ``mined`` (M, 4 tile pixels; None: none) through the
+    crop and the transform; ``focus`` places the crop on a random mined box instead of a truth box. Returns
+    ``(image, boxes, class ids, mined boxes in crop pixels)``. Without mined boxes the random draws are :func:`sample`'s."""
+    boxes, ids = truth
+    mined = np.zeros((0, 4)) if mined is None else np.asarray(mined, float).reshape(-1, 4)
+    rows, cols = image.shape[:2]
+    if crop is not None and (rows < crop or cols < crop):  # a tile resampled smaller than a crop
+        big = max(crop, rows, cols)
+        r0, c0 = (rows - big) // 2, (cols - big) // 2
+        image, (boxes, ids) = fit_boxes(image, (boxes, ids), big)
+        mined = clip_mined(mined, r0, c0, big)
+        rows, cols = image.shape[:2]
+    if crop is not None and (crop < rows or crop < cols):
+        if focus and len(mined):
+            r, c = crop_origin(rows, cols, crop, mined, rng, 1.0)
+        else:
+            r, c = crop_origin(rows, cols, crop, boxes, rng, box_crops)
+        image = image[r : r + crop, c : c + crop]
+        boxes, ids = crop_boxes(boxes, ids, r, c, crop)
+        mined = clip_mined(mined, r, c, crop)
+    n = len(ids)
+    both = np.concatenate([np.asarray(boxes, float).reshape(-1, 4), mined])
+    both_ids = np.concatenate([np.asarray(ids, int).reshape(-1), np.zeros(len(mined), int)])
+    image, both, both_ids = random_transform(image, both, both_ids, mirror, rng, flip=flip, rotate=rotate)
+    return image.astype("float32"), both[:n], both_ids[:n], both[n:]
 
 
 class _TileCache:
@@ -283,12 +344,48 @@ def batch_stream(
     box_crops: float = _DETECT.box_crops,
     neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float | None = None,
 ):
     """A generator function yielding endless batches ``(images float32 (B, s, s, bands), targets (B, s/stride,
-    s/stride, A, 5 + C))``. Passes over ``tiles`` are shuffled permutations (pass ``p`` seeded by ``[seed, p]``),
-    read one after the other in batches of ``batch_size`` tiles; each batch is sampled at once
-    (:func:`sample_batch`), so the stream is the same on every run with the same seed."""
+    s/stride, A, 5 + C))``. Passes over the entries are shuffled permutations (pass ``p`` seeded by ``[seed, p]``),
+    read one after the other in batches of ``batch_size``; each batch is sampled at once (:func:`sample_batch`),
+    so the stream is the same on every run with the same seed.
+
+    Hard-negative training (:mod:`navml.mining.detect`): ``hard`` maps tiles of ``tiles`` to their mined boxes
+    (M, 4) tile pixels; each such tile is drawn ``hard_repeats`` times per pass (the extra draws crop on a mined
+    box). With ``mined_weight`` the target has one more channel, the no-object weight of each cell and anchor
+    (:func:`noobj_weights`: ``mined_weight`` in the cells of mined boxes, 1 elsewhere), which
+    :class:`navml.detect.loss.YoloLoss` reads with ``noobj_weighted``. Those batches are sampled one tile at a
+    time (:func:`sample_mined`): fine-tuning runs few steps."""
     tiles = list(tiles)
+    hard = dict(hard or {})
+    entries = [(t, False) for t in tiles]
+    if hard:
+        known = set(tiles)
+        outside = [t for t in hard if t not in known]
+        if outside:
+            raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile; only train tiles are mined")
+        entries += [(t, True) for t in tiles if t in hard for _ in range(max(int(hard_repeats), 1) - 1)]
+    mined_mode = bool(hard) or mined_weight is not None
+
+    def mined_sample(tile: Tile, focus: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, tile_truth = reader.image(tile), truth.get(tile, EMPTY)
+        mined = hard.get(tile)
+        if crop is None and image.shape[0] != reader.store.grid.tile_size:  # whole tiles, resampled: back to the tile size
+            size = reader.store.grid.tile_size
+            r0, c0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+            image, tile_truth = fit_boxes(image, tile_truth, size)
+            mined = None if mined is None else clip_mined(mined, r0, c0, size)
+        img, boxes, ids, mined_px = sample_mined(
+            image, tile_truth, mined, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops, focus=focus
+        )
+        rows, cols = img.shape[:2]
+        target = encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
+        if mined_weight is not None:
+            target = np.concatenate([target, noobj_weights(mined_px, rows, cols, stride, len(anchors), mined_weight)], axis=-1)
+        return img, target
 
     def gen():
         if reader.error is not None or not tiles:  # an empty stream after a read error (or of no tile)
@@ -299,11 +396,15 @@ def batch_stream(
         while True:
             while len(queue) < batch_size:
                 rng = np.random.default_rng([seed, p])
-                queue += rng.permutation(len(tiles)).tolist()
+                queue += rng.permutation(len(entries)).tolist()
                 p += 1
             picked, queue = queue[:batch_size], queue[batch_size:]
             try:
-                got = [cache.get(tiles[i]) for i in picked]
+                if mined_mode:
+                    pairs = [mined_sample(*entries[i], rng) for i in picked]
+                    yield np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+                    continue
+                got = [cache.get(entries[i][0]) for i in picked]
             except NavmlError as exc:
                 # end the stream quietly (raising here makes TensorFlow print a traceback);
                 # the caller sees the short stream and re-raises ``reader.error``
@@ -318,6 +419,7 @@ def batch_stream(
             ])
             yield imgs, targets
 
+    gen.entries = entries
     return gen
 
 
@@ -337,9 +439,13 @@ def training_dataset(
     box_crops: float = _DETECT.box_crops,
     neighbours: bool = _DETECT.neighbours,
     seed: int = _DETECT.seed,
+    hard: Mapping[Tile, np.ndarray] | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float | None = None,
 ):
     """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``
-    (:func:`batch_stream`: whole batches sampled at once with numpy)."""
+    (:func:`batch_stream`: whole batches sampled at once with numpy; ``hard``, ``hard_repeats``, ``mined_weight``: its
+    hard-negative training)."""
     import tensorflow as tf
 
     size = crop or reader.store.grid.tile_size
@@ -348,13 +454,14 @@ def training_dataset(
     gen = batch_stream(
         reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, batch_size=batch_size, stride=stride,
         crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
+        hard=hard, hard_repeats=hard_repeats, mined_weight=mined_weight,
     )
     cells = size // stride
     ds = tf.data.Dataset.from_generator(
         gen,
         output_signature=(
             tf.TensorSpec((batch_size, size, size, reader.bands), tf.float32),
-            tf.TensorSpec((batch_size, cells, cells, len(anchors), 5 + n_classes), tf.float32),
+            tf.TensorSpec((batch_size, cells, cells, len(anchors), 5 + n_classes + (mined_weight is not None)), tf.float32),
         ),
     )
     return ds.prefetch(2)

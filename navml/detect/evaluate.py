@@ -90,6 +90,35 @@ def predict_detections(
     return out
 
 
+def detect_images(
+    model,
+    images: np.ndarray,
+    anchors: np.ndarray,
+    stride: int,
+    *,
+    factor: float = 1.0,
+    batch_size: int = _EVALUATE.batch_size,
+    nms_iou: float = 0.5,
+    offset_scale: float = 1.0,
+) -> list[Detections]:
+    """:func:`predict_detections` of whole tiles (n, rows, cols, bands) with the images resampled by ``factor``
+    (model pixels per tile pixel: the detector's ground resolution) and the boxes mapped back to tile pixels."""
+    from navml.models.scale import resample
+
+    if factor == 1.0:
+        return predict_detections(model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+    rows, cols = images.shape[1:3]
+    mr, mc = (-(-round(k * factor) // stride) * stride for k in (rows, cols))
+    x = resample(images, mr, mc, (mr / rows, mc / cols), (0.0, 0.0))
+    out = []
+    for d in predict_detections(model, x, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale):
+        b = d.boxes * np.array([cols / mc, rows / mr, cols / mc, rows / mr])
+        b[:, 0::2] = np.clip(b[:, 0::2], 0, cols)
+        b[:, 1::2] = np.clip(b[:, 1::2], 0, rows)
+        out.append(Detections(b, d.scores, d.class_ids))
+    return out
+
+
 def best_f1_threshold(truths: Sequence[TileBoxes], preds: Sequence, n_classes: int, iou_threshold: float = IOU) -> dict:
     """The score threshold of best F1 over all classes together (IoU ``iou_threshold``), with its F1, precision, recall.
 
@@ -203,6 +232,8 @@ def evaluate_detection(
     score_threshold: float | None = None,
     batch_size: int = _EVALUATE.batch_size,
     overlays: int = _EVALUATE.overlays,
+    decoys: Sequence[tuple] | None = None,
+    split: str = "test",
     progress: bool = True,
     where: str = "tile index",
 ) -> dict:
@@ -212,7 +243,10 @@ def evaluate_detection(
     ``boxes``: truth per tile (default: the store's ``boxes.csv``); ``colors``:
     RGB per name for the overlays; ``score_threshold``: None uses the model's
     (``meta.json``, chosen on val at training); ``overlays``: how many test
-    tiles to draw (those with the most truths + detections). Returns the metrics.
+    tiles to draw (those with the most truths + detections); ``decoys``: look-alikes ``[(WGS84 polygon, kind), ...]``
+    (the synthetic city's ``truth/decoys.geojson``): ``decoys`` in the metrics counts the false detections at the
+    threshold lying on them, by kind (:func:`navml.post.score.score_box_decoys`); ``split``: the split scored
+    (``test``; another one only for measurements). Returns the metrics.
     """
     from navml.models.io import load_model, read_meta
 
@@ -237,31 +271,21 @@ def evaluate_detection(
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"score threshold {threshold}: use 0..1")
     truth = read_boxes(store.root / BOXES_FILE, n) if boxes is None else dict(boxes)
-    tiles = split_tiles(index, "test", where)
+    tiles = split_tiles(index, split, where)
     if not tiles:
-        raise InputError(f"{where}: split 'test' has no tile; enlarge the AOI or raise cover.split.test")
+        raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
     check_store(store, tiles, bands, (IMAGERY,))
     model, _ = load_model(model_dir)
     reader = TileReader(store, 0, bands)
     from navml.geo.grid import tiles_ground_resolution
-    from navml.models.scale import resample, scale_factor
+    from navml.models.scale import scale_factor
 
     # at the detector's ground resolution, as predict_detect runs it (tile by tile here)
     factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, store.grid.tile_size))
 
     def detect(images: np.ndarray) -> list[Detections]:
-        if factor == 1.0:
-            return predict_detections(model, images, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
-        rows, cols = images.shape[1:3]
-        mr, mc = (-(-round(k * factor) // meta.stride) * meta.stride for k in (rows, cols))
-        x = resample(images, mr, mc, (mr / rows, mc / cols), (0.0, 0.0))
-        out = []
-        for d in predict_detections(model, x, anchors, meta.stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale):
-            b = d.boxes * np.array([cols / mc, rows / mr, cols / mc, rows / mr])
-            b[:, 0::2] = np.clip(b[:, 0::2], 0, cols)
-            b[:, 1::2] = np.clip(b[:, 1::2], 0, rows)
-            out.append(Detections(b, d.scores, d.class_ids))
-        return out
+        return detect_images(model, images, anchors, meta.stride, factor=factor, batch_size=batch_size, nms_iou=nms_iou,
+                             offset_scale=offset_scale)
 
     from tqdm import tqdm
 
@@ -313,6 +337,8 @@ def evaluate_detection(
         "classes_scored": int(np.sum(~np.isnan(m.ap50))),
         "classes": per_class,
     }
+    if decoys is not None:
+        metrics["decoys"] = decoy_detections(tiles, truths, preds, threshold, decoys, store.grid)
     metrics = _rounded(metrics)
 
     interest = sorted(
@@ -331,6 +357,41 @@ def evaluate_detection(
         _write_plots(tmp, names, curves, cm, threshold, overlay_images)
     write_json(out_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def decoy_detections(tiles: Sequence, truths: Sequence[TileBoxes], preds: Sequence[Detections], threshold: float,
+                     decoys: Sequence[tuple], grid) -> dict:
+    """False detections (IoU < 0.5 with every truth box of the tile) at ``threshold`` on ``decoys`` (WGS84 polygon, kind),
+    by kind: ``{false_detections, on_decoys, kinds}`` (:func:`navml.post.score.score_box_decoys`, one pixel grid)."""
+    import shapely
+
+    from navml.geo.features import to_pixels
+    from navml.geo.grid import tile_window
+    from navml.post.score import score_box_decoys
+
+    size = grid.tile_size
+    boxes, gts = [], []
+    for t, (tb, _), d in zip(tiles, truths, preds):
+        w = tile_window(getattr(t, "tile", t), size)
+        off = np.array([w.col, w.row, w.col, w.row], float)
+        keep = d.scores >= threshold
+        boxes.append(d.boxes[keep] + off)
+        gts.append(np.reshape(tb, (-1, 4)) + off)
+    px = [(to_pixels(g, grid.zoom, size), str(k)) for g, k in decoys]
+    # a detection is matched against its own tile's truths only (a box reaching into the next tile is clipped there)
+    out = {"false_detections": 0, "on_decoys": 0, "kinds": {}}
+    tree = shapely.STRtree([g for g, _ in px]) if px else None
+    for b, tb in zip(boxes, gts):
+        if not len(b):
+            continue
+        near = [px[j] for j in tree.query(shapely.box(*b[:, :2].min(axis=0), *b[:, 2:].max(axis=0))).tolist()] if tree is not None else []
+        r = score_box_decoys(b, tb, near, IOU)
+        out["false_detections"] += r["false_detections"]
+        out["on_decoys"] += r["on_decoys"]
+        for k, v in r["kinds"].items():
+            out["kinds"][k] = out["kinds"].get(k, 0) + v
+    out["kinds"] = dict(sorted(out["kinds"].items()))
+    return out
 
 
 def _rounded(value):

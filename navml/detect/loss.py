@@ -7,7 +7,7 @@ anchors)::
 
     coord   * sum m [(g(t_x) - x)² + (g(t_y) - y)² + (t_w - w)² + (t_h - h)²]
     obj     * sum m (sig(t_o) - IoU(predicted box, its truth box))²      (IoU not differentiated)
-    noobj   * sum (1 - m) [best IoU with any truth <= ignore_iou] sig(t_o)²
+    noobj   * sum (1 - m) [best IoU with any truth <= ignore_iou] w sig(t_o)²    (w = 1, or the mined weight)
     cls     * sum m cross-entropy(softmax(c), one-hot class)
     prior   * sum (1 - m) [(g(t_x) - 1/2)² + (g(t_y) - 1/2)² + t_w² + t_h²]   while step < warmup_steps
 
@@ -68,11 +68,18 @@ def loss_terms(
     ignore_iou: float = 0.6,
     max_truths: int = 64,
     offset_scale: float = 1.0,
+    noobj_weighted: bool = False,
 ) -> dict:
-    """The loss terms before weighting, each of shape (b,): ``coord``, ``obj``, ``noobj``, ``cls``, ``prior``."""
+    """The loss terms before weighting, each of shape (b,): ``coord``, ``obj``, ``noobj``, ``cls``, ``prior``.
+
+    ``noobj_weighted``: ``y_true`` has one more channel after the classes, the weight of each cell's and
+    anchor's no-object term (hard-negative retraining: :func:`navml.detect.dataset.noobj_weights`)."""
     anchors = np.asarray(anchors, "float32").reshape(-1, 2)
     n_a = len(anchors)
     y_true = ops.convert_to_tensor(y_true, "float32")
+    noobj_w = None
+    if noobj_weighted:
+        noobj_w, y_true = y_true[..., -1], y_true[..., :-1]
     y_pred = ops.convert_to_tensor(y_pred, "float32")
     y_pred = ops.reshape(y_pred, ops.shape(y_true))
     shape = ops.shape(y_true)
@@ -111,7 +118,7 @@ def loss_terms(
     all_iou = _iou(p_boxes, [ops.reshape(c, (b, 1, k)) for c in t_boxes]) * ops.reshape(t_m, (b, 1, k))
     best = ops.reshape(ops.stop_gradient(ops.max(all_iou, axis=2)), ops.shape(m))
     free = (1.0 - m) * ops.cast(best <= ignore_iou, "float32")
-    noobj = per_image(free * so**2)
+    noobj = per_image(free * so**2 if noobj_w is None else free * noobj_w * so**2)
 
     logp = y_pred[..., N_BOX:] - ops.logsumexp(y_pred[..., N_BOX:], axis=-1, keepdims=True)
     cls = per_image(-m * ops.sum(y_true[..., N_BOX:] * logp, axis=-1))
@@ -144,6 +151,7 @@ class YoloLoss(keras.losses.Loss):
         warmup_steps: int = 0,
         max_truths: int = 64,
         offset_scale: float = 1.0,
+        noobj_weighted: bool = False,
         step=None,
         name: str = "yolo_loss",
         reduction: str = "sum_over_batch_size",
@@ -165,12 +173,13 @@ class YoloLoss(keras.losses.Loss):
         self.warmup_steps = int(warmup_steps)
         self.max_truths = int(max_truths)
         self.offset_scale = float(offset_scale)
+        self.noobj_weighted = bool(noobj_weighted)
         self.step = step
 
     def call(self, y_true, y_pred):
         terms = loss_terms(
             y_true, y_pred, self.anchors, self.stride, ignore_iou=self.ignore_iou, max_truths=self.max_truths,
-            offset_scale=self.offset_scale,
+            offset_scale=self.offset_scale, noobj_weighted=self.noobj_weighted,
         )
         total = sum(self.weights[k] * terms[k] for k in TERMS if k != "prior")
         if self.warmup_steps and self.step is not None and self.weights["prior"]:
@@ -189,4 +198,5 @@ class YoloLoss(keras.losses.Loss):
             "warmup_steps": self.warmup_steps,
             "max_truths": self.max_truths,
             "offset_scale": self.offset_scale,
+            "noobj_weighted": self.noobj_weighted,
         }

@@ -44,20 +44,20 @@ from tqdm import tqdm
 from navml.config import DetectPredictParams
 from navml.detect.nms import box_iou, centre_in_core
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
-from navml.detect.targets import N_BOX, TO, Detections, decode, sigmoid
+from navml.detect.targets import N_BOX, TO, Detections, decode_cells, sigmoid
 from navml.errors import ConfigError, ModelError
 from navml.geo.grid import Grid, Tile, tiles_ground_resolution
-from navml.geo.store import Store
+from navml.geo.store import Store, WindowReader
 from navml.models.inference import (
+    READER_SHARDS,
     Job,
     ModelFiles,
     Rescale,
     check_inputs,
-    flexible,
-    fold_batchnorm,
+    model_input,
+    model_runner,
     prediction_halo,
     rescaled_jobs,
-    runner,
     scale_factor,
     tf_threads,
     to_model_grid,
@@ -191,15 +191,22 @@ class DetectTask:
     rescale: Rescale | None = None  # a store at another ground resolution than the detector's: read and model windows
 
 
-def read_detect_input(task: DetectTask) -> tuple[np.ndarray | None, np.ndarray]:
-    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask."""
+def read_detect_input(task: DetectTask, reader: WindowReader | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """The detector input of a window (None when its core has no imagery) and the input's valid-data mask.
+
+    ``reader``: a :class:`~navml.geo.store.WindowReader` of the task's layer, kept open across the windows
+    of one thread (the shards a halo shares with the next window are not opened and decoded again);
+    None: one for this window only (its mask and pixels still share the open shards)."""
+    if reader is None:
+        with task.store.reader(task.layer) as own:
+            return read_detect_input(task, own)
     job, rs = task.job, task.rescale
     src = rs.read if rs else job.input
-    valid = task.store.read_valid(task.layer, src)
+    valid = reader.read_valid(src)
     r0, c0 = job.core.row - src.row, job.core.col - src.col
     if not valid[r0 : r0 + job.core.height, c0 : c0 + job.core.width].any():
         return None, valid
-    x = np.moveaxis(task.store.read_window(task.layer, src, bands=task.bands), 0, -1)[None].astype("float32")
+    x = model_input(reader.read_window(src, bands=task.bands))
     return (to_model_grid(x, rs) if rs else x), valid
 
 
@@ -229,13 +236,24 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
     i1 = min(gh, math.ceil(((core.row + core.height) * f - inp.row) / stride) + margin_cells)
     j1 = min(gw, math.ceil(((core.col + core.width) * f - inp.col) / stride) + margin_cells)
     y = y[i0:i1, j0:j1]
-    # only rows of cells where some anchor's objectness reaches the threshold can hold a box (score <= objectness)
-    rows = (sigmoid(y[..., TO::per]) >= task.score_threshold).any(axis=(1, 2))
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], rows.astype(np.int8), [0]])))
-    found = [decode(y[a:b], det.anchors, stride, task.score_threshold, origin=(inp.col + j0 * stride, inp.row + (i0 + a) * stride),
-                    offset_scale=det.offset_scale)
-             for a, b in zip(edges[::2], edges[1::2])]
-    d = _concat(found)
+    # only cells (and anchors) whose objectness reaches the threshold can hold a box (score <= objectness); they
+    # are decoded as decode() decodes each run of such rows (the same values, origins and order: by run, then
+    # by score, ties in cell order), without decoding the other cells of those rows
+    n_a = len(det.anchors)
+    hit = sigmoid(y[..., TO::per]) >= task.score_threshold
+    ii, jj, aa = np.nonzero(hit)
+    if len(ii):
+        runs = np.flatnonzero(np.diff(np.concatenate([[0], hit.any(axis=(1, 2)).astype(np.int8), [0]])))[::2]
+        start = runs[np.searchsorted(runs, ii, side="right") - 1]  # first row of each cell's run
+        raw = y.reshape(*y.shape[:2], n_a, per)[ii, jj, aa]
+        boxes, scores, class_ids = decode_cells(raw, ii - start, jj, aa, det.anchors, stride, det.offset_scale)
+        ok = np.flatnonzero(scores >= task.score_threshold)
+        order = ok[np.lexsort((-scores[ok], start[ok]))]  # stable: decode's argsort within each run
+        ox = np.full(len(order), float(inp.col + j0 * stride))
+        oy = (inp.row + (i0 + start[order]) * stride).astype(float)  # each run's origin, as decode is given it
+        d = Detections(boxes[order] + np.stack([ox, oy, ox, oy], axis=1), scores[order], class_ids[order])
+    else:
+        d = _concat([])
     if f != 1.0 and len(d):
         d = Detections(d.boxes / f, d.scores, d.class_ids)
     d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
@@ -332,13 +350,15 @@ def detect_with_model(
     ``where`` names it in errors."""
 
     def windows(tasks: list[DetectTask]):
-        run = runner(fold_batchnorm(flexible(model, tasks[0].bands)), tasks[0].bands)
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as post:  # read the next window, decode the last
-            next_x = reader.submit(read_detect_input, tasks[0])
+        # one reading thread with the shards kept open across windows: read the next window, decode the last
+        with (tasks[0].store.reader(tasks[0].layer, READER_SHARDS) as shards, ThreadPoolExecutor(1) as reader,
+              ThreadPoolExecutor(1) as post):
+            next_x = reader.submit(read_detect_input, tasks[0], shards)  # read while the model is folded and traced
+            run = model_runner(model, tasks[0].bands)
             for i, task in enumerate(tasks):
                 x, valid = next_x.result()
                 if i + 1 < len(tasks):
-                    next_x = reader.submit(read_detect_input, tasks[i + 1])
+                    next_x = reader.submit(read_detect_input, tasks[i + 1], shards)
                 if x is None:
                     yield None
                     continue

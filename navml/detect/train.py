@@ -156,6 +156,10 @@ def train_detection(
     score_threshold: float | None = _DETECT.score_threshold,
     seed: int = _DETECT.seed,
     gsd_m: float | None = None,
+    init_model: str | os.PathLike | None = None,
+    hard: Mapping | None = None,
+    hard_repeats: int = 1,
+    mined_weight: float | None = None,
     live_dir: str | os.PathLike | None = None,
     progress: bool = True,
     where: str = "tile index",
@@ -175,6 +179,13 @@ def train_detection(
     ``store`` and ``index`` may be lists (one per city): the union of their splits, each store's tiles
     and boxes resampled to one ground resolution, ``gsd_m`` (None: the coarsest city's), recorded in
     ``meta.extra["gsd_m"]`` (:func:`navml.segment.train.training_sources`).
+
+    Hard-negative retraining (:mod:`navml.mining.detect`): ``init_model`` (a detector folder) starts from its
+    weights, with its anchors, stride, base filters, offset scale (and ``gsd_m`` when not given) instead of
+    new ones; ``hard`` maps train tiles (:class:`~navml.segment.dataset.SourceTile` s over several stores)
+    to mined boxes (M, 4) in their store's tile pixels: each such tile is drawn ``hard_repeats`` times per
+    pass and the no-object loss weighs ``mined_weight`` in the cells the boxes cover
+    (:func:`navml.detect.dataset.batch_stream`).
     """
     from navml.detect.anchors import box_shapes, kmeans_anchors
     from navml.detect.augment import mirror_table
@@ -184,6 +195,22 @@ def train_detection(
     started = time.monotonic()
     names = list(names)
     n = len(names)
+    first = None
+    if init_model is not None:
+        from navml.models.io import read_meta
+
+        first = read_meta(init_model)
+        if first.task != "detection":
+            raise ModelError(f"{init_model}: a {first.task} model, not a detection one; pass the first detector's folder")
+        try:
+            stride, base_filters = int(first.stride), int(first.extra["base_filters"])
+            offset_scale = float(first.extra.get("offset_scale", 1.0))
+            first_anchors = np.asarray(first.extra["anchors"], float).reshape(-1, 2)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{init_model}: meta.json lacks the detector's anchors or base_filters ({exc}); retrain it") from exc
+        anchors = len(first_anchors)
+        if gsd_m is None and first.extra.get("gsd_m"):
+            gsd_m = float(first.extra["gsd_m"])
     stores, index, factors, gsd_ref = training_sources(store, index, gsd_m)
     store = stores[0]
     size = store.grid.tile_size
@@ -215,7 +242,24 @@ def train_detection(
     train_counts = count_boxes(truth, train_tiles, n)
     val_counts = count_boxes(truth, val_tiles, n)
     train_boxes = np.concatenate([truth[t][0] for t in train_tiles if t in truth])
-    fit = kmeans_anchors(box_shapes(train_boxes), anchors, seed=anchor_seed, where="detect.anchors")
+    if first is None:
+        fit = kmeans_anchors(box_shapes(train_boxes), anchors, seed=anchor_seed, where="detect.anchors")
+    else:
+        from navml.detect.anchors import Anchors, shape_iou
+
+        best = shape_iou(box_shapes(train_boxes), first_anchors).max(axis=1)
+        fit = Anchors(wh=first_anchors, mean_iou=float(best.mean()), counts=np.zeros(len(first_anchors), int), iterations=0)
+    if hard:
+        from navml.segment.dataset import SourceTile
+
+        if len(stores) == 1 and train_tiles and isinstance(train_tiles[0], SourceTile):  # one store, resampled
+            hard = {(t if isinstance(t, SourceTile) else SourceTile(t.x, t.y, t.z, 0)): b for t, b in hard.items()}
+        known = set(train_tiles)
+        outside = sorted(str(t) for t in hard if t not in known)
+        if outside:
+            raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile of {where}; only train tiles are mined")
+        if factors != [1.0]:  # boxes in store pixels -> model pixels, as the tiles are resampled
+            hard = {t: np.asarray(b, float) * factors[t.source] for t, b in hard.items()}
     mirror_ids = mirror_table(names, mirror) if flip else np.arange(n)  # names need a mirror image only when flipped
 
     import keras
@@ -232,18 +276,26 @@ def train_detection(
         reader = CityReader([TileReader(st, 0, bands, cache_mb=1024.0 / len(stores)) for st in stores], factors)
     val_images = tile_images(reader, val_tiles)
     val_truths: list[TileBoxes] = tile_truths(reader, val_tiles, truth)
-    model = build_yolo(bands, n, anchors, stride, base_filters, stem_convs=stem_convs, stem_filters=stem_filters)
+    if first is None:
+        model = build_yolo(bands, n, anchors, stride, base_filters, stem_convs=stem_convs, stem_filters=stem_filters)
+    else:
+        from navml.models.io import load_model
+
+        model, _ = load_model(init_model)
+        first.check_fits(zoom=store.grid.zoom, bands=bands, classes=names, where=str(init_model))
     checks = -(-steps // eval_every)
     total_steps = checks * eval_every
     optimizer = keras.optimizers.Adam(learning_rate_schedule(learning_rate, total_steps, warmup_steps))
     loss = YoloLoss(
         fit.wh, stride, coord=coord, obj=obj, noobj=noobj, cls=cls, prior=prior, ignore_iou=ignore_iou,
-        warmup_steps=prior_steps, max_truths=max_truths, offset_scale=offset_scale, step=optimizer.iterations,
+        warmup_steps=prior_steps if first is None else 0, max_truths=max_truths, offset_scale=offset_scale,
+        noobj_weighted=mined_weight is not None, step=optimizer.iterations,
     )
     model.compile(optimizer=optimizer, loss=loss, jit_compile=False)
     train_ds = training_dataset(
         reader, train_tiles, truth, anchors=fit.wh, n_classes=n, mirror=mirror_ids, batch_size=batch_size, stride=stride,
         crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
+        hard=hard, hard_repeats=hard_repeats, mined_weight=mined_weight,
     )
     check = _val_check(val_images, val_truths, fit.wh, stride, n, nms_iou, batch_size, patience, offset_scale)
 
@@ -301,6 +353,13 @@ def train_detection(
             "val_recall": round(chosen["recall"], 6),
             "gsd_m": round(gsd_ref, 6),
         }
+        if init_model is not None:
+            summary["init_model"] = Path(init_model).as_posix()
+        if hard:
+            summary["hard_tiles"] = len(hard)
+            summary["hard_repeats"] = int(hard_repeats)
+            summary["mined_boxes"] = int(sum(len(b) for b in hard.values()))
+            summary["mined_weight"] = float(mined_weight or 1.0)
         if len(stores) > 1:
             summary["cities"] = [{"store": str(st.root), "factor": round(f, 4)} for st, f in zip(stores, factors)]
         if live is not None:

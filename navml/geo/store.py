@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -242,16 +243,8 @@ class Store:
         Parts of the window in shards that do not exist are ``fill``.
         Returns (bands, height, width).
         """
-        bands = bands or self.count(layer) or 1
-        out = None
-        for part_win, part in self._parts(layer, window, lambda src, w: src.read(window=w)):
-            if out is None:
-                out = np.full((part.shape[0], window.height, window.width), fill, dtype=part.dtype)
-            r, c = part_win.row - window.row, part_win.col - window.col
-            out[:, r : r + part_win.height, c : c + part_win.width] = part
-        if out is None:
-            out = np.full((bands, window.height, window.width), fill, dtype="uint8")
-        return out
+        with self.reader(layer) as r:
+            return r.read_window(window, bands, fill)
 
     def read_valid(self, layer: str, window: Window) -> np.ndarray:
         """Valid-data mask (bool, height x width) of any global pixel window of ``layer``.
@@ -259,27 +252,12 @@ class Store:
         True where the layer holds data: inside an existing shard and not masked
         by its internal mask (a shard without one is valid everywhere).
         """
-        out = np.zeros((window.height, window.width), dtype=bool)
-        for part_win, part in self._parts(layer, window, lambda src, w: src.dataset_mask(window=w)):
-            r, c = part_win.row - window.row, part_win.col - window.col
-            out[r : r + part_win.height, c : c + part_win.width] = part > 0
-        return out
+        with self.reader(layer) as r:
+            return r.read_valid(window)
 
-    def _parts(self, layer: str, window: Window, read) -> Iterator[tuple[Window, np.ndarray]]:
-        """``(part window, read(src, rasterio window))`` for each existing shard of ``layer`` that ``window`` overlaps."""
-        g = self.grid
-        for shard in shards_of_window(window, g):
-            path = self.path(layer, shard)
-            if not path.exists():
-                continue
-            sw = shard_window(shard, g)
-            part_win = intersection(window, sw)
-            try:
-                with self.open(path) as src:
-                    part = read(src, RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
-            except rasterio.errors.RasterioIOError as exc:
-                raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{layer}'") from exc
-            yield part_win, part
+    def reader(self, layer: str, max_open: int = 16) -> WindowReader:
+        """A :class:`WindowReader` of ``layer``: many windows read with each shard file opened once (use ``with``)."""
+        return WindowReader(self, layer, max_open)
 
     def read_valid_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """Valid-data mask (bool, size x size) of one tile of ``layer``, optionally with ``halo`` pixels around it."""
@@ -353,3 +331,97 @@ class Store:
         if halo:
             w = Window(w.col - halo, w.row - halo, w.width + 2 * halo, w.height + 2 * halo)
         return self.read_window(layer, w)
+
+
+class WindowReader:
+    """Windows of one layer of a :class:`Store` (:meth:`Store.read_window`, :meth:`Store.read_valid`), read with
+    each shard file opened once and kept open (the ``max_open`` last used ones) until :meth:`close` (or the end
+    of a ``with`` block).
+
+    Windows that share shards (a halo across the neighbour's core, the data and the valid mask of one
+    window) then share the open datasets, and the blocks GDAL decoded for one window stay in its block
+    cache for the next one instead of being decoded again; closing the least recently used dataset
+    frees its blocks, so the memory held is at most ``max_open`` decoded shards. The pixels are those of
+    the store's own reads. One reader belongs to one thread (a GDAL dataset is not thread-safe) and to one
+    pass over a layer: files rewritten while it is open are not seen.
+    """
+
+    def __init__(self, store: Store, layer: str, max_open: int = 16):
+        self.store = store
+        self.layer = layer
+        self.max_open = max(1, int(max_open))
+        self._open: OrderedDict[Tile, object] = OrderedDict()  # shard -> open dataset, least recently used first
+        self._missing: set[Tile] = set()  # shards that do not exist
+        self._bands: int | None = None
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every shard file still open."""
+        datasets, self._open = self._open, OrderedDict()
+        for src in datasets.values():
+            src.close()
+
+    def _dataset(self, shard: Tile):
+        """The open dataset of ``shard`` (None when it does not exist)."""
+        if shard in self._open:
+            self._open.move_to_end(shard)
+            return self._open[shard]
+        if shard in self._missing:
+            return None
+        path = self.store.path(self.layer, shard)
+        if not path.exists():
+            self._missing.add(shard)
+            return None
+        try:
+            with self.store._env():
+                src = rasterio.open(str(path) if self.store.remote else path)
+        except rasterio.errors.RasterioIOError as exc:
+            raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{self.layer}'") from exc
+        self._open[shard] = src
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return src
+
+    def _parts(self, window: Window, read) -> Iterator[tuple[Window, np.ndarray]]:
+        """``(part window, read(src, rasterio window))`` for each existing shard of the layer that ``window`` overlaps."""
+        g = self.store.grid
+        for shard in shards_of_window(window, g):
+            src = self._dataset(shard)
+            if src is None:
+                continue
+            sw = shard_window(shard, g)
+            part_win = intersection(window, sw)
+            try:
+                with self.store._env():
+                    part = read(src, RioWindow(part_win.col - sw.col, part_win.row - sw.row, part_win.width, part_win.height))
+            except rasterio.errors.RasterioIOError as exc:
+                path = self.store.path(self.layer, shard)
+                raise InputError(f"{path}: corrupt shard ({exc}); delete it and re-run the stage that writes '{self.layer}'") from exc
+            yield part_win, part
+
+    def read_window(self, window: Window, bands: int | None = None, fill: int = 0) -> np.ndarray:
+        """:meth:`Store.read_window` of this reader's layer."""
+        out = None
+        for part_win, part in self._parts(window, lambda src, w: src.read(window=w)):
+            if out is None:
+                out = np.full((part.shape[0], window.height, window.width), fill, dtype=part.dtype)
+            r, c = part_win.row - window.row, part_win.col - window.col
+            out[:, r : r + part_win.height, c : c + part_win.width] = part
+        if out is None:
+            if bands is None and self._bands is None:
+                self._bands = self.store.count(self.layer) or 1
+            out = np.full((bands or self._bands, window.height, window.width), fill, dtype="uint8")
+        return out
+
+    def read_valid(self, window: Window) -> np.ndarray:
+        """:meth:`Store.read_valid` of this reader's layer."""
+        out = np.zeros((window.height, window.width), dtype=bool)
+        for part_win, part in self._parts(window, lambda src, w: src.dataset_mask(window=w)):
+            r, c = part_win.row - window.row, part_win.col - window.col
+            out[r : r + part_win.height, c : c + part_win.width] = part > 0
+        return out

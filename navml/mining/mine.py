@@ -16,6 +16,10 @@ to a few metres: slivers along a lot's edge are label noise, not look-alikes);
 8-connected groups of at least ``min_area_m2`` become polygons (pixel edges,
 WGS84) with their mean probability as ``score``. The ``max_negatives`` of
 highest score are kept (ties: larger first).
+
+Over several cities (:func:`mine_cities`): each city's own store, probabilities,
+tile index and complete areas (:class:`MineSource`), one ``max_negatives`` cut
+over all of them, and a ``city`` property on every negative.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -32,7 +36,7 @@ import shapely
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from navml.config import MineParams
+from navml.config import MineParams, Params
 from navml.errors import ConfigError, InputError
 from navml.geo.features import to_lonlat
 from navml.geo.grid import Tile, Window, metres_to_pixels, pixel_area_m2, shard_of, tile_key, tile_polygon, tile_window
@@ -57,10 +61,11 @@ class MineReport:
     outside: int = 0  # regions wholly outside the complete areas (on a mapped road there, say)
     edge_px: int = 0  # predicted background pixels within edge_m of a label, left out
     area_m2: float = 0.0  # of the kept regions
-    tiles: list[str] = field(default_factory=list)  # tiles of the kept regions
+    tiles: list[str] = field(default_factory=list)  # tiles of the kept regions (over cities: "<city>:<z-x-y>")
+    cities: dict[str, MineReport] = field(default_factory=dict)  # over several cities: each one's
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "train_tiles_in_complete_areas": self.candidates,
             "tiles_scanned": self.scanned,
             "regions_found": self.found,
@@ -71,6 +76,9 @@ class MineReport:
             "left_out_outside_complete": self.outside,
             "left_out_edge_px": self.edge_px,
         }
+        if self.cities:
+            out["cities"] = {name: r.as_dict() for name, r in self.cities.items()}
+        return out
 
 
 def _union(areas: Sequence[BaseGeometry] | None) -> BaseGeometry | None:
@@ -149,7 +157,29 @@ def _polygon(m: np.ndarray, tile: Tile, size: int) -> BaseGeometry:
     return to_lonlat(shapely.union_all(parts), tile.z, size, origin=(w.col, w.row))
 
 
-def mine_segmentation(
+class MineSource(NamedTuple):
+    """One city (or the single store) to mine over: its name, the model's probabilities over it, its store
+    (``masks``, ``imagery``), tile index and per-class complete areas (WGS84; None: complete everywhere).
+
+    ``probs`` may be None where nothing is mined from it yet (the first round of :func:`~navml.mining.retrain.retrain_rounds`).
+    """
+
+    name: str
+    probs: Store | None
+    store: Store
+    index: pd.DataFrame
+    complete: Sequence[Sequence[BaseGeometry] | None]
+    where: str = "tile index"
+
+
+def _check(classes: Sequence[str], complete: Sequence[Any], max_negatives: int, min_area_m2: float, edge_m: float, where: str) -> None:
+    if len(complete) != len(classes):
+        raise ConfigError(f"mine: {len(complete)} complete-area entries for {len(classes)} segmentation classes ({where})")
+    if max_negatives < 0 or min_area_m2 < 0 or edge_m < 0:
+        raise ConfigError("params: mine.max_negatives, mine.min_area_m2 and mine.edge_m must be 0 or more")
+
+
+def _scan(
     probs: Store,
     store: Store,
     index: pd.DataFrame,
@@ -157,29 +187,19 @@ def mine_segmentation(
     complete: Sequence[Sequence[BaseGeometry] | None],
     thresholds: Mapping[str, float],
     *,
-    min_area_m2: float = _MINE.min_area_m2,
-    max_negatives: int = _MINE.max_negatives,
-    tile_share: float = _MINE.tile_share,
-    edge_m: float = _MINE.edge_m,
-    seed: int = _MINE.seed,
-    progress: bool = False,
-    where: str = "tile index",
-) -> tuple[list[dict[str, Any]], MineReport]:
-    """Hard negatives of every segmentation class (mask order ``classes``) as features of the negatives schema.
-
-    ``probs``: a store with layer ``probs`` (one uint8 band per class); ``store``: layers ``masks`` and
-    ``imagery``; ``complete``: per class, WGS84 areas of complete mapping (None: everywhere);
-    ``thresholds``: class -> probability threshold. Returns ``(features, report)``; features are
-    sorted by tile, then position, and carry ``source: "mined"``, ``keep: true``.
-    """
+    min_area_m2: float,
+    tile_share: float,
+    edge_m: float,
+    seed: int,
+    progress: bool,
+    where: str,
+    desc: str = "mine",
+) -> tuple[list[tuple[float, float, int, dict[str, Any]]], MineReport]:
+    """Every region of one store before the ``max_negatives`` cut: ``([(-score, -area, tile position, feature), ...], report)``."""
     from tqdm import tqdm
 
     from navml.mining.negatives import negative_feature
 
-    if len(complete) != len(classes):
-        raise ConfigError(f"mine: {len(complete)} complete-area entries for {len(classes)} segmentation classes")
-    if max_negatives < 0 or min_area_m2 < 0 or edge_m < 0:
-        raise ConfigError("params: mine.max_negatives, mine.min_area_m2 and mine.edge_m must be 0 or more")
     grid = store.grid
     size = grid.tile_size
     areas = [_union(a) for a in complete]
@@ -193,7 +213,7 @@ def mine_segmentation(
         raise InputError(f"{probs.path(PROBS, shard_of(missing[0], grid))}: no probabilities for train tile {tile_key(missing[0])}; run predict first")
     reader = TileReader(store, len(classes), store.count("imagery") or 3)
     found: list[tuple[float, float, int, dict[str, Any]]] = []
-    for k, tile in enumerate(tqdm(tiles, desc="mine", unit="tile", disable=None if progress else True)):
+    for k, tile in enumerate(tqdm(tiles, desc=desc, unit="tile", disable=None if progress else True)):
         foot = tile_polygon(tile)
         lat = foot.centroid.y
         px_m2 = pixel_area_m2(lat, grid.zoom, size)
@@ -222,10 +242,118 @@ def mine_segmentation(
                     continue
                 found.append((-score, -feat["properties"]["area_m2"], k, feat))
     report.found = len(found)
+    return found, report
+
+
+def _kept(report: MineReport, features: Sequence[dict[str, Any]]) -> MineReport:
+    report.kept = len(features)
+    report.area_m2 = float(sum(f["properties"]["area_m2"] for f in features))
+    report.tiles = sorted({f["properties"]["tile"] for f in features})
+    return report
+
+
+def mine_segmentation(
+    probs: Store,
+    store: Store,
+    index: pd.DataFrame,
+    classes: Sequence[str],
+    complete: Sequence[Sequence[BaseGeometry] | None],
+    thresholds: Mapping[str, float],
+    *,
+    min_area_m2: float = _MINE.min_area_m2,
+    max_negatives: int = _MINE.max_negatives,
+    tile_share: float = _MINE.tile_share,
+    edge_m: float = _MINE.edge_m,
+    seed: int = _MINE.seed,
+    progress: bool = False,
+    where: str = "tile index",
+) -> tuple[list[dict[str, Any]], MineReport]:
+    """Hard negatives of every segmentation class (mask order ``classes``) as features of the negatives schema.
+
+    ``probs``: a store with layer ``probs`` (one uint8 band per class); ``store``: layers ``masks`` and
+    ``imagery``; ``complete``: per class, WGS84 areas of complete mapping (None: everywhere);
+    ``thresholds``: class -> probability threshold. Returns ``(features, report)``; features are
+    sorted by tile, then position, and carry ``source: "mined"``, ``keep: true``.
+    """
+    _check(classes, complete, max_negatives, min_area_m2, edge_m, where)
+    found, report = _scan(probs, store, index, classes, complete, thresholds, min_area_m2=min_area_m2, tile_share=tile_share,
+                          edge_m=edge_m, seed=seed, progress=progress, where=where)
     best = sorted(found, key=lambda x: x[:3])[:max_negatives]
     kept = [f for *_, f in sorted(best, key=lambda x: (x[2], -x[1]))]
-    report.kept = len(kept)
-    report.area_m2 = float(sum(f["properties"]["area_m2"] for f in kept))
-    report.tiles = sorted({f["properties"]["tile"] for f in kept})
-    return kept, report
+    return kept, _kept(report, kept)
 
+
+def mine_cities(
+    sources: Sequence[MineSource],
+    classes: Sequence[str],
+    thresholds: Mapping[str, float],
+    *,
+    min_area_m2: float = _MINE.min_area_m2,
+    max_negatives: int = _MINE.max_negatives,
+    tile_share: float = _MINE.tile_share,
+    edge_m: float = _MINE.edge_m,
+    seed: int = _MINE.seed,
+    progress: bool = False,
+) -> tuple[list[dict[str, Any]], MineReport]:
+    """Hard negatives over several cities (the ``role: train`` ones): :func:`mine_segmentation` on each source,
+    one ``max_negatives`` cut over all of them (highest score first; ties: larger, then the earlier city).
+
+    Each city's ``tile_share`` draw uses ``seed`` (so it does not depend on the other cities); every
+    feature gets a ``city`` property (the source's name). Features come city by city (in ``sources``
+    order), then by tile and position. The report sums the cities and holds each one's in ``cities``.
+    """
+    if not sources:
+        raise ConfigError("mine: no city to mine over; give at least one role: train city")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"mine: city names must be distinct and not empty; got {names}")
+    found: list[tuple[float, float, int, int, dict[str, Any]]] = []
+    reports: dict[str, MineReport] = {}
+    for c, src in enumerate(sources):
+        if src.probs is None:
+            raise ConfigError(f"mine: city {src.name} has no probability store")
+        _check(classes, src.complete, max_negatives, min_area_m2, edge_m, src.where)
+        got, reports[src.name] = _scan(src.probs, src.store, src.index, classes, src.complete, thresholds, min_area_m2=min_area_m2,
+                                       tile_share=tile_share, edge_m=edge_m, seed=seed, progress=progress, where=src.where,
+                                       desc=f"mine {src.name}")
+        found += [(s, a, c, k, {**f, "properties": {**f["properties"], "city": src.name}}) for s, a, k, f in got]
+    best = sorted(found, key=lambda x: x[:4])[:max_negatives]
+    kept = [f for *_, f in sorted(best, key=lambda x: (x[2], x[3], -x[1]))]
+    total = MineReport()
+    for src in sources:
+        r = _kept(reports[src.name], [f for f in kept if f["properties"]["city"] == src.name])
+        for k in ("candidates", "scanned", "found", "small", "outside", "edge_px"):
+            setattr(total, k, getattr(total, k) + getattr(r, k))
+    total = _kept(total, kept)
+    total.tiles = [f"{src.name}:{t}" for src in sources for t in reports[src.name].tiles]
+    total.cities = reports
+    return kept, total
+
+
+def city_sources(params: Params, names: Sequence[str], *, probs: bool = True, complete: bool = True) -> list[MineSource]:
+    """The :class:`MineSource` of each city ``names`` of ``params``: its tile index and store
+    (:meth:`~navml.config.Params.city`), the first model's probabilities at ``<city.first>/predict``
+    (None with ``probs=False``) and its complete areas (:meth:`~navml.config.Params.for_city`: the city's
+    ``complete``, or a class's own; not read with ``complete=False``, for a caller that mines nothing:
+    None per class)."""
+    from navml.config import segmentation_classes
+    from navml.data.rasterize import complete_areas
+    from navml.geo.tile_index import read_index
+
+    grid = params.grid.grid()
+    out = []
+    for name in names:
+        c, pc = params.city(name), params.for_city(name)
+        specs = segmentation_classes(pc.class_specs())
+        out.append(MineSource(
+            name=name,
+            probs=Store(f"{c.first}/predict", grid) if probs else None,
+            store=Store(c.store, grid),
+            index=read_index(c.tiles),
+            complete=complete_areas(specs, pc.rasterize.complete) if complete else [None] * len(specs),
+            where=c.tiles,
+        ))
+    return out
+
+
+__all__ = ["MineReport", "MineSource", "city_sources", "candidate_tiles", "mine_cities", "mine_segmentation", "pick_tiles", "tile_regions"]

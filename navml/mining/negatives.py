@@ -5,7 +5,10 @@ A FeatureCollection (WGS84) of Polygon features with properties ``class``,
 was found on), ``area_m2`` (ground m², geodesic), ``score`` (0..1 or null),
 ``source`` (``"mined"``: found by ``navml mine``; ``"review"``: a reviewer marked a
 prediction false in the viewer) and ``keep`` (false: vetoed, not used), plus
-``review_id`` (a hash of the geometry that the viewer identifies a feature by).
+``review_id`` (a hash of the geometry that the viewer identifies a feature by);
+mined over several cities (``navml mine --cities``), also ``city`` (the city whose
+store it lies in; a reviewer's negative may lack it: :func:`feature_cities`
+then finds it by its tile).
 The viewer (:mod:`navml.viewer.review`) writes the same schema; both go through
 :func:`write_collection` (atomic).
 
@@ -33,6 +36,8 @@ from navml.errors import InputError
 from navml.geo.grid import Grid, Tile, parse_tile, tile_key, tile_polygon, tile_window
 from navml.io import dumps_json, write_text
 
+#: The file's name in a mining folder (``<paths.mining>/seg``) and in a mined model's folder.
+FILE = "hard_negatives.geojson"
 KINDS = ("segmentation", "detection")
 SOURCES = ("mined", "review")
 #: A newly mined region lying this much (share of its area) on a vetoed one stays vetoed.
@@ -160,6 +165,35 @@ def tile_masks(features: Sequence[Mapping[str, Any]], grid: Grid, tiles: Iterabl
     return out
 
 
+def feature_cities(features: Sequence[Mapping[str, Any]], cities: Mapping[str, Iterable[Tile]]) -> list[str | None]:
+    """Per feature the city (a key of ``cities``: name -> the tiles of its index) it belongs to, or None (none of them).
+
+    Its ``city`` property when it has one (None when that is no key of ``cities``: a city no longer mined
+    over); else the one city whose tiles hold its ``tile``. A ``tile`` in two or more of them without a
+    ``city`` is an :class:`InputError`.
+    """
+    sets = {name: set(tiles) for name, tiles in cities.items()}
+    out: list[str | None] = []
+    for f in features:
+        p = f.get("properties") or {}
+        if p.get("city") is not None:
+            out.append(str(p["city"]) if str(p["city"]) in sets else None)
+            continue
+        text = p.get("tile")
+        try:
+            tile = parse_tile(str(text))
+        except Exception as exc:  # noqa: BLE001 - parse_tile raises ConfigError with the reason
+            raise InputError(f"hard negative with tile {text!r}: {exc}") from None
+        hit = [name for name, tiles in sets.items() if tile in tiles]
+        if len(hit) > 1:
+            raise InputError(
+                f"hard negative {p.get('review_id', '')} on tile {text} has no city and that tile lies in cities {' and '.join(hit)}; "
+                "give it a city property"
+            )
+        out.append(hit[0] if hit else None)
+    return out
+
+
 def feature_tiles(features: Sequence[Mapping[str, Any]]) -> list[Tile]:
     """The distinct ``tile`` properties of ``features`` (sorted); a malformed one is an :class:`InputError`."""
     found = set()
@@ -173,6 +207,6 @@ def feature_tiles(features: Sequence[Mapping[str, Any]]) -> list[Tile]:
 
 
 __all__ = [
-    "KINDS", "SOURCES", "area_m2", "feature_tiles", "kept", "merge_previous", "negative_feature", "read_collection",
+    "FILE", "KINDS", "SOURCES", "area_m2", "feature_cities", "feature_tiles", "kept", "merge_previous", "negative_feature", "read_collection",
     "review_id", "tile_key", "tile_masks", "tile_of", "write_collection",
 ]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,6 +51,9 @@ from navml.models.scale import (  # noqa: F401 - resampling to the model's groun
 DEFAULT_WINDOW = 2048
 #: Width of the strips windows are planned in, in shards (bounds the shards held in memory).
 STRIP_SHARDS = 8
+#: Shard files a window reader (:meth:`navml.geo.store.Store.reader`) keeps open over the windows: two rows of a
+#: strip and the shards either side, so that the next row of windows finds its top halo's blocks decoded.
+READER_SHARDS = 2 * (STRIP_SHARDS + 2)
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,44 @@ def runner(model, bands: int):
 
     fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, None, None, bands], tf.float32)])
     return lambda x: fn(tf.constant(x)).numpy()
+
+
+_LAST_RUNNER: list = []  # [weak reference to the model, bands, weights digest, runner]: the last one built
+_RUNNER_LOCK = threading.Lock()
+
+
+def model_runner(model, bands: int):
+    """``runner(fold_batchnorm(flexible(model, bands)), bands)``, reused while the same model object with the same
+    weights asks again (a warm process calling predict repeatedly folds and traces once).
+
+    The key is the model object, ``bands`` and a digest of its weights, so a model trained further gets a new
+    runner; only the last runner is kept (it may hold the model)."""
+    import hashlib
+    import weakref
+
+    h = hashlib.sha256()
+    for w in model.get_weights():
+        w = np.ascontiguousarray(w)
+        h.update(str((w.dtype.str, w.shape)).encode() + w.tobytes())
+    digest = h.hexdigest()
+    with _RUNNER_LOCK:
+        if _LAST_RUNNER and _LAST_RUNNER[0]() is model and _LAST_RUNNER[1:3] == [bands, digest]:
+            return _LAST_RUNNER[3]
+        run = runner(fold_batchnorm(flexible(model, bands)), bands)
+        _LAST_RUNNER[:] = [weakref.ref(model), bands, digest, run]
+        return run
+
+
+def model_input(chw: np.ndarray) -> np.ndarray:
+    """A store window (bands, rows, cols) as the float32 model input (1, rows, cols, bands) in a 64-byte aligned
+    buffer, which TensorFlow takes without another copy (an unaligned array is copied once more)."""
+    b, h, w = chw.shape
+    n = b * h * w
+    buf = np.empty(n + 16, dtype="float32")
+    start = (-buf.ctypes.data % 64) // 4
+    out = buf[start : start + n].reshape(1, h, w, b)
+    np.copyto(out[0], np.moveaxis(chw, 0, -1))
+    return out
 
 
 def check_inputs(

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mercantile
 import numpy as np
@@ -38,6 +38,9 @@ from navml.palette import Palette
 from navml.viewer import render
 from navml.viewer.live import LiveTiles, Predictor, store_extent
 from navml.viewer.review import NEGATIVES, REVIEWS, ReviewLog, read_collection
+
+if TYPE_CHECKING:
+    from navml.config import Params
 
 STATIC = Path(__file__).parent / "static"
 #: Raster layers a tile URL may name, and the store they live in.
@@ -68,6 +71,30 @@ class StorePaths:
     aoi: Path | None = None
     tiles: Path | None = None
     models: tuple[Path, ...] = ()
+
+
+def city_paths(params: Params, names: Sequence[str] | None = None) -> dict[str, StorePaths]:
+    """:class:`StorePaths` of the cities of ``params`` (all, or ``names``), as the pipeline lays them out (docs/cities.md):
+    each city's store, extract and tiles, its final results, and the models of ``paths.models`` and ``paths.first``."""
+    from navml.config import segmentation_classes
+    from navml.errors import ConfigError
+    from navml.palette import palette_of
+
+    unknown = [n for n in names or () if n not in params.cities]
+    if unknown:
+        raise ConfigError(f"params: cities: no city '{unknown[0]}' (cities: {', '.join(params.cities) or 'none'})")
+    specs = params.class_specs()
+    common = dict(grid=params.grid.grid(), palette=palette_of(specs), classes=tuple(c.name for c in segmentation_classes(specs)),
+                  models=(Path(params.paths.models), Path(params.paths.first) / "models"))
+    out = {}
+    for name in names or list(params.cities):
+        c = params.city(name)
+        aoi = Path(c.aoi) if c.aoi and c.aoi.count(",") != 3 else None  # a bbox AOI has no file to outline
+        out[name] = StorePaths(
+            store=Path(c.store), predict=Path(c.results) / "predict", output=Path(c.results) / "output",
+            extract=Path(c.root) / "extract", aoi=aoi, tiles=Path(c.tiles), **common,
+        )
+    return out
 
 
 def model_folders(roots: tuple[Path, ...]) -> dict[str, Path]:
