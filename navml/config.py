@@ -590,6 +590,10 @@ class DetectParams(Section):
     anchors: int = Field(5, ge=1, le=16, description="anchor shapes: the k of k-means over the training boxes (distance 1 - IoU)")
     anchor_seed: int = Field(0, description="seed of the k-means++ start")
     base_filters: int = Field(8, ge=1, le=256, description="filters of the first level, doubling per level (16: ~4x the cost)")
+    stem_convs: int = Field(
+        0, ge=0, le=8, description="3x3 conv + BN + leaky layers at full resolution before the first pooling (0 = none; each adds 2 px of receptive field)"
+    )
+    stem_filters: int = Field(16, ge=1, le=256, description="filters of each stem convolution")
     loss: DetectLossParams = Field(DetectLossParams(), description="weights of the YOLOv2 loss terms")
     offset_scale: float = Field(
         1.0, ge=1.0, le=4.0, description="centre offset s sigmoid(t) - (s - 1) / 2 in cells: 1 = YOLOv2 (0..1), 2 = YOLOv5 (-0.5..1.5)"
@@ -598,16 +602,16 @@ class DetectParams(Section):
     ignore_iou: float = Field(0.6, gt=0.0, le=1.0, description="no-object term off where a prediction overlaps a truth more than this")
     max_truths: int = Field(64, ge=1, description="truth boxes per crop the no-object term compares with")
     prior_steps: int = Field(100, ge=0, description="steps during which the prior term pulls predictions toward their anchors")
-    steps: int = Field(280, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    steps: int = Field(800, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
     eval_every: int = Field(40, ge=1, description="steps between val mAP@0.5 checks (best weights, early stopping)")
     warmup_steps: int = Field(20, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
     crop: Annotated[int, Field(ge=8)] | None = Field(
-        64, description="random crops of this side, px, from the tiles (a multiple of stride); null = whole tiles"
+        32, description="random crops of this side, px, from the tiles (a multiple of stride); null = whole tiles"
     )
     box_crops: float = Field(
         1.0, ge=0.0, le=1.0, description="share of crops of a tile with boxes placed so that they hold a random one of its boxes"
     )
-    batch_size: int = Field(32, ge=1, description="crops per training step")
+    batch_size: int = Field(128, ge=1, description="crops per training step")
     learning_rate: float = Field(0.01, gt=0.0, le=1.0, description="Adam peak learning rate after warm-up, cosine decay to 5 % over `steps`")
     patience: int = Field(4, ge=0, description="val checks without a better val mAP@0.5 before stopping")
     augment: Annotated[DetectAugmentParams | None, BeforeValidator(_detect_augment)] = Field(

@@ -100,14 +100,15 @@ def test_a_box_across_a_tile_and_shard_border_comes_out_once(tmp_path, small_gri
     assert table["class"].tolist() == ["through"]
 
 
-def test_detections_equal_one_run_over_the_whole_mosaic_for_any_window(tmp_path, small_grid):
-    """An untrained full detector: whatever it outputs, windows with a halo give what one mosaic call gives."""
+@pytest.mark.parametrize("stem, halo", [(0, 48), (2, 56)])
+def test_detections_equal_one_run_over_the_whole_mosaic_for_any_window(tmp_path, small_grid, stem, halo):
+    """An untrained full detector (with and without the stem): whatever it outputs, windows with a halo give what one mosaic call gives."""
     import keras
 
     from navml.models.yolo import build_yolo, receptive_field
 
     keras.utils.set_random_seed(3)
-    model = build_yolo(3, len(NAMES), len(ANCHORS), STRIDE, base_filters=4)
+    model = build_yolo(3, len(NAMES), len(ANCHORS), STRIDE, base_filters=4, stem_convs=stem, stem_filters=4)
     store = store_with(tmp_path, small_grid, seed=1)
     n = small_grid.shard_size
     x = np.moveaxis(store.read_window("imagery", Window(SHARD0.x * n, SHARD0.y * n, 2 * n, 2 * n)), 0, -1)[None].astype("float32")
@@ -120,11 +121,11 @@ def test_detections_equal_one_run_over_the_whole_mosaic_for_any_window(tmp_path,
     ref = decode(raw, ANCHORS, STRIDE, thr, origin=(SHARD0.x * n, SHARD0.y * n))
     ref = ref.take(nms(ref.boxes, ref.scores, ref.class_ids, 0.3))
     assert 100 < len(ref) < 2000
-    m = meta(receptive_field=receptive_field(STRIDE))
+    m = meta(receptive_field=receptive_field(STRIDE, stem))
     for window in (256, 1024):
         got, rep = detect_with_model(store, all_tiles(small_grid), model, m, NAMES, window=window, nms_iou=0.3,
                                      score_threshold=thr, progress=False)
-        assert rep.halo == 48 and len(got) == len(ref), window
+        assert rep.halo == halo and len(got) == len(ref), window
         a, b = detections_table(got, NAMES, small_grid), detections_table(ref, NAMES, small_grid)
         assert (a["class_id"] == b["class_id"]).all()
         np.testing.assert_allclose(a[["x0", "y0", "x1", "y1"]].values, b[["x0", "y0", "x1", "y1"]].values, atol=0.01)

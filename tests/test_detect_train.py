@@ -11,14 +11,15 @@ import pytest
 import yaml
 
 from navml.config import DetectParams, EvaluateParams, Params, validate_params
-from navml.detect.dataset import crop_boxes, read_boxes, sample
+from navml.detect.dataset import batch_stream, crop_boxes, read_boxes, sample, sample_batch
 from navml.detect.evaluate import best_f1_threshold, evaluate_detection
 from navml.detect.metrics import counts_at
 from navml.detect.targets import Detections
-from navml.detect.train import train_detection
+from navml.detect.train import receptive_halo, train_detection
 from navml.errors import ConfigError, InputError
 from navml.geo.grid import Grid, Tile, tile_key, tiles_of_shard
 from navml.geo.store import Store
+from navml.models.yolo import receptive_field
 
 GRID = Grid(zoom=18, tile_size=64, shard_zoom=16)  # 4 x 4 tiles of 64 px per 256-px shard
 SHARD0 = Tile(10000, 22500, 16)
@@ -154,6 +155,104 @@ def test_random_crops_and_augmentation_keep_the_labels_true(tmp_path, seed):
         assert len(b) >= len(whole), "a marking wholly in the crop keeps its box"
 
 
+def _painted(seed: int, n: int = 5, size: int = 64):
+    """An image with ``n`` markings, each painted with its own value 40 (k + 1), its boxes and class ids (k % 2)."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size, 3), np.uint8)
+    boxes, ids = [], []
+    for k in range(n):
+        w, h = (11, 4) if rng.random() < 0.5 else (4, 11)
+        x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        if image[max(y0 - 1, 0) : y0 + h + 1, max(x0 - 1, 0) : x0 + w + 1].any():
+            continue
+        image[y0 : y0 + h, x0 : x0 + w] = 40 * (k + 1)
+        boxes.append([x0, y0, x0 + w, y0 + h])
+        ids.append(k % 2)
+    return image, (np.array(boxes, float).reshape(-1, 4), np.array(ids, int))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_batch_keeps_every_crop_label_true(seed):
+    """A batch of crops from tiles of several sizes (one smaller than the crop, as a resampled city tile, one
+    without boxes): every kept box lies on its own paint, clipped, its class swapped exactly when the crop was
+    mirrored, and a marking wholly inside keeps its box. Same seed, same batch."""
+    tiles = [_painted(seed * 10 + i, size=(64, 48, 24, 64)[i % 4]) for i in range(12)]
+    tiles[5] = (np.zeros((64, 64, 3), np.uint8), (np.zeros((0, 4)), np.zeros(0, int)))
+    mirror = np.array([1, 0])
+    kw = dict(crop=32, mirror=mirror, flip=True, rotate=True, box_crops=0.75)
+    imgs, boxes, ids = sample_batch([t[0] for t in tiles], [t[1] for t in tiles], np.random.default_rng(seed), **kw)
+    assert imgs.shape == (12, 32, 32, 3) and imgs.dtype == np.float32 and len(boxes) == len(ids) == 12
+    again = sample_batch([t[0] for t in tiles], [t[1] for t in tiles], np.random.default_rng(seed), **kw)
+    np.testing.assert_array_equal(again[0], imgs)
+    assert all(np.array_equal(a, b) for a, b in zip(again[1], boxes))
+    kept = 0
+    for img, b, c in zip(imgs, boxes, ids):
+        assert len(b) == len(c)
+        swapped = set()
+        for box, cls in zip(b, c):
+            x0, y0, x1, y1 = box
+            assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+            value = img[min(int((y0 + y1) / 2), 31), min(int((x0 + x1) / 2), 31), 0]
+            assert value > 0, "a kept box holds its marking at its centre"
+            k = int(round(value / 40)) - 1
+            assert (img[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1)), 0] == value).all()
+            swapped.add(bool(k % 2 != cls))
+            kept += 1
+        assert len(swapped) <= 1, "one transform per crop: every class swapped, or none"
+        whole = [v for v in range(1, 6) if (img[..., 0] == 40 * v).any() and ((img[..., 0] == 40 * v).sum() == 44)]
+        assert len(b) >= len(whole)
+    assert kept >= 6 and len(boxes[5]) == 0
+
+
+def test_a_batch_is_transform_sample_by_sample():
+    """With whole (square) tiles, each sample of a batch is the tile after some flips and turn, and its boxes and
+    classes are exactly what :func:`navml.detect.augment.transform` gives for that transform (flips swap, turns keep)."""
+    from itertools import product
+
+    from navml.detect.augment import transform
+
+    rng = np.random.default_rng(1)
+    tiles = []
+    for i in range(16):
+        image, truth = _painted(i, size=32)
+        image[..., 1] = rng.integers(0, 255, (32, 32))  # noise: each transform gives another image
+        tiles.append((image, truth))
+    mirror = np.array([1, 0])
+    imgs, boxes, ids = sample_batch([t[0] for t in tiles], [t[1] for t in tiles], np.random.default_rng(0),
+                                    crop=None, mirror=mirror, flip=True, rotate=True, box_crops=1.0)
+    seen = set()
+    for img, b, c, (image, (tb, tid)) in zip(imgs, boxes, ids, tiles):
+        match = [(h, v, k) for h, v, k in product((False, True), (False, True), range(4))
+                 if np.array_equal(transform(image, tb, tid, mirror, hflip=h, vflip=v, k=k)[0], img)]
+        assert match, "the sample is a flip and turn of its tile"
+        _, want_b, want_c = transform(image, tb, tid, mirror, hflip=match[0][0], vflip=match[0][1], k=match[0][2])
+        order, want = np.lexsort(b.T), np.lexsort(want_b.T)
+        np.testing.assert_allclose(b[order], want_b[want])
+        np.testing.assert_array_equal(c[order], want_c[want])
+        seen.add(match[0][0] != match[0][1])
+    assert seen == {False, True}, "16 samples: some mirrored, some not"
+
+
+def test_batch_stream_yields_reproducible_batches_with_one_positive_per_box(tmp_path):
+    from navml.segment.dataset import TileReader
+
+    store, df = make_store(tmp_path / "store", shards=1)
+    truth = read_boxes(store.root / "boxes.csv", 2)
+    tiles = [Tile(int(r.x), int(r.y), int(r.z)) for r in df.itertuples() if r.split == "train"]
+    anchors = np.array([[11.0, 4.0], [7.0, 7.0]])
+    kw = dict(anchors=anchors, n_classes=2, mirror=np.arange(2), batch_size=5, stride=8, crop=32, seed=3)
+    first = [b for _, b in zip(range(4), batch_stream(TileReader(store, 0, 3), tiles, truth, **kw)())]
+    again = [b for _, b in zip(range(4), batch_stream(TileReader(store, 0, 3), tiles, truth, **kw)())]
+    assert len(first) == 4 and len(tiles) == 8  # batches run across passes
+    for (im, tg), (im2, tg2) in zip(first, again):
+        assert im.shape == (5, 32, 32, 3) and tg.shape == (5, 4, 4, 2, 7)
+        np.testing.assert_array_equal(im, im2)
+        np.testing.assert_array_equal(tg, tg2)
+        assert set(np.unique(tg[..., 4])) <= {0.0, 1.0}
+        np.testing.assert_array_equal(tg[..., 5:].sum(-1), tg[..., 4])  # one class per positive
+    assert sum(float(tg[..., 4].sum()) for _, tg in first) >= 20  # box_crops 1: every crop holds a box
+
+
 def test_flip_swaps_the_class_and_turn_keeps_it():
     image = np.zeros((16, 16, 1), np.uint8)
     image[2:6, 1:12] = 255
@@ -274,9 +373,13 @@ def test_training_learns_bars_and_squares(tmp_path):
     out = train_detection(store, df, NAMES, tmp_path / "model", steps=160, eval_every=40, patience=4, anchors=2, seed=0,
                           live_dir=tmp_path / "live", classes_of=["marks", "marks"], **FAST)
     meta = json.loads((tmp_path / "model" / "meta.json").read_text())
-    assert meta["task"] == "detection" and meta["classes"] == NAMES and meta["stride"] == 8 and meta["receptive_field"] == 94
+    d = DetectParams()
+    assert meta["task"] == "detection" and meta["classes"] == NAMES and meta["stride"] == 8
+    assert meta["receptive_field"] == receptive_field(8, d.stem_convs) == 94 + 2 * d.stem_convs
     ex = meta["extra"]
-    assert len(ex["anchors"]) == 2 and ex["receptive_halo"] == 48 and ex["names"] == [["marks", "through"], ["marks", "left_right"]]
+    assert ex["stem_convs"] == d.stem_convs and ex["stem_filters"] == d.stem_filters
+    assert len(ex["anchors"]) == 2 and ex["receptive_halo"] == receptive_halo(8, d.stem_convs)
+    assert ex["names"] == [["marks", "through"], ["marks", "left_right"]]
     assert 0 < ex["score_threshold"] < 1 and ex["nms_iou"] == 0.5
     assert out["best_val_map50"] > 0.6
     assert (tmp_path / "live" / "metrics.json").exists()

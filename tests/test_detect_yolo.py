@@ -1,4 +1,4 @@
-"""The YOLOv2-style detector: output shapes at strides 8 and 16, the passthrough, sizes, FLOPs, save/load."""
+"""The YOLOv2-style detector: output shapes at strides 8 and 16, the stem, the passthrough, sizes, FLOPs, save/load."""
 
 from __future__ import annotations
 
@@ -44,6 +44,25 @@ def test_conv_flops_by_hand():
     assert model.get_layer("pass_concat").output.shape[-1] == 24
 
 
+def test_stem_adds_full_resolution_layers_flops_and_receptive_field():
+    # stem0 3x3 3->4 @8x8 13824 and l0 now 3x3 4->2 @8x8 9216 (was 3->2: 6912); the rest as above
+    model = build_yolo(bands=3, n_classes=1, n_anchors=1, stride=4, base_filters=2, stem_convs=1, stem_filters=4)
+    assert conv_flops(model, 8, 8) == 33408 - 6912 + 13824 + 9216
+    model = build_yolo(stride=8, base_filters=4, stem_convs=2, stem_filters=16)
+    for i in range(2):
+        conv = model.get_layer(f"stem{i}_conv")
+        assert conv.kernel.shape[:2] == (3, 3) and conv.filters == 16 and conv.output.shape[1:3] == (None, None)
+        assert model.get_layer(f"stem{i}_act").output.shape[-1] == 16
+    assert model.get_layer("l0_conv").kernel.shape[2] == 16  # the first level reads the stem
+    assert model.compute_output_shape((1, 64, 96, 3)) == (1, 8, 12, 5 * 11)
+    assert not any(layer.name.startswith("stem") for layer in build_yolo(stride=8, base_filters=4).layers)
+    for s in STRIDES:
+        assert [receptive_field(s, k) - receptive_field(s) for k in (1, 2, 3)] == [2, 4, 6]
+    assert receptive_field(8, 2) == 98
+    with pytest.raises(ConfigError, match="stem of -1"):
+        build_yolo(stem_convs=-1)
+
+
 def test_space_to_depth_matches_tensorflow_and_is_a_passthrough():
     import tensorflow as tf
 
@@ -65,14 +84,15 @@ def test_save_and_load_round_trip(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
 
 
-def test_receptive_field_matches_what_a_pixel_changes():
+@pytest.mark.parametrize("stem", [0, 2])
+def test_receptive_field_matches_what_a_pixel_changes(stem):
     # one bright pixel changes exactly the cells whose receptive field holds it: their centres lie within
     # half the receptive field of the pixel, and the farthest reaches that bound to within a stride
     import keras
 
     keras.utils.set_random_seed(0)
-    stride, rf = 8, receptive_field(8)
-    model = build_yolo(stride=stride, base_filters=4)
+    stride, rf = 8, receptive_field(8, stem)
+    model = build_yolo(stride=stride, base_filters=4, stem_convs=stem, stem_filters=4)
     x = np.full((1, 256, 256, 3), 100.0, "float32")
     base = model.predict_on_batch(x)
     for p in (128, 131):

@@ -11,7 +11,7 @@ import yaml
 from test_detect_train import FAST, GRID, NAMES, make_store
 
 from navml.config import MineDetectParams, RetrainDetectParams
-from navml.detect.dataset import EMPTY, noobj_weights, read_boxes, sample_stream
+from navml.detect.dataset import EMPTY, batch_stream, noobj_weights, read_boxes
 from navml.detect.targets import Detections
 from navml.geo.grid import parse_tile
 from navml.mining.detect import box_gap, false_boxes, hard_boxes, mine_detection, retrain_detection
@@ -131,10 +131,10 @@ def test_sampler_oversamples_mined_tiles_and_weights_their_cells():
     tiles = [Tile(100 + i, 200, 18) for i in range(5)]
     mined = np.array([[10.0, 10.0, 30.0, 20.0]])
     anchors = np.array([[11.0, 4.0], [7.0, 7.0]])
-    gen = sample_stream(Reader(), tiles, {}, anchors=anchors, n_classes=2, mirror=np.arange(2), crop=None, flip=False, rotate=False,
-                        hard={tiles[2]: mined}, hard_repeats=3, mined_weight=4.0)
-    drawn = list(gen())
-    assert len(drawn) == 5 + 2  # the mined tile 3 times per pass
+    gen = batch_stream(Reader(), tiles, {}, anchors=anchors, n_classes=2, mirror=np.arange(2), crop=None, flip=False, rotate=False,
+                       hard={tiles[2]: mined}, hard_repeats=3, mined_weight=4.0, batch_size=7)
+    assert len(gen.entries) == 5 + 2  # the mined tile 3 times per pass
+    drawn = list(zip(*next(gen())))  # a batch of 7: one pass
     assert sum(int(img[0, 0, 0]) == tiles[2].x % 7 for img, _ in drawn) == 3
     for img, target in drawn:
         assert target.shape == (8, 8, 2, 5 + 2 + 1)
@@ -147,9 +147,9 @@ def test_sampler_oversamples_mined_tiles_and_weights_their_cells():
             assert (w == 1).all()
     assert np.array_equal(noobj_weights(mined, 64, 64, 8, 2, 4.0)[..., 0], drawn[[int(i[0, 0, 0]) for i, _ in drawn].index(tiles[2].x % 7)][1][..., -1])
     # crops: the extra draws of the mined tile hold the mined box
-    gen = sample_stream(Reader(), tiles, {}, anchors=anchors, n_classes=2, mirror=np.arange(2), crop=16, flip=False, rotate=False,
-                        hard={tiles[2]: mined}, hard_repeats=3, mined_weight=4.0)
-    weighted = [t for _, t in gen() if (t[..., -1] > 1).any()]
+    gen = batch_stream(Reader(), tiles, {}, anchors=anchors, n_classes=2, mirror=np.arange(2), crop=16, flip=False, rotate=False,
+                       hard={tiles[2]: mined}, hard_repeats=3, mined_weight=4.0, batch_size=7)
+    weighted = [t for t in next(gen())[1] if (t[..., -1] > 1).any()]
     assert len(weighted) >= 2
     # the loss: the no-object term counts the weighted cells 4 times (no truth: every cell free; sigmoid(0)² = 1/4)
     y_true = np.stack([t for _, t in drawn])

@@ -24,9 +24,12 @@ def command(
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
 
+    from navml.models.io import read_meta
+
     p = load_params(params, city)
     e = p.evaluate
     names = [name for _, name in detection_names(p.class_specs())]
+    read_meta(model)  # a missing model is the one error line, before any note on the decoys
     m = evaluate_detection(
         Store(store, p.grid.grid()),
         read_index(tiles),

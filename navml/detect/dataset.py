@@ -12,9 +12,13 @@ so every kept box is one the target encoding can place (its centre cell is in
 the window). With probability ``box_crops`` a crop of a tile that has boxes is
 placed so that it holds one of them (a random box, at a random position in the
 crop); the others are uniform over the tile. Then a random flip and quarter
-turn (:func:`navml.detect.augment.random_transform`, which swaps left and right
+turn (as :func:`navml.detect.augment.transform`, which swaps left and right
 in the class ids on a flip) and the YOLOv2 target tensor
-(:func:`navml.detect.targets.encode_targets`). Everything random comes from
+(:func:`navml.detect.targets.encode_targets`). Training batches are sampled
+whole (:func:`sample_batch`: the origins, boxes and transforms of all crops of
+a batch at once with numpy, one array per batch into tf.data), and each
+training tile is read (and resampled, for a city at another ground
+resolution) once, not once per crop. Everything random comes from
 ``numpy.random.default_rng([seed, pass])``, so the stream is the same on every
 run with the same seed.
 """
@@ -127,15 +131,99 @@ def crop_boxes(boxes: np.ndarray, class_ids: np.ndarray, row: int, col: int, siz
 def crop_origin(rows: int, cols: int, size: int, boxes: np.ndarray, rng: np.random.Generator, box_crops: float) -> tuple[int, int]:
     """Top-left ``(row, col)`` of a ``size`` window in a ``rows x cols`` image: with probability
     ``box_crops`` (and boxes present) one holding the centre of a random box, else uniform."""
-    if boxes.shape[0] and rng.random() < box_crops:
-        b = boxes[int(rng.integers(len(boxes)))]
-        cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    r, c = crop_origins(np.array([[rows, cols]]), size, [boxes], rng, box_crops)
+    return int(r[0]), int(c[0])
+
+
+def crop_origins(
+    shapes: np.ndarray, size: int, boxes: Sequence[np.ndarray], rng: np.random.Generator, box_crops: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left rows and columns (B,) of ``size`` windows in B images of ``shapes`` (B, 2) ``(rows, cols)``, all
+    drawn at once: with probability ``box_crops`` (where the image has boxes) a window holding the centre of a
+    random one of its ``boxes``, at a random place; else uniform over the image."""
+    shapes = np.asarray(shapes, int).reshape(-1, 2)
+    n = len(shapes)
+    counts = np.array([len(b) for b in boxes], int)
+    u_box, u_pick, u_row, u_col = rng.random((4, n))
+    lo_r, hi_r = np.zeros(n, int), shapes[:, 0] - size
+    lo_c, hi_c = np.zeros(n, int), shapes[:, 1] - size
+    if counts.sum():
+        flat = np.concatenate([np.asarray(b, float).reshape(-1, 4) for b in boxes])
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        pick = starts + np.minimum((u_pick * counts).astype(int), np.maximum(counts - 1, 0))
+        b = flat[np.minimum(pick, len(flat) - 1)]
+        cx, cy = np.floor((b[:, 0] + b[:, 2]) / 2).astype(int), np.floor((b[:, 1] + b[:, 3]) / 2).astype(int)
         # windows holding the centre: col in (cx - size, cx], within the image
-        c_lo, c_hi = max(0, int(np.floor(cx)) - size + 1), min(cols - size, int(np.floor(cx)))
-        r_lo, r_hi = max(0, int(np.floor(cy)) - size + 1), min(rows - size, int(np.floor(cy)))
-        if c_lo <= c_hi and r_lo <= r_hi:
-            return int(rng.integers(r_lo, r_hi + 1)), int(rng.integers(c_lo, c_hi + 1))
-    return int(rng.integers(rows - size + 1)), int(rng.integers(cols - size + 1))
+        c_lo, c_hi = np.maximum(0, cx - size + 1), np.minimum(hi_c, cx)
+        r_lo, r_hi = np.maximum(0, cy - size + 1), np.minimum(hi_r, cy)
+        use = (counts > 0) & (u_box < box_crops) & (c_lo <= c_hi) & (r_lo <= r_hi)
+        lo_r, hi_r = np.where(use, r_lo, lo_r), np.where(use, r_hi, hi_r)
+        lo_c, hi_c = np.where(use, c_lo, lo_c), np.where(use, c_hi, hi_c)
+    rows = lo_r + np.minimum((u_row * (hi_r - lo_r + 1)).astype(int), hi_r - lo_r)
+    cols = lo_c + np.minimum((u_col * (hi_c - lo_c + 1)).astype(int), hi_c - lo_c)
+    return rows, cols
+
+
+def sample_batch(
+    images: Sequence[np.ndarray],
+    truths: Sequence[TileBoxes],
+    rng: np.random.Generator,
+    *,
+    crop: int | None,
+    mirror: np.ndarray,
+    flip: bool,
+    rotate: bool,
+    box_crops: float,
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """A batch of training samples, one per image, drawn at once: images (B, s, s, bands) float32 (``s`` the
+    crop, or the largest side with ``crop`` None), boxes (N_b, 4) crop pixels and class ids (N_b,) per sample.
+
+    Crop origins come from :func:`crop_origins`, boxes from the rule of :func:`crop_boxes` (centre inside,
+    clipped), and each sample gets its own flips (probability 1/2 each, a flip maps class ids through
+    ``mirror``) and quarter turns as :func:`navml.detect.augment.transform` does them, applied per group
+    of samples sharing a transform.
+    """
+    from navml.detect.augment import hflip_boxes, rot90_boxes, vflip_boxes
+
+    images, truths = list(images), list(truths)
+    n = len(images)
+    size = crop or max(max(im.shape[:2]) for im in images)
+    for i, im in enumerate(images):  # a tile resampled smaller than a crop (or not square, whole): padded
+        if im.shape[0] < size or im.shape[1] < size or (crop is None and im.shape[0] != im.shape[1]):
+            images[i], truths[i] = fit_boxes(im, truths[i], max(size, *im.shape[:2]))
+    shapes = np.array([im.shape[:2] for im in images], int)
+    rows, cols = crop_origins(shapes, size, [t[0] for t in truths], rng, box_crops)
+    out = np.empty((n, size, size, images[0].shape[2]), np.float32)
+    for i, im in enumerate(images):
+        out[i] = im[rows[i] : rows[i] + size, cols[i] : cols[i] + size]
+    counts = np.array([len(t[1]) for t in truths], int)
+    sid = np.repeat(np.arange(n), counts)
+    boxes = np.concatenate([np.asarray(t[0], float).reshape(-1, 4) for t in truths]) if n else np.zeros((0, 4))
+    ids = np.concatenate([np.asarray(t[1], int).reshape(-1) for t in truths]) if n else np.zeros(0, int)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2 - cols[sid], (boxes[:, 1] + boxes[:, 3]) / 2 - rows[sid]
+    keep = (cx >= 0) & (cx < size) & (cy >= 0) & (cy < size)
+    sid, ids = sid[keep], ids[keep]
+    boxes = np.clip(boxes[keep] - np.column_stack([cols, rows, cols, rows])[sid], 0.0, float(size))
+    h = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    v = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    k = rng.integers(4, size=n) if rotate else np.zeros(n, int)
+    mirror = np.asarray(mirror, int)
+    for hh, vv, kk in {(bool(a), bool(b), int(c)) for a, b, c in zip(h, v, k)}:
+        m = (h == hh) & (v == vv) & (k == kk)
+        sub = out[m]
+        if hh:
+            sub = sub[:, :, ::-1]
+        if vv:
+            sub = sub[:, ::-1]
+        out[m] = np.rot90(sub, kk, axes=(1, 2))
+    for flag, move in ((h, hflip_boxes), (v, vflip_boxes)):
+        m = flag[sid]
+        boxes[m], ids[m] = move(boxes[m], size), mirror[ids[m]]
+    for kk in (1, 2, 3):
+        m = k[sid] == kk
+        boxes[m] = rot90_boxes(boxes[m], size, size, kk)
+    split = np.cumsum(np.bincount(sid, minlength=n))[:-1]
+    return out, np.split(boxes, split), np.split(ids, split)
 
 
 def clip_mined(boxes: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
@@ -169,8 +257,9 @@ def sample(
     rotate: bool,
     box_crops: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training sample of a tile: image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
-    return sample_mined(image, truth, None, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops)[:3]
+    """One training sample of a tile (:func:`sample_batch` of one): image (crop, crop, bands) float32, boxes (N, 4) crop pixels, class ids (N,)."""
+    img, boxes, ids = sample_batch([image], [truth], rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops)
+    return img[0], boxes[0], ids[0]
 
 
 def sample_mined(
@@ -213,7 +302,33 @@ def sample_mined(
     return image.astype("float32"), both[:n], both_ids[:n], both[n:]
 
 
-def sample_stream(
+class _TileCache:
+    """The training tiles as the stream samples them (resampled, whole tiles back at the tile size), kept up to
+    ``cache_mb`` (least recently used out): a resampled city tile is resampled once, not once per crop."""
+
+    def __init__(self, reader: TileReader, truth: Mapping[Tile, TileBoxes], whole: bool, cache_mb: float = 512.0):
+        from collections import OrderedDict
+
+        self.reader, self.truth, self.whole = reader, truth, whole
+        self.items: OrderedDict = OrderedDict()
+        self.bytes, self.cap = 0, int(cache_mb * 2**20)
+
+    def get(self, tile: Tile) -> tuple[np.ndarray, TileBoxes]:
+        if tile in self.items:
+            self.items.move_to_end(tile)
+            return self.items[tile]
+        image, tile_truth = self.reader.image(tile), self.truth.get(tile, EMPTY)
+        size = self.reader.store.grid.tile_size
+        if self.whole and image.shape[0] != size:  # whole tiles, resampled: back to the tile size
+            image, tile_truth = fit_boxes(image, tile_truth, size)
+        self.items[tile] = (image, tile_truth)
+        self.bytes += image.nbytes
+        while self.bytes > self.cap and len(self.items) > 1:
+            self.bytes -= self.items.popitem(last=False)[1][0].nbytes
+        return image, tile_truth
+
+
+def batch_stream(
     reader: TileReader,
     tiles: Sequence[Tile],
     truth: Mapping[Tile, TileBoxes],
@@ -221,6 +336,7 @@ def sample_stream(
     anchors: np.ndarray,
     n_classes: int,
     mirror: np.ndarray,
+    batch_size: int = _DETECT.batch_size,
     stride: int = _DETECT.stride,
     crop: int | None = _DETECT.crop,
     flip: bool = True,
@@ -232,14 +348,17 @@ def sample_stream(
     hard_repeats: int = 1,
     mined_weight: float | None = None,
 ):
-    """A generator function yielding ``(image float32 (s, s, bands), target (s/stride, s/stride, A, 5 + C))``;
-    each call is one shuffled pass over ``tiles``, seeded by ``[seed, pass]``.
+    """A generator function yielding endless batches ``(images float32 (B, s, s, bands), targets (B, s/stride,
+    s/stride, A, 5 + C))``. Passes over the entries are shuffled permutations (pass ``p`` seeded by ``[seed, p]``),
+    read one after the other in batches of ``batch_size``; each batch is sampled at once (:func:`sample_batch`),
+    so the stream is the same on every run with the same seed.
 
-    Hard-negative training (:mod:`navml.mining.detect`): ``hard`` maps tiles of ``tiles`` to their mined
-    boxes (M, 4) tile pixels; each such tile is drawn ``hard_repeats`` times per pass (the extra draws crop
-    on a mined box). With ``mined_weight`` the target has one more channel, the no-object weight of each
-    cell and anchor (:func:`noobj_weights`: ``mined_weight`` in the cells of mined boxes, 1 elsewhere), which
-    :class:`navml.detect.loss.YoloLoss` reads with ``noobj_weighted``."""
+    Hard-negative training (:mod:`navml.mining.detect`): ``hard`` maps tiles of ``tiles`` to their mined boxes
+    (M, 4) tile pixels; each such tile is drawn ``hard_repeats`` times per pass (the extra draws crop on a mined
+    box). With ``mined_weight`` the target has one more channel, the no-object weight of each cell and anchor
+    (:func:`noobj_weights`: ``mined_weight`` in the cells of mined boxes, 1 elsewhere), which
+    :class:`navml.detect.loss.YoloLoss` reads with ``noobj_weighted``. Those batches are sampled one tile at a
+    time (:func:`sample_mined`): fine-tuning runs few steps."""
     tiles = list(tiles)
     hard = dict(hard or {})
     entries = [(t, False) for t in tiles]
@@ -249,43 +368,56 @@ def sample_stream(
         if outside:
             raise InputError(f"hard negatives on tile {outside[0]}, which is not a train tile; only train tiles are mined")
         entries += [(t, True) for t in tiles if t in hard for _ in range(max(int(hard_repeats), 1) - 1)]
-    passes = [0]
+    mined_mode = bool(hard) or mined_weight is not None
+
+    def mined_sample(tile: Tile, focus: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, tile_truth = reader.image(tile), truth.get(tile, EMPTY)
+        mined = hard.get(tile)
+        if crop is None and image.shape[0] != reader.store.grid.tile_size:  # whole tiles, resampled: back to the tile size
+            size = reader.store.grid.tile_size
+            r0, c0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+            image, tile_truth = fit_boxes(image, tile_truth, size)
+            mined = None if mined is None else clip_mined(mined, r0, c0, size)
+        img, boxes, ids, mined_px = sample_mined(
+            image, tile_truth, mined, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops, focus=focus
+        )
+        rows, cols = img.shape[:2]
+        target = encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
+        if mined_weight is not None:
+            target = np.concatenate([target, noobj_weights(mined_px, rows, cols, stride, len(anchors), mined_weight)], axis=-1)
+        return img, target
 
     def gen():
-        if reader.error is not None:  # an empty pass ends a repeated stream after a read error
+        if reader.error is not None or not tiles:  # an empty stream after a read error (or of no tile)
             return
-        rng = np.random.default_rng([seed, passes[0]])
-        passes[0] += 1
-        for i in rng.permutation(len(entries)):
-            tile, focus = entries[i]
+        cache = _TileCache(reader, truth, crop is None)
+        queue: list[int] = []
+        p = 0
+        while True:
+            while len(queue) < batch_size:
+                rng = np.random.default_rng([seed, p])
+                queue += rng.permutation(len(entries)).tolist()
+                p += 1
+            picked, queue = queue[:batch_size], queue[batch_size:]
             try:
-                image = reader.image(tile)
+                if mined_mode:
+                    pairs = [mined_sample(*entries[i], rng) for i in picked]
+                    yield np.stack([a for a, _ in pairs]), np.stack([b for _, b in pairs])
+                    continue
+                got = [cache.get(entries[i][0]) for i in picked]
             except NavmlError as exc:
                 # end the stream quietly (raising here makes TensorFlow print a traceback);
                 # the caller sees the short stream and re-raises ``reader.error``
                 reader.error = exc
                 return
-            tile_truth = truth.get(tile, EMPTY)
-            mined = hard.get(tile)
-            if crop is None and image.shape[0] != reader.store.grid.tile_size:  # whole tiles, resampled: back to the tile size
-                size = reader.store.grid.tile_size
-                r0, c0 = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-                image, tile_truth = fit_boxes(image, tile_truth, size)
-                mined = None if mined is None else clip_mined(mined, r0, c0, size)
-            if mined is None and mined_weight is None:
-                img, boxes, ids = sample(
-                    image, tile_truth, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
-                )
-                mined_px = np.zeros((0, 4))
-            else:
-                img, boxes, ids, mined_px = sample_mined(
-                    image, tile_truth, mined, rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops, focus=focus
-                )
-            rows, cols = img.shape[:2]
-            target = encode_targets(boxes, ids, rows, cols, anchors, n_classes, stride, neighbours=neighbours)
-            if mined_weight is not None:
-                target = np.concatenate([target, noobj_weights(mined_px, rows, cols, stride, len(anchors), mined_weight)], axis=-1)
-            yield img, target
+            imgs, boxes, ids = sample_batch(
+                [g[0] for g in got], [g[1] for g in got], rng, crop=crop, mirror=mirror, flip=flip, rotate=rotate, box_crops=box_crops
+            )
+            rows, cols = imgs.shape[1:3]
+            targets = np.stack([
+                encode_targets(b, c, rows, cols, anchors, n_classes, stride, neighbours=neighbours) for b, c in zip(boxes, ids)
+            ])
+            yield imgs, targets
 
     gen.entries = entries
     return gen
@@ -312,26 +444,27 @@ def training_dataset(
     mined_weight: float | None = None,
 ):
     """The endless, shuffled, augmented ``tf.data.Dataset`` of ``(images, targets)`` batches for ``model.fit``
-    (``hard``, ``hard_repeats``, ``mined_weight``: :func:`sample_stream`)."""
+    (:func:`batch_stream`: whole batches sampled at once with numpy; ``hard``, ``hard_repeats``, ``mined_weight``: its
+    hard-negative training)."""
     import tensorflow as tf
 
     size = crop or reader.store.grid.tile_size
     if size % stride:
         raise ConfigError(f"params: 'detect.crop' is {size} px; use a multiple of detect.stride {stride}")
-    gen = sample_stream(
-        reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, stride=stride, crop=crop,
-        flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
+    gen = batch_stream(
+        reader, tiles, truth, anchors=anchors, n_classes=n_classes, mirror=mirror, batch_size=batch_size, stride=stride,
+        crop=crop, flip=flip, rotate=rotate, box_crops=box_crops, neighbours=neighbours, seed=seed,
         hard=hard, hard_repeats=hard_repeats, mined_weight=mined_weight,
     )
     cells = size // stride
     ds = tf.data.Dataset.from_generator(
         gen,
         output_signature=(
-            tf.TensorSpec((size, size, reader.bands), tf.float32),
-            tf.TensorSpec((cells, cells, len(anchors), 5 + n_classes + (mined_weight is not None)), tf.float32),
+            tf.TensorSpec((batch_size, size, size, reader.bands), tf.float32),
+            tf.TensorSpec((batch_size, cells, cells, len(anchors), 5 + n_classes + (mined_weight is not None)), tf.float32),
         ),
     )
-    return ds.repeat().batch(batch_size, drop_remainder=True).prefetch(2)
+    return ds.prefetch(2)
 
 
 def tile_images(reader: TileReader, tiles: Sequence[Tile]) -> np.ndarray:

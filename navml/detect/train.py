@@ -20,7 +20,7 @@ detection names in class-id order, ``stride``, ``receptive_field``, ``bands``,
 ``anchors`` ``[[w, h], ...]`` in pixels (the head's anchor order),
 ``score_threshold``, ``nms_iou``, ``receptive_halo`` (px: half the receptive
 field rounded up to the stride), ``names`` (``[class, name]`` per class id),
-``base_filters``, ``anchor_mean_iou`` and the training summary. The model's
+``base_filters``, ``stem_convs``, ``stem_filters``, ``anchor_mean_iou`` and the training summary. The model's
 raw output is ``(b, rows / stride, cols / stride, A * (5 + C))`` logits, read
 by :func:`navml.detect.targets.decode`.
 """
@@ -62,11 +62,11 @@ _LOSS = _DETECT.loss
 _AUGMENT = _DETECT.augment
 
 
-def receptive_halo(stride: int) -> int:
+def receptive_halo(stride: int, stem_convs: int = 0) -> int:
     """Half the detector's receptive field, rounded up to a multiple of ``stride`` (px): the least prediction halo."""
     from navml.models.yolo import receptive_field
 
-    return int(math.ceil(receptive_field(stride) / 2 / stride) * stride)
+    return int(math.ceil(receptive_field(stride, stem_convs) / 2 / stride) * stride)
 
 
 def _check_args(names: Sequence[str], steps: int, eval_every: int, batch_size: int, patience: int, crop: int | None, stride: int, size: int) -> None:
@@ -130,6 +130,8 @@ def train_detection(
     anchors: int = _DETECT.anchors,
     anchor_seed: int = _DETECT.anchor_seed,
     base_filters: int = _DETECT.base_filters,
+    stem_convs: int = _DETECT.stem_convs,
+    stem_filters: int = _DETECT.stem_filters,
     coord: float = _LOSS.coord,
     obj: float = _LOSS.obj,
     noobj: float = _LOSS.noobj,
@@ -183,7 +185,7 @@ def train_detection(
     new ones; ``hard`` maps train tiles (:class:`~navml.segment.dataset.SourceTile` s over several stores)
     to mined boxes (M, 4) in their store's tile pixels: each such tile is drawn ``hard_repeats`` times per
     pass and the no-object loss weighs ``mined_weight`` in the cells the boxes cover
-    (:func:`navml.detect.dataset.sample_stream`).
+    (:func:`navml.detect.dataset.batch_stream`).
     """
     from navml.detect.anchors import box_shapes, kmeans_anchors
     from navml.detect.augment import mirror_table
@@ -275,7 +277,7 @@ def train_detection(
     val_images = tile_images(reader, val_tiles)
     val_truths: list[TileBoxes] = tile_truths(reader, val_tiles, truth)
     if first is None:
-        model = build_yolo(bands, n, anchors, stride, base_filters)
+        model = build_yolo(bands, n, anchors, stride, base_filters, stem_convs=stem_convs, stem_filters=stem_filters)
     else:
         from navml.models.io import load_model
 
@@ -372,7 +374,7 @@ def train_detection(
             tile_size=size,
             bands=bands,
             stride=stride,
-            receptive_field=receptive_field(stride),
+            receptive_field=receptive_field(stride, stem_convs),
             extra={
                 "architecture": "yolov2",
                 "anchors": np.round(fit.wh, 4).tolist(),
@@ -380,9 +382,11 @@ def train_detection(
                 "score_threshold": round(float(chosen["threshold"]), 6),
                 "score_threshold_from": "fixed" if score_threshold is not None else "val_f1",
                 "nms_iou": nms_iou,
-                "receptive_halo": receptive_halo(stride),
+                "receptive_halo": receptive_halo(stride, stem_convs),
                 "names": [[c, nm] for c, nm in zip(classes_of or [""] * n, names)],
                 "base_filters": base_filters,
+                "stem_convs": stem_convs,
+                "stem_filters": stem_filters,
                 "seed": seed,
                 **summary,
             },

@@ -1,5 +1,8 @@
 """A small YOLOv2-style fully convolutional detector (Keras 3), trained from scratch.
 
+An optional stem (``stem_convs`` 3x3 convolutions of ``stem_filters`` before
+the first pooling) adds capacity at full resolution, where a marking of about
+11 x 4 px at zoom 18 is still whole (off by default: docs/detection.md, round 5).
 Darknet-style backbone: 3x3 convolutions (filters doubling per level from
 ``base_filters``) with 1x1 bottlenecks in between, each followed by batch
 normalisation and leaky ReLU (slope 0.1); 2x2 max-pooling between levels
@@ -37,10 +40,10 @@ def _levels(stride: int) -> int:
     return int(math.log2(stride))
 
 
-def _plan(stride: int, base_filters: int) -> list[tuple[str, int, int]]:
-    """Layers of the main path, in order: ``(kind, kernel, filters)`` with kind conv | pool | mark (the passthrough tap)."""
+def _plan(stride: int, base_filters: int, stem_convs: int = 0, stem_filters: int = 16) -> list[tuple[str, int, int]]:
+    """Layers of the main path, in order: ``(kind, kernel, filters)`` with kind stem | conv | pool | mark (the passthrough tap)."""
     levels = _levels(stride)
-    plan: list[tuple[str, int, int]] = []
+    plan: list[tuple[str, int, int]] = [("stem", 3, stem_filters)] * stem_convs
     for i in range(levels + 1):
         f = base_filters * 2**i
         if i > 0:
@@ -56,16 +59,16 @@ def _plan(stride: int, base_filters: int) -> list[tuple[str, int, int]]:
     return plan
 
 
-def receptive_field(stride: int = 8) -> int:
+def receptive_field(stride: int = 8, stem_convs: int = 0) -> int:
     """Receptive field (pixels along one side) of an output cell of :func:`build_yolo`.
 
     Standard recursion over the main path (``r += (k - 1) j`` per layer,
     ``j`` the current stride); the passthrough branch sees a subset of it.
-    Stride 4: 42 px; 8: 94 px; 16: 198 px; 32: 406 px.
+    Stride 4: 42 px; 8: 94 px; 16: 198 px; 32: 406 px; each stem convolution adds 2 px.
     """
     r, j = 1, 1
-    for kind, k, _ in _plan(stride, 1):
-        if kind == "conv":
+    for kind, k, _ in _plan(stride, 1, stem_convs, 1):
+        if kind in ("conv", "stem"):
             r += (k - 1) * j
         elif kind == "pool":
             r += (k - 1) * j
@@ -80,12 +83,14 @@ def build_yolo(
     stride: int = 8,
     base_filters: int = 8,
     *,
+    stem_convs: int = 0,
+    stem_filters: int = 16,
     bn_momentum: float = 0.9,
     name: str = "yolo",
 ) -> keras.Model:
     """The detector ``keras.Model``: ``(b, rows, cols, bands)`` 0..255 -> ``(b, rows / stride, cols / stride, A (5 + C))``.
 
-    Layers are named ``l{i}_conv`` / ``_bn`` / ``_act``, ``pass_conv``,
+    Layers are named ``stem{i}_conv`` / ``_bn`` / ``_act`` (the stem), ``l{i}_conv`` / ``_bn`` / ``_act``, ``pass_conv``,
     ``pass_s2d``, ``pass_concat`` and ``head``. The head bias starts the
     objectness logit at -4 (sigmoid ~0.02: few cells hold a marking).
     """
@@ -93,7 +98,9 @@ def build_yolo(
         raise ConfigError(
             f"detector: bands {bands}, classes {n_classes}, anchors {n_anchors}, base filters {base_filters}; each must be at least 1"
         )
-    plan = _plan(stride, base_filters)
+    if stem_convs < 0 or (stem_convs and stem_filters < 1):
+        raise ConfigError(f"detector: stem of {stem_convs} convolution(s) of {stem_filters} filters; use 0 or more of at least 1")
+    plan = _plan(stride, base_filters, stem_convs, stem_filters)
 
     def cbl(x, filters: int, kernel: int, prefix: str):
         x = layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
@@ -103,9 +110,12 @@ def build_yolo(
     inputs = keras.Input(shape=(None, None, bands), dtype="float32", name="image")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     fine = None
-    n = 0
+    n = m = 0
     for kind, k, f in plan:
-        if kind == "conv":
+        if kind == "stem":
+            x = cbl(x, f, k, f"stem{m}")
+            m += 1
+        elif kind == "conv":
             x = cbl(x, f, k, f"l{n}")
             n += 1
         elif kind == "pool":
