@@ -23,7 +23,6 @@ def command(
     from navml.detect.evaluate import evaluate_detection
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
-
     from navml.models.io import read_meta
 
     p = load_params(params, city)
