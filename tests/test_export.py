@@ -227,3 +227,37 @@ def test_export_outlines_hard_negatives(tmp_path, small_grid):
     assert tuple(ov[100, 150]) == NEGATIVE_COLOR and tuple(ov[150, 150]) == NEGATIVE_COLOR  # top and bottom edges
     assert tuple(ov[125, 150]) != NEGATIVE_COLOR  # the inside is left as it was
     assert tuple(ov[200, 30]) == VETOED_COLOR
+
+
+def test_cli_export_city_reads_the_city_store_and_tiles(tmp_path, small_grid):
+    """`navml export /tmp/look --city oslo`: the city's store and tile index as the pipeline lays them out, no --store."""
+    import typer
+    import yaml
+    from typer.testing import CliRunner
+
+    from navml.cli.export import command
+
+    root = tmp_path / "cities" / "predict" / "oslo"
+    make_store(root, small_grid, 3)  # root/store
+    tiles = list(tiles_of_shard(SHARD, small_grid))
+    (root / "cover").mkdir(parents=True)
+    pd.DataFrame(
+        [{"z": t.z, "x": t.x, "y": t.y, "shard": "16-8577-6245", "block": "b", "split": "test"} for t in tiles[:4]]
+    ).to_csv(root / "cover" / "tiles.csv", index=False)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "paths": {"cities": str(tmp_path / "cities")},
+        "classes": {"parking": {"task": "segmentation", "tags": {"amenity": "parking"}, "color": [250, 200, 40]}},
+        "grid": {"zoom": 18, "tile_size": 256, "shard_zoom": 16},
+        "cities": {"denver": {"role": "train", "synthetic": True}, "oslo": {"role": "predict", "synthetic": True}},
+    }, sort_keys=False))
+    app = typer.Typer()
+    app.command()(command)
+    out = tmp_path / "look"
+    res = CliRunner().invoke(app, [str(out), "--city", "oslo", "--layers", "imagery", "--params", str(params)])
+    assert res.exit_code == 0, res.output
+    assert "wrote 4 PNGs for 4 tiles" in res.output  # the 4 tiles of oslo's index, not data/cover/tiles.csv
+    t = tiles[0]
+    assert tuple(int(v) for v in read_png(out / "imagery" / f"{t.z}/{t.x}/{t.y}.png")[5, 5][:3]) == (40, 80, 120)
+    res = CliRunner().invoke(app, [str(out), "--city", "rome", "--params", str(params)])
+    assert res.exit_code == 1 and "no city 'rome'" in res.output
