@@ -23,7 +23,9 @@ cluster of 1 and 2 workers.
 
 Each is run in-process (``serial``), then on a LocalCluster of each
 ``--workers`` count (one task at a time per worker), started before the clock and
-warmed with one untimed run (the model loads once per worker). Prints
+warmed with one untimed run (the model loads once per worker), reached as ``navml
+--scheduler local`` reaches its own: workers on this machine's disk, which write their
+shards themselves. Prints
 tiles/s and megapixels/s (median of ``--repeats``), the speed-up over 1
 worker, the CPU seconds per run of each worker and of this process (the client,
 with the local scheduler), the peak RSS of each worker process during that stage's runs
@@ -155,6 +157,8 @@ def main() -> None:
 
     from distributed import Client, LocalCluster
 
+    from navml.geo.parallel import Plan
+
     sys.path.insert(0, str(Path(__file__).parent))
     from vectorize import make_lots, write_mosaic  # benchmarks/vectorize.py
 
@@ -239,15 +243,16 @@ def main() -> None:
                                                                 "OPENCV_FOR_THREADS_NUM")})
             with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, env=env, dashboard_address=":0") as cluster, \
                     Client(cluster) as client:
+                here = Plan("local", n, cluster.scheduler_address)  # workers on this machine: they write their shards
                 for name, (fn, _, _) in work.items():
                     t0 = time.perf_counter()
-                    fn(cluster.scheduler_address)  # warm: each worker loads the model once
+                    fn(here)  # warm: each worker loads the model once
                     cold = time.perf_counter() - t0
                     load0 = os.getloadavg()[0]
                     client.run(reset_peak_rss)
                     reset_peak_rss()
                     w0, c0 = client.run(cpu_seconds), cpu_seconds()
-                    secs = timed(lambda fn=fn: fn(cluster.scheduler_address), a.repeats)
+                    secs = timed(lambda fn=fn, here=here: fn(here), a.repeats)
                     w1, c1 = client.run(cpu_seconds), cpu_seconds()
                     rss = ", ".join(f"{v} MB" for v in client.run(peak_rss_mb).values())
                     cpu = ", ".join(f"{(w1[k] - w0[k]) / a.repeats:.1f}" for k in w1)

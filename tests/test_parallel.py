@@ -95,22 +95,44 @@ def test_shared_argument_reaches_every_task(cluster):
     assert got == [(1, 3), (2, 1), (3, 0)]
 
 
-def test_predict_on_dask_writes_the_same_shards_as_in_process(tmp_path, small_grid, cluster):
+@pytest.mark.parametrize("window, merged", [(512, 3), (1024, 0)])
+def test_predict_on_dask_writes_the_same_shards_as_in_process(tmp_path, small_grid, cluster, window, merged):
     store = imagery_store(tmp_path, small_grid)
     folder = save(tmp_path, tiny_fcn(seed=3))
-    # an L-shaped AOI (the upper-right shard left out) in windows of 2 x 2 tiles: 12 windows, 3 shards
+    # an L-shaped AOI (the upper-right shard left out); at window 512, windows of 2 x 2 tiles: 12 windows, 3 shards
+    # each put together from 4 windows' pieces; at 1024 one window per shard, written whole by its task
     tiles = [t for t in all_tiles(small_grid) if not (t.x >= SHARD0.x * 4 + 4 and t.y < SHARD0.y * 4 + 4)]
     runs = {}
-    for name, kw in {"serial": {}, "dask": {"scheduler": cluster}, "threads": {"scheduler": "threads", "workers": 2}}.items():
+    for name, kw in {
+        "serial": {},
+        "dask": {"scheduler": cluster},  # an address, a folder store: the cores travel back, written here
+        "dask-local": {"scheduler": Plan("local", 2, cluster)},  # workers on this disk: they write the shards
+        "threads": {"scheduler": "threads", "workers": 2},
+    }.items():
         out = Store(tmp_path / name, small_grid)
-        rep = predict_store(store, tiles, folder, out, ["parking"], window=512, progress=False, **kw)
-        assert rep.windows == 12 and rep.shards == 3
+        rep = predict_store(store, tiles, folder, out, ["parking"], window=window, progress=False, **kw)
+        assert rep.windows == (12 if window == 512 else 3) and rep.shards == 3
+        assert rep.on_workers == (name in ("dask-local", "threads"))
+        assert rep.merged == (merged if rep.on_workers else 0)
         runs[name] = files(out, PROBS)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [PROBS]  # no pieces, no staging left
     assert len(runs["serial"]) == 3
     probs = Store(tmp_path / "serial", small_grid).read_shard(PROBS, Tile(SHARD0.x, SHARD0.y, 16))
     assert probs.std() > 5  # the model is not constant: a real comparison
-    assert runs["dask"] == runs["serial"]  # byte for byte: pixels, mask, tags, layout
-    assert runs["threads"] == runs["serial"]
+    for name in ("dask", "dask-local", "threads"):
+        assert runs[name] == runs["serial"], name  # byte for byte: pixels, mask, tags, layout
+
+
+def test_a_local_session_runs_several_maps_on_one_cluster():
+    from navml.geo.parallel import session
+
+    with session("local", 1) as plan:
+        assert plan.mode == "local" and plan.address.startswith("tcp://")
+        first = list(map_shards(os.getpid, [], scheduler=plan, progress=False))
+        pids = {p for _ in range(2) for p in map_shards(lambda _: os.getpid(), [0, 1], scheduler=plan, progress=False)}
+    assert first == [] and len(pids) == 1 and os.getpid() not in pids  # both maps on the one worker process
+    with session("threads", 2) as plan:
+        assert plan == Plan("threads", 2)
 
 
 def test_a_model_error_on_a_worker_is_one_line_and_leaves_the_old_layer(tmp_path, small_grid, cluster):

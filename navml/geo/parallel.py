@@ -83,7 +83,12 @@ class WorkerDiedError(SchedulerError):
 
 @dataclass(frozen=True)
 class Plan:
-    """Where :func:`map_shards` runs: ``mode`` is ``serial``, ``threads``, ``local`` or ``address``."""
+    """Where :func:`map_shards` runs: ``mode`` is ``serial``, ``threads``, ``local`` or ``address``.
+
+    ``local`` with an ``address``: a cluster of workers on this machine that is already running
+    (:func:`session`, a benchmark's own LocalCluster): connected to, not started, and its workers
+    share this machine's disk.
+    """
 
     mode: str
     workers: int
@@ -142,6 +147,38 @@ def writes_on_workers(plan: Plan, root: str | os.PathLike) -> bool:
     from navml.geo.store import is_remote
 
     return plan.mode != "address" or is_remote(root)
+
+
+@contextlib.contextmanager
+def session(plan: str | Plan | None = None, workers: int | None = None) -> Iterator[Plan]:
+    """One Dask cluster for several :func:`map_shards` calls (a stage with two phases, say).
+
+    A ``local`` plan starts its LocalCluster here, for the block, and yields a plan that connects
+    to it (each map would otherwise start a cluster of its own, seconds each); any other plan is
+    yielded as it is.
+    """
+    plan = resolve_scheduler(plan, workers)
+    if plan.mode != "local" or plan.address:
+        yield plan
+        return
+    with _local_cluster(plan) as cluster:
+        yield Plan("local", plan.workers, cluster.scheduler_address)
+
+
+@contextlib.contextmanager
+def _local_cluster(plan: Plan) -> Iterator[Any]:
+    """A LocalCluster of ``plan.workers`` single-threaded worker processes, closed on exit."""
+    from distributed import LocalCluster
+
+    try:
+        with warnings.catch_warnings():  # "Port 8787 is already in use": the dashboard takes another, printed below
+            warnings.simplefilter("ignore", UserWarning)
+            cluster = LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, env=thread_env(plan.workers),
+                                   silence_logs=logging.CRITICAL)  # navml reports what went wrong, in one line
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        raise SchedulerError(f"cannot start a local Dask cluster of {plan.workers} workers ({_first_line(exc)})") from exc
+    with cluster:
+        yield cluster
 
 
 _CACHE: dict[Any, Any] = {}
@@ -257,20 +294,12 @@ def _threads(fn, items, plan: Plan, shared, in_flight, stop=None) -> Iterator:
 def dask_client(plan: Plan, desc: str = "navml") -> Iterator[Any]:
     """A ``distributed.Client`` for ``plan`` (``local``: a LocalCluster started here, closed on exit); prints the dashboard link."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise SchedulerError(f"Dask distributed is not installed ({exc}); pip install 'dask[distributed]'") from exc
     with contextlib.ExitStack() as stack:
-        if plan.mode == "local":
-            try:
-                with warnings.catch_warnings():  # "Port 8787 is already in use": the dashboard takes another, printed below
-                    warnings.simplefilter("ignore", UserWarning)
-                    cluster = stack.enter_context(
-                        LocalCluster(n_workers=plan.workers, threads_per_worker=1, processes=True, env=thread_env(plan.workers),
-                                     silence_logs=logging.CRITICAL)  # navml reports what went wrong, in one line
-                    )
-            except (OSError, RuntimeError, TimeoutError) as exc:
-                raise SchedulerError(f"cannot start a local Dask cluster of {plan.workers} workers ({_first_line(exc)})") from exc
+        if plan.mode == "local" and not plan.address:
+            cluster = stack.enter_context(_local_cluster(plan))
             client = stack.enter_context(Client(cluster))
             where = f"local cluster of {plan.workers} workers"
         else:
@@ -307,7 +336,7 @@ def _no_workers_s() -> float:
 def _dask(fn, items, plan: Plan, shared, in_flight, desc) -> Iterator:
     from distributed import KilledWorker
 
-    where = plan.address or f"local cluster of {plan.workers} workers"
+    where = plan.address if plan.mode == "address" else f"local cluster of {plan.workers} workers"
     lost = f"start it again (or fix --scheduler / {ENV}) and re-run; finished outputs are kept, this layer was not written"
 
     def scheduler_lost(exc: BaseException) -> SchedulerError:

@@ -309,11 +309,7 @@ class Store:
         base = self.root.path
         staging = f".{layer}.partial"
 
-        def rm(prefix: str) -> None:
-            if fs.exists(prefix):
-                fs.rm(prefix, recursive=True)
-
-        rm(f"{base}/{staging}")
+        self.remove_layer(staging)
         try:
             yield staging
             new = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{base}/{staging}/*")}
@@ -323,7 +319,16 @@ class Store:
             if stale:
                 fs.rm(stale)
         finally:
-            rm(f"{base}/{staging}")
+            self.remove_layer(staging)
+
+    def remove_layer(self, layer: str) -> None:
+        """Delete ``layer`` (a folder or S3 prefix, nested layers included) if it exists."""
+        if self.remote:
+            fs, prefix = self.root.fs, f"{self.root.path}/{layer}"
+            if fs.exists(prefix):
+                fs.rm(prefix, recursive=True)
+        else:
+            shutil.rmtree(self.root / layer, ignore_errors=True)
 
     def read_tile(self, layer: str, tile: Tile, halo: int = 0) -> np.ndarray:
         """One tile of ``layer`` (bands, size, size), optionally with ``halo`` pixels around it."""
