@@ -2,7 +2,7 @@
 cluster of 1 and 2 workers.
 
     python benchmarks/parallel.py [--store /work/main/data/store --tiles /work/main/data/cover/tiles.csv]
-                                  [--workers 1 2] [--repeats 2] [--window 2048] [--vectorize-shards 4]
+                                  [--workers 1 2] [--repeats 2] [--window 2048] [--vectorize-shards 6]
                                   [--tf-threads N] [--worker-threads N] [--only predict vectorize ...]
 
 * ``predict``: :func:`navml.segment.predict.predict_store` of the default U-Net
@@ -12,7 +12,8 @@ cluster of 1 and 2 workers.
   ``--store`` it writes ``--imagery-shards`` squared (2 x 2) shards of textured imagery itself.
 * ``vectorize``: :func:`navml.segment.vectorize.vectorize_store` over
   ``--vectorize-shards`` squared probability shards of 2048 px with lots
-  across their borders (benchmarks/vectorize.py's mosaic).
+  across their borders (benchmarks/vectorize.py's mosaic; 6 x 6 = 151 Mpx by
+  default: with 16 shards the fixed start and the edge-joining tail weigh more).
 * ``rasterize``: :func:`navml.data.rasterize.write_masks` of the same lots
   (as WGS84 polygons, complete mapping in the west half: 255 elsewhere) over
   those shards' tiles.
@@ -144,7 +145,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--detect-window", type=int, default=1024)
-    ap.add_argument("--vectorize-shards", type=int, default=4)
+    ap.add_argument("--vectorize-shards", type=int, default=6)  # 36 shards: a city, not a toy (the tail counts less)
     ap.add_argument("--imagery-shards", type=int, default=2, help="without --store: this many squared shards of imagery")
     ap.add_argument("--tf-threads", type=int, default=1, help="TensorFlow threads per op, here and on every worker")
     ap.add_argument("--worker-threads", type=int, default=1, help="OpenMP/BLAS/OpenCV threads per worker (0: share the cores)")
