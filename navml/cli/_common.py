@@ -46,6 +46,11 @@ def train_city_names(params: Params) -> list[str]:
     return names
 
 
+def city_names(params: Params, cities: bool) -> list[str] | None:
+    """The city names a ``--cities`` command runs over (:func:`train_city_names`), or None without ``--cities``."""
+    return train_city_names(params) if cities else None
+
+
 def city_sources(params: Params, tiles: list[Path], stores: list[Path], cities: bool) -> tuple[list[Path], list[Path]]:
     """The ``(tile indexes, stores)`` a training reads: the options as given (one store per index), or with ``cities``
     those of the ``role: train`` cities of ``params``."""

@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params, train_city_names, with_overrides
-from navml.cli.options import Params, StoreDir, TilesCsv, override
+from navml.cli._common import city_names, exits, load_params, with_overrides
+from navml.cli.options import ExportLimit, Params, StoreDir, TilesCsv, override
 from navml.config import MineParams as M
 from navml.mining.negatives import FILE as NEGATIVES
 
 SUMMARY = "summary.json"
 EXPORT = "export"
+
+
+def out_option(default: Path):
+    """The ``--out`` option of a mining command: its folder of negatives, summary and export."""
+    return typer.Option(
+        default, "--out",
+        help=f"Folder for {NEGATIVES} (merged with what it holds: reviews and vetoes are kept), {SUMMARY} and {EXPORT}/ (PNGs of the mined tiles).",
+    )
 
 
 @exits
@@ -27,29 +35,24 @@ def command(
         "one max-negatives cut over all, a `city` property on each negative, export/<city>/ per city.",
     ),
     model: Path = typer.Option(Path("data/first/models/seg"), "--model", help="The model folder (for its per-class thresholds)."),
-    out: Path = typer.Option(
-        Path("data/mining/seg"), "--out",
-        help=f"Folder for {NEGATIVES} (merged with what it holds: reviews and vetoes are kept), {SUMMARY} and {EXPORT}/ (PNGs of the mined tiles).",
-    ),
+    out: Path = out_option(Path("data/mining/seg")),
     threshold: float = override("mine", M, "threshold"),
     min_area_m2: float = override("mine", M, "min_area_m2"),
     max_negatives: int = override("mine", M, "max_negatives"),
     tile_share: float = override("mine", M, "tile_share"),
     edge_m: float = override("mine", M, "edge_m"),
-    export_limit: int = typer.Option(64, "--export-limit", help="At most this many mined tiles in the PNG export (0: none)."),
+    export_limit: int = ExportLimit,
     params: Path = Params,
 ) -> None:
     from navml.config import segmentation_classes
     from navml.data.rasterize import complete_areas
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
-    from navml.io import write_json
     from navml.mining.mine import MineSource, city_sources, mine_cities, mine_segmentation
-    from navml.mining.negatives import merge_previous, read_collection, write_collection
     from navml.models.io import read_thresholds
 
     p = load_params(params)
-    names = train_city_names(p) if cities else None
+    names = city_names(p, cities)
     m = with_overrides(p.mine, threshold=threshold, min_area_m2=min_area_m2, max_negatives=max_negatives, tile_share=tile_share, edge_m=edge_m)
     grid = p.grid.grid()
     specs = segmentation_classes(p.class_specs())
@@ -69,17 +72,11 @@ def command(
         sources = [MineSource("", Store(probs, grid), Store(store, grid), read_index(tiles), complete_areas(specs, p.rasterize.complete), str(tiles))]
         s = sources[0]
         feats, report = mine_segmentation(s.probs, s.store, s.index, classes, s.complete, thresholds, **knobs, where=s.where)
-    path = out / NEGATIVES
-    merged, counts = merge_previous(feats, read_collection(path))
-    write_collection(path, merged)
-    summary = {**report.as_dict(), **counts, "thresholds": thresholds, "features_in_file": len(merged)}
-    write_json(out / SUMMARY, summary)
-    shown = export_negatives(sources, merged, out / EXPORT, p, export_limit)
+    written = write_mined(out, feats, report, sources, p, export_limit, thresholds=thresholds)
     per = "; ".join(f"{n} {r.kept} on {len(r.tiles)} of {r.scanned}" for n, r in report.cities.items())
     typer.echo(
         f"mine: {report.kept} negatives ({report.area_m2:.0f} m²) on {len(report.tiles)} of {report.scanned} scanned train tiles "
-        f"({report.found} found, {report.small} small, {report.edge_px} px near labels left out){f' [{per}]' if per else ''}; "
-        f"file: {len(merged)} features ({counts['reviewed']} reviewed, {counts['vetoed']} vetoed) -> {path}; export {shown} tiles -> {out / EXPORT}"
+        f"({report.found} found, {report.small} small, {report.edge_px} px near labels left out){f' [{per}]' if per else ''}; {written}"
     )
 
 
@@ -87,6 +84,22 @@ def raise_missing(model: Path) -> None:
     from navml.errors import ModelError
 
     raise ModelError(f"{model}: no thresholds.json for mine.threshold: auto; train the model first or set mine.threshold")
+
+
+def write_mined(out: Path, features, report, sources, p, export_limit: int, **extra) -> str:
+    """The mining outputs in ``out``: ``features`` merged into its negatives file (:func:`~navml.mining.negatives.merge_previous`),
+    the summary (``report``'s, the merge counts, ``extra``) and the PNG export of ``sources`` (:func:`export_negatives`).
+    Returns the command line's account of the file and the export."""
+    from navml.io import write_json
+    from navml.mining.negatives import merge_previous, read_collection, write_collection
+
+    path = out / NEGATIVES
+    merged, counts = merge_previous(features, read_collection(path))
+    write_collection(path, merged)
+    write_json(out / SUMMARY, {**report.as_dict(), **counts, **extra, "features_in_file": len(merged)})
+    shown = export_negatives(sources, merged, out / EXPORT, p, export_limit)  # out/<city>/ over several cities
+    return (f"file: {len(merged)} features ({counts['reviewed']} reviewed, {counts['vetoed']} vetoed) -> {path}; "
+            f"export {shown} tiles -> {out / EXPORT}")
 
 
 def export_negatives(sources, features, out: Path, p, limit: int) -> int:

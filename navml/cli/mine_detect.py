@@ -6,13 +6,10 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import city_sources, exits, load_params, with_overrides
-from navml.cli.options import Params, StoresList, TilesList, override
+from navml.cli._common import city_names, city_sources, exits, load_params, with_overrides
+from navml.cli.mine import out_option
+from navml.cli.options import ExportLimit, Params, StoresList, TilesList, override
 from navml.config import MineDetectParams as M
-
-NEGATIVES = "hard_negatives.geojson"
-SUMMARY = "summary.json"
-EXPORT = "export"
 
 
 @exits
@@ -24,33 +21,28 @@ def command(
         help="Mine the train tiles of every `role: train` city of params (their tiles and stores) instead; each negative gets its `city`.",
     ),
     model: Path = typer.Option(Path("data/first/models/det"), "--model", help="The first detector's model folder (meta.json: score_threshold)."),
-    out: Path = typer.Option(
-        Path("data/mining/det"), "--out",
-        help=f"Folder for {NEGATIVES} (merged with what it holds: reviews and vetoes are kept), {SUMMARY} and {EXPORT}/ (PNGs of the mined tiles).",
-    ),
+    out: Path = out_option(Path("data/mining/det")),
     score_threshold: float = override("mine_detect", M, "score_threshold"),
     iou: float = override("mine_detect", M, "iou"),
     margin_m: float = override("mine_detect", M, "margin_m"),
     min_size_m2: float = override("mine_detect", M, "min_size_m2"),
     max_negatives: int = override("mine_detect", M, "max_negatives"),
     tile_share: float = override("mine_detect", M, "tile_share"),
-    export_limit: int = typer.Option(64, "--export-limit", help="At most this many mined tiles in the PNG export (0: none)."),
+    export_limit: int = ExportLimit,
     params: Path = Params,
 ) -> None:
-    from navml.cli.mine import export_negatives
+    from navml.cli.mine import write_mined
     from navml.config import detection_names
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
-    from navml.io import write_json
     from navml.mining.detect import detection_complete_areas, mine_detection
     from navml.mining.mine import MineSource
-    from navml.mining.negatives import merge_previous, read_collection, write_collection
 
     p = load_params(params)
     m = with_overrides(p.mine_detect, score_threshold=score_threshold, iou=iou, margin_m=margin_m, min_size_m2=min_size_m2,
                        max_negatives=max_negatives, tile_share=tile_share)
     tiles, store = city_sources(p, tiles, store, cities)
-    names = p.train_cities() if cities else None
+    names = city_names(p, cities)
     grid = p.grid.grid()
     pairs = detection_names(p.class_specs())
     complete = None
@@ -65,14 +57,9 @@ def command(
         max_negatives=m.max_negatives, tile_share=m.tile_share, batch_size=m.batch_size, seed=m.seed, progress=True,
         where=", ".join(map(str, tiles)),
     )
-    path = out / NEGATIVES
-    merged, counts = merge_previous(feats, read_collection(path))
-    write_collection(path, merged)
-    write_json(out / SUMMARY, {**report.as_dict(), **counts, "features_in_file": len(merged)})
     sources = [MineSource(names[i] if names else "", None, st, indexes[i], None) for i, st in enumerate(stores)]
-    shown = export_negatives(sources, merged, out / EXPORT, p, export_limit)  # out/<city>/ over several cities
+    written = write_mined(out, feats, report, sources, p, export_limit)
     typer.echo(
         f"mine_detect: {report.kept} negatives on {len(report.tiles)} of {report.scanned} train tiles at score >= {report.threshold:.3f} "
-        f"({report.detections} detections: {report.matched} on truths, {report.near} near truths, {report.small} small, {report.found} false); "
-        f"file: {len(merged)} features ({counts['reviewed']} reviewed, {counts['vetoed']} vetoed) -> {path}; export {shown} tiles -> {out / EXPORT}"
+        f"({report.detections} detections: {report.matched} on truths, {report.near} near truths, {report.small} small, {report.found} false); {written}"
     )

@@ -36,6 +36,7 @@ TilesList = typer.Option(
 )
 StoresList = typer.Option([Path("data/store")], "--store", help="Shard store folder (imagery, masks, boxes.csv); one per --tiles.")
 TrainCities = typer.Option(False, "--cities", help="Train on the union of the `role: train` cities of params (their tiles and stores) instead.")
+ExportLimit = typer.Option(64, "--export-limit", help="At most this many mined tiles in the PNG export (0: none).")
 ExtractDir = typer.Option(Path("data/extract"), "--labels", help="Folder of per-class GeoJSON written by `navml extract`.")
 
 

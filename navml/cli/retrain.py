@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import exits, load_params, train_city_names
+from navml.cli._common import city_names, exits, load_params
 from navml.cli.options import Params, StoreDir, TilesCsv
 
 
@@ -29,21 +29,19 @@ def command(
 ) -> None:
     from navml.config import segmentation_classes
     from navml.data.rasterize import complete_areas
-    from navml.errors import InputError
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
     from navml.io import write_json
     from navml.mining.mine import MineSource, city_sources
-    from navml.mining.negatives import read_collection
+    from navml.mining.negatives import read_mined
     from navml.mining.retrain import retrain_rounds
     from navml.segment.dataset import Augment
 
     p = load_params(params)
-    names = train_city_names(p) if cities else None
+    names = city_names(p, cities)
     r, t = p.retrain, p.train
     specs = segmentation_classes(p.class_specs())
-    if not negatives.is_file():
-        raise InputError(f"{negatives}: hard-negatives file not found; run `navml mine` (dvc repro mine) first")
+    mined = read_mined(negatives, "mine")
     again = r.rounds > 1  # only later rounds mine, and read the complete areas
     if names:
         sources = city_sources(p, names, probs=False, complete=again)
@@ -52,7 +50,7 @@ def command(
         sources = [MineSource("", None, Store(store, p.grid.grid()), read_index(tiles), areas, str(tiles))]
     train = {**t.model_dump(exclude={"augment"}), "augment": Augment(**t.augment.model_dump()) if t.augment else None}
     result = retrain_rounds(
-        sources, [c.name for c in specs], model, read_collection(negatives), out, train=train, rounds=r.rounds, mine=p.mine,
+        sources, [c.name for c in specs], model, mined, out, train=train, rounds=r.rounds, mine=p.mine,
         window=p.predict.window_px, resample=p.predict.resample, **r.model_dump(exclude={"rounds"}),
     )
     write_json(summary, result)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import city_sources, exits, load_params
+from navml.cli._common import city_names, city_sources, exits, load_params
 from navml.cli.options import Params, StoresList, TilesList
 
 
@@ -27,26 +27,24 @@ def command(
     params: Path = Params,
 ) -> None:
     from navml.config import detection_mapping, detection_names
-    from navml.errors import InputError
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
     from navml.io import write_json
     from navml.mining.detect import retrain_detection
-    from navml.mining.negatives import read_collection
+    from navml.mining.negatives import read_mined
 
     p = load_params(params)
     r, d = p.retrain_detect, p.detect
     tiles, store = city_sources(p, tiles, store, cities)
-    names = p.train_cities() if cities else None
-    if not negatives.is_file():
-        raise InputError(f"{negatives}: hard-negatives file not found; run `navml mine_detect` (dvc repro mine_detect) first")
+    names = city_names(p, cities)
+    mined = read_mined(negatives, "mine_detect")
     pairs = detection_names(p.class_specs())
     aug = d.augment.model_dump() if d.augment else {"flip": False, "rotate": False}
     train = {**d.model_dump(exclude={"loss", "augment"}), **d.loss.model_dump(), **aug,
              "mirror": detection_mapping(p.class_specs(), "mirror")}
     result = retrain_detection(
         [Store(s, p.grid.grid()) for s in store], [read_index(x) for x in tiles], [n for _, n in pairs], model,
-        read_collection(negatives), out, classes_of=[c for c, _ in pairs], cities=names, train=train,
+        mined, out, classes_of=[c for c, _ in pairs], cities=names, train=train,
         mode=r.mode, steps=r.steps, eval_every=r.eval_every, learning_rate=r.learning_rate, warmup_steps=r.warmup_steps,
         oversample=r.oversample, weight=r.weight, progress=True, where=", ".join(map(str, tiles)),
     )

@@ -57,6 +57,14 @@ def read_collection(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise InputError(f"{p}: not a GeoJSON FeatureCollection ({exc}); fix or remove it") from exc
 
 
+def read_mined(path: str | os.PathLike, command: str) -> list[dict[str, Any]]:
+    """The features of the hard-negatives file ``path`` that a retraining reads; a one-line InputError naming
+    ``command`` (the stage that writes it) when the file is missing."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: hard-negatives file not found; run `navml {command}` (dvc repro {command}) first")
+    return read_collection(path)
+
+
 def write_collection(path: str | os.PathLike, features: list[dict[str, Any]]) -> Path:
     """Write ``features`` (GeoJSON dicts) as one FeatureCollection, atomically."""
     return write_text(path, dumps_json({"type": "FeatureCollection", "features": features}))
@@ -208,5 +216,5 @@ def feature_tiles(features: Sequence[Mapping[str, Any]]) -> list[Tile]:
 
 __all__ = [
     "FILE", "KINDS", "SOURCES", "area_m2", "feature_cities", "feature_tiles", "kept", "merge_previous", "negative_feature", "read_collection",
-    "review_id", "tile_key", "tile_masks", "tile_of", "write_collection",
+    "read_mined", "review_id", "tile_key", "tile_masks", "tile_of", "write_collection",
 ]
