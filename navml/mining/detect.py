@@ -304,8 +304,8 @@ def retrain_detection(
     which ``mode: finetune`` replaces ``steps``, ``eval_every``, ``learning_rate`` and ``warmup_steps``.
     """
     from navml.detect.train import train_detection
-    from navml.mining.negatives import kept
-    from navml.mining.retrain import copy_model
+    from navml.mining.negatives import count_vetoed, kept
+    from navml.mining.retrain import copy_model, train_kwargs
     from navml.segment.dataset import SourceTile, split_tiles
 
     if mode not in ("finetune", "scratch"):
@@ -316,7 +316,7 @@ def retrain_detection(
     if cities is not None and len(cities) != len(stores):
         raise ConfigError(f"retrain_detect: {len(cities)} city names for {len(stores)} stores")
     usable = kept(negatives, "detection", sorted(set(classes_of)))
-    vetoed = sum(1 for f in negatives if (f.get("properties") or {}).get("keep", True) is False)
+    vetoed = count_vetoed(negatives)
     per_store: list[list[Mapping[str, Any]]] = [[] for _ in stores]
     for f in usable:
         city = (f.get("properties") or {}).get("city")
@@ -345,9 +345,7 @@ def retrain_detection(
     if not hard:
         copy_model(first_dir, out_dir)
         return {**summary, "copied_first_model": True, "model_dir": str(out_dir)}
-    kwargs = {k: v for k, v in train.items() if k not in ("progress", "where", "live_dir")}
-    if mode == "finetune":
-        kwargs.update(steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
+    kwargs = train_kwargs(train, mode, steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
     result = train_detection(
         stores if len(stores) > 1 else stores[0], indexes if len(stores) > 1 else indexes[0], names, out_dir, **kwargs,
         classes_of=list(classes_of), init_model=first_dir if mode == "finetune" else None,

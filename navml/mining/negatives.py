@@ -118,6 +118,11 @@ def kept(features: Iterable[Mapping[str, Any]], kind: str, classes: Sequence[str
     return out
 
 
+def count_vetoed(features: Iterable[Mapping[str, Any]]) -> int:
+    """How many of ``features`` are vetoed (``keep: false``)."""
+    return sum(1 for f in features if (f.get("properties") or {}).get("keep", True) is False)
+
+
 def merge_previous(new: Sequence[dict[str, Any]], previous: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The file's new content: reviewed negatives and vetoed mined ones of ``previous``, then ``new`` less what lies on a veto.
 
@@ -215,6 +220,6 @@ def feature_tiles(features: Sequence[Mapping[str, Any]]) -> list[Tile]:
 
 
 __all__ = [
-    "FILE", "KINDS", "SOURCES", "area_m2", "feature_cities", "feature_tiles", "kept", "merge_previous", "negative_feature", "read_collection",
-    "read_mined", "review_id", "tile_key", "tile_masks", "tile_of", "write_collection",
+    "FILE", "KINDS", "SOURCES", "area_m2", "count_vetoed", "feature_cities", "feature_tiles", "kept", "merge_previous", "negative_feature",
+    "read_collection", "read_mined", "review_id", "tile_key", "tile_masks", "tile_of", "write_collection",
 ]

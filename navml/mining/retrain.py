@@ -32,7 +32,15 @@ from navml.errors import ConfigError, InputError
 from navml.geo.store import Store
 from navml.io import staging_dir
 from navml.mining.mine import MineSource, mine_cities, mine_segmentation
-from navml.mining.negatives import FILE, feature_cities, kept, merge_previous, tile_masks, write_collection
+from navml.mining.negatives import (
+    FILE,
+    count_vetoed,
+    feature_cities,
+    kept,
+    merge_previous,
+    tile_masks,
+    write_collection,
+)
 from navml.segment.dataset import split_tiles
 
 #: Defaults of the keyword arguments below: the params models', written once there.
@@ -48,6 +56,17 @@ def copy_model(first_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None
         for f in sorted(src.iterdir()):
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+
+
+def train_kwargs(
+    train: Mapping[str, Any], mode: str, *, steps: int, eval_every: int, learning_rate: float, warmup_steps: int
+) -> dict[str, Any]:
+    """The keyword arguments of a retraining's training: ``train`` (the first training's) less those the retraining
+    gives itself (``progress``, ``where``, ``live_dir``); ``mode: finetune`` with its own budget in place of the first's."""
+    kwargs = {k: v for k, v in train.items() if k not in ("progress", "where", "live_dir")}
+    if mode == "finetune":
+        kwargs.update(steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
+    return kwargs
 
 
 def retrain_segmentation(
@@ -96,7 +115,7 @@ def retrain_segmentation(
     if cities is not None and len(cities) != len(stores):
         raise ConfigError(f"retrain: {len(cities)} city name(s) for {len(stores)} store(s)")
     usable = kept(negatives, "segmentation", classes)
-    vetoed = sum(1 for f in negatives if (f.get("properties") or {}).get("keep", True) is False)
+    vetoed = count_vetoed(negatives)
     if cities is None:
         groups, elsewhere = [usable], 0
     else:
@@ -131,9 +150,7 @@ def retrain_segmentation(
     if not masks:
         copy_model(first_dir, out_dir)
         return {**summary, "copied_first_model": True, "model_dir": str(out_dir)}
-    kwargs = {k: v for k, v in train.items() if k not in ("progress", "where", "live_dir")}
-    if mode == "finetune":
-        kwargs.update(steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
+    kwargs = train_kwargs(train, mode, steps=steps, eval_every=eval_every, learning_rate=learning_rate, warmup_steps=warmup_steps)
     result = train_segmentation(
         stores if len(stores) > 1 else stores[0], indexes if len(indexes) > 1 else indexes[0], classes, out_dir, **kwargs,
         init_model=first_dir if mode == "finetune" else None,
@@ -224,4 +241,4 @@ def retrain_rounds(
     return {**done[-1], "rounds": [{key: v for key, v in x.items() if key in ROUND_KEYS} for x in done]}
 
 
-__all__ = ["ROUND_KEYS", "copy_model", "retrain_rounds", "retrain_segmentation"]
+__all__ = ["ROUND_KEYS", "copy_model", "retrain_rounds", "retrain_segmentation", "train_kwargs"]
