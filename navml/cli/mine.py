@@ -48,7 +48,7 @@ def command(
     from navml.data.rasterize import complete_areas
     from navml.geo.store import Store
     from navml.geo.tile_index import read_index
-    from navml.mining.mine import MineSource, city_sources, mine_cities, mine_segmentation
+    from navml.mining.mine import MineSource, city_sources, mine_sources
     from navml.models.io import read_thresholds
 
     p = load_params(params)
@@ -67,11 +67,9 @@ def command(
     knobs = dict(min_area_m2=m.min_area_m2, max_negatives=m.max_negatives, tile_share=m.tile_share, edge_m=m.edge_m, seed=m.seed, progress=True)
     if names:
         sources = city_sources(p, names)
-        feats, report = mine_cities(sources, classes, thresholds, **knobs)
     else:
         sources = [MineSource("", Store(probs, grid), Store(store, grid), read_index(tiles), complete_areas(specs, p.rasterize.complete), str(tiles))]
-        s = sources[0]
-        feats, report = mine_segmentation(s.probs, s.store, s.index, classes, s.complete, thresholds, **knobs, where=s.where)
+    feats, report = mine_sources(sources, classes, thresholds, **knobs)
     written = write_mined(out, feats, report, sources, p, export_limit, thresholds=thresholds)
     per = "; ".join(f"{n} {r.kept} on {len(r.tiles)} of {r.scanned}" for n, r in report.cities.items())
     typer.echo(

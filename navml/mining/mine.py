@@ -330,6 +330,17 @@ def mine_cities(
     return kept, total
 
 
+def mine_sources(
+    sources: Sequence[MineSource], classes: Sequence[str], thresholds: Mapping[str, float], **knobs: Any
+) -> tuple[list[dict[str, Any]], MineReport]:
+    """Hard negatives of ``sources``: a single source named ``""`` is the single store (:func:`mine_segmentation`,
+    no ``city`` property), else the cities (:func:`mine_cities`); ``knobs``: their keyword arguments."""
+    if len(sources) == 1 and not sources[0].name:
+        s = sources[0]
+        return mine_segmentation(s.probs, s.store, s.index, classes, s.complete, thresholds, **knobs, where=s.where)
+    return mine_cities(sources, classes, thresholds, **knobs)
+
+
 def city_sources(params: Params, names: Sequence[str], *, probs: bool = True, complete: bool = True) -> list[MineSource]:
     """The :class:`MineSource` of each city ``names`` of ``params``: its tile index and store
     (:meth:`~navml.config.Params.city`), the first model's probabilities at ``<city.first>/predict``
@@ -356,4 +367,7 @@ def city_sources(params: Params, names: Sequence[str], *, probs: bool = True, co
     return out
 
 
-__all__ = ["MineReport", "MineSource", "city_sources", "candidate_tiles", "mine_cities", "mine_segmentation", "pick_tiles", "tile_regions"]
+__all__ = [
+    "MineReport", "MineSource", "city_sources", "candidate_tiles", "mine_cities", "mine_segmentation", "mine_sources", "pick_tiles",
+    "tile_regions",
+]

@@ -31,7 +31,7 @@ from navml.config import MineParams, PredictParams, RetrainParams
 from navml.errors import ConfigError, InputError
 from navml.geo.store import Store
 from navml.io import staging_dir
-from navml.mining.mine import MineSource, mine_cities, mine_segmentation
+from navml.mining.mine import MineSource, mine_sources
 from navml.mining.negatives import (
     FILE,
     count_vetoed,
@@ -226,11 +226,7 @@ def retrain_rounds(
             thr = {n: float(mine.threshold) if mine.threshold is not None else v for n, (v, _) in zip(classes, read_thresholds(out, classes)[0])}
             opts = dict(min_area_m2=mine.min_area_m2, max_negatives=mine.max_negatives, tile_share=mine.tile_share, edge_m=mine.edge_m,
                         seed=mine.seed + k - 1)
-            if single:
-                s = found[0]
-                new, _ = mine_segmentation(s.probs, s.store, s.index, classes, s.complete, thr, **opts, where=s.where)
-            else:
-                new, _ = mine_cities(found, classes, thr, **opts)
+            new, _ = mine_sources(found, classes, thr, **opts)
             merged, _ = merge_previous(new, feats)  # reviewed and vetoed ones of before, then the new ones less the vetoed
             feats = [f for f in feats if f not in merged] + merged  # plus the earlier rounds' kept ones
             shutil.copytree(out, tmp / "model")
