@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -263,11 +262,10 @@ def train_detection(
     mirror_ids = mirror_table(names, mirror) if flip else np.arange(n)  # names need a mirror image only when flipped
 
     import keras
-    import tensorflow as tf
 
     from navml.detect.loss import YoloLoss
     from navml.models.yolo import build_yolo
-    from navml.segment.train import learning_rate_schedule, set_determinism
+    from navml.segment.train import fit_stream, learning_rate_schedule, set_determinism
 
     set_determinism(seed)
     if factors == [1.0]:
@@ -302,24 +300,9 @@ def train_detection(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
     try:
-        callbacks = [check, keras.callbacks.TerminateOnNaN()]
-        live = None
-        if live_dir is not None:
-            from dvclive import Live
-            from dvclive.keras import DVCLiveCallback
-
-            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-            callbacks.append(DVCLiveCallback(live=live))
-        verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
         fit_started = time.monotonic()
-        try:
-            model.fit(train_ds, epochs=checks, steps_per_epoch=eval_every, callbacks=callbacks, verbose=verbose, shuffle=False)
-        except tf.errors.OpError as exc:
-            if reader.error is not None:
-                raise reader.error from None
-            raise ModelError(f"training failed: {str(exc).splitlines()[0]}") from exc
-        if reader.error is not None:
-            raise reader.error
+        _, live = fit_stream(model, reader, train_ds, [check, keras.callbacks.TerminateOnNaN()], live_dir=live_dir, progress=progress,
+                             epochs=checks, steps_per_epoch=eval_every)
         fit_seconds = time.monotonic() - fit_started
         if check.best_weights is None or not np.isfinite(check.best) or any(not np.isfinite(w).all() for w in check.best_weights):
             raise ModelError(f"training produced no usable weights (loss became NaN?); lower detect.learning_rate (now {learning_rate})")

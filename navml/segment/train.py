@@ -149,6 +149,33 @@ def training_sources(
     return stores, index, factors, ref
 
 
+def fit_stream(
+    model, reader: TileReader, train_ds, callbacks: Sequence, *, live_dir: str | os.PathLike | None, progress: bool, **fit
+):
+    """``model.fit`` on ``train_ds`` (a stream of ``reader``'s tiles) with ``callbacks``, plus dvclive's writing to ``live_dir``;
+    ``fit``: the rest of fit's arguments. A read error of the stream is raised as it is, a TensorFlow one as a one-line
+    :class:`ModelError`. Returns ``(history, live)`` (``live``: the dvclive run, or None)."""
+    import tensorflow as tf
+
+    callbacks, live = list(callbacks), None
+    if live_dir is not None:
+        from dvclive import Live
+        from dvclive.keras import DVCLiveCallback
+
+        live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        callbacks.append(DVCLiveCallback(live=live))
+    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+    try:
+        history = model.fit(train_ds, callbacks=callbacks, verbose=verbose, shuffle=False, **fit)
+    except tf.errors.OpError as exc:
+        if reader.error is not None:
+            raise reader.error from None
+        raise ModelError(f"training failed: {str(exc).splitlines()[0]}") from exc
+    if reader.error is not None:
+        raise reader.error
+    return history, live
+
+
 def train_segmentation(
     store: Store | Sequence[Store],
     index: pd.DataFrame | Sequence[pd.DataFrame],
@@ -268,7 +295,6 @@ def train_segmentation(
     weights = class_weights_from_counts(train_counts, class_weighting, ["background", *classes])
 
     import keras
-    import tensorflow as tf
 
     set_determinism(seed)
     if init_model is not None:
@@ -296,7 +322,6 @@ def train_segmentation(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
-    live = None
     try:
         ckpt = tmp / "best.keras"
         callbacks = [
@@ -304,24 +329,8 @@ def train_segmentation(
             keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=patience),
             keras.callbacks.TerminateOnNaN(),
         ]
-        if live_dir is not None:
-            from dvclive import Live
-            from dvclive.keras import DVCLiveCallback
-
-            live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-            callbacks.append(DVCLiveCallback(live=live))
-        verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
-        try:
-            history = model.fit(
-                train_ds, validation_data=val_ds, epochs=checks, steps_per_epoch=eval_every,
-                callbacks=callbacks, verbose=verbose, shuffle=False,
-            )
-        except tf.errors.OpError as exc:
-            if reader.error is not None:
-                raise reader.error from None
-            raise ModelError(f"training failed: {str(exc).splitlines()[0]}") from exc
-        if reader.error is not None:
-            raise reader.error
+        history, live = fit_stream(model, reader, train_ds, callbacks, live_dir=live_dir, progress=progress,
+                                   validation_data=val_ds, epochs=checks, steps_per_epoch=eval_every)
         val_iou = history.history.get("val_iou", [])
         if not ckpt.exists() or not val_iou:
             raise ModelError(f"training produced no checkpoint (loss became NaN?); lower train.learning_rate (now {learning_rate})")
