@@ -244,6 +244,32 @@ def test_retrain_fine_tunes_with_the_negatives(city, tmp_path):
     assert extra["init_model"].endswith("first")
 
 
+def test_a_fine_tune_that_does_not_beat_the_first_model_on_val_keeps_it(city, tmp_path):
+    from navml.segment.evaluate import evaluate_segmentation
+    from navml.segment.train import train_segmentation
+
+    store, _, index, _, _ = city
+    image, mask = store.read_shard("imagery", SHARD), store.read_shard("masks", SHARD)[0]
+    image[:, mask == 1] = 255  # lots a model can see
+    image[:, mask != 1] //= 2
+    store.write_shard("imagery", SHARD, image)
+    feats, _ = mine(city)
+    first = tmp_path / "first"
+    fast = dict(depth=2, base_filters=4, batch_size=2, downsample=1, warmup_steps=0, augment=None, progress=False)
+    made = train_segmentation(store, index, ["parking"], first, steps=24, eval_every=8, learning_rate=0.01, **fast)
+    assert made["best_val_iou"] > 0.2  # the first model finds the val lot (all-lot would score 400 / 8192 px)
+    # an Adam step of 50 per weight wrecks the model: no fine-tuned step can beat the first one on val
+    out = retrain_segmentation(store, index, ["parking"], first, feats, tmp_path / "mined", train=fast, steps=4, eval_every=2,
+                               learning_rate=50.0)
+    assert not out["copied_first_model"] and out["negatives_used"] == 1
+    assert out["best_step"] == 0 and out["steps_run"] == 4
+    assert out["best_val_iou"] == pytest.approx(made["best_val_iou"], abs=1e-6) == pytest.approx(out["start_val_iou"], abs=1e-6)
+    kw = dict(classes=["parking"], colors=[(250, 200, 40)], overlays=0, progress=False)
+    a = evaluate_segmentation(store, index, first, tmp_path / "ev1", **kw)
+    b = evaluate_segmentation(store, index, tmp_path / "mined", tmp_path / "ev2", **kw)
+    assert a == b
+
+
 # --- over several cities ------------------------------------------------------------------------------------------------
 
 SHARD_B = Tile(10001, 22500, 16)  # the next shard east: city b's tiles are not city a's

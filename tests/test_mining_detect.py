@@ -202,6 +202,22 @@ def test_vetoed_negatives_are_not_used_and_kept_ones_fine_tune(monkeypatch, firs
     assert extra["init_model"].endswith("model") and extra["anchors"] == read_meta(model).extra["anchors"]
 
 
+def test_a_fine_tune_that_does_not_beat_the_first_detector_on_val_keeps_it(monkeypatch, first, tmp_path):
+    from navml.models.io import load_model
+
+    store, df, model = first
+    fake = fake_detector(monkeypatch, tmp_path)
+    feats, _ = mine_detection(fake, [store], [df], NAMES, classes_of=CLASSES_OF)
+    monkeypatch.undo()
+    # Adam steps of 50 per weight: no check of the fine-tune beats (or ties) the first detector on val
+    out = retrain_detection([store], [df], NAMES, model, feats, tmp_path / "mined", classes_of=CLASSES_OF,
+                            train={**FAST, "anchors": 2, "warmup_steps": 0}, steps=4, eval_every=2, learning_rate=50.0)
+    assert not out["copied_first_model"] and out["best_step"] == 0 and out["steps_run"] == 4
+    assert out["best_val_map50"] == out["start_val_map50"]
+    a, b = load_model(model)[0].get_weights(), load_model(tmp_path / "mined")[0].get_weights()
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeypatch, first, tmp_path):
     from typer.testing import CliRunner
 

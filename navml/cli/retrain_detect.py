@@ -51,7 +51,8 @@ def command(
     write_json(summary, result)
     how = "first detector copied (no usable negative)" if result["copied_first_model"] else (
         f"{result['mode']} {result['steps_run']} steps, best val mAP@0.5 {result['best_val_map50']:.4f} at step {result['best_step']}, "
-        f"score threshold {result['score_threshold']:.3f}")
+        f"score threshold {result['score_threshold']:.3f}"
+        + (" (no step beat the first detector on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""))
     typer.echo(
         f"retrain_detect: {result['negatives_used']} negatives ({result['vetoed']} vetoed) as {result['mined_boxes']} boxes on "
         f"{result['hard_tiles']} train tiles, no-object x{r.weight:g} there, tiles x{r.oversample}; {how} -> {out}"

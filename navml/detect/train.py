@@ -95,12 +95,21 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
             self.best = -1.0
             self.best_epoch = -1
             self.best_weights = None
+            self.start: float | None = None  # a fine-tune's starting val mAP (start_from)
             self.wait = 0
 
-        def on_epoch_end(self, epoch, logs=None):
-            dets = predict_detections(self.model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+        def score(self, model) -> float:
+            dets = predict_detections(model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
             ap = average_precisions(truths, [(d.boxes, d.scores, d.class_ids) for d in dets], n_classes, (0.5,))[:, 0]
-            score = float(np.nanmean(ap))
+            return float(np.nanmean(ap))
+
+        def start_from(self, model) -> None:
+            """A fine-tune's starting ``model`` is step 0: it stays unless a check beats it on val."""
+            self.best, self.best_epoch, self.best_weights = self.score(model), -1, model.get_weights()
+            self.start = self.best
+
+        def on_epoch_end(self, epoch, logs=None):
+            score = self.score(self.model)
             if logs is not None:
                 logs["val_map50"] = score
             self.scores.append(score)
@@ -296,6 +305,8 @@ def train_detection(
         hard=hard, hard_repeats=hard_repeats, mined_weight=mined_weight,
     )
     check = _val_check(val_images, val_truths, fit.wh, stride, n, nms_iou, batch_size, patience, offset_scale)
+    if init_model is not None:
+        check.start_from(model)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
@@ -338,6 +349,7 @@ def train_detection(
         }
         if init_model is not None:
             summary["init_model"] = Path(init_model).as_posix()
+            summary["start_val_map50"] = round(check.start, 6)
         if hard:
             summary["hard_tiles"] = len(hard)
             summary["hard_repeats"] = int(hard_repeats)

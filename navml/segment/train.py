@@ -319,33 +319,43 @@ def train_segmentation(
         reader, train_tiles, batch_size=batch_size, augment=augment, seed=seed, crop=crop, mined_weight=mined_weight if hard else None
     )
     val_ds = make_dataset(reader, val_tiles, batch_size=batch_size, cache=True)
+    # a fine-tune keeps the model it starts from unless a checkpoint beats it on val (step 0 below)
+    start_iou = float(model.evaluate(val_ds, verbose=0, return_dict=True)["iou"]) if init_model is not None else None
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.train-", dir=out_dir.parent))
     try:
         ckpt = tmp / "best.keras"
         callbacks = [
-            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_iou", mode="max", save_best_only=True),
+            keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_iou", mode="max", save_best_only=True, initial_value_threshold=start_iou),
             keras.callbacks.EarlyStopping(monitor="val_iou", mode="max", patience=patience),
             keras.callbacks.TerminateOnNaN(),
         ]
         history, live = fit_stream(model, reader, train_ds, callbacks, live_dir=live_dir, progress=progress,
                                    validation_data=val_ds, epochs=checks, steps_per_epoch=eval_every)
         val_iou = history.history.get("val_iou", [])
-        if not ckpt.exists() or not val_iou:
+        kept_start = start_iou is not None and not ckpt.exists() and bool(val_iou) and all(np.isfinite(val_iou))
+        if kept_start:  # no step beat the starting model on val: it stays, as step 0
+            val_iou, best_check = [start_iou, *val_iou], 0
+            best = load_model(init_model)[0]
+        elif not ckpt.exists() or not val_iou:
             raise ModelError(f"training produced no checkpoint (loss became NaN?); lower train.learning_rate (now {learning_rate})")
-        best_check = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
-        best = keras.saving.load_model(ckpt, compile=False)
+        else:
+            if start_iou is not None:
+                val_iou = [start_iou, *val_iou]
+            best_check = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
+            best = keras.saving.load_model(ckpt, compile=False)
+        offset = 0 if start_iou is not None else 1  # val_iou[0] is step 0 in a fine-tune
 
         from navml.segment.evaluate import val_thresholds
 
         chosen = val_thresholds(best, reader, val_tiles, batch_size=batch_size, metric=threshold_metric, progress=progress)
         thresholds = {name: {"threshold": thr, f"val_{threshold_metric}": score} for name, (thr, score) in zip(classes, chosen)}
         summary = {
-            "best_step": (best_check + 1) * eval_every,
-            "steps_run": len(val_iou) * eval_every,
+            "best_step": (best_check + offset) * eval_every,
+            "steps_run": (len(val_iou) + offset - 1) * eval_every,
             "best_val_iou": float(val_iou[best_check]),
-            "train_samples": len(val_iou) * eval_every * batch_size,
+            "train_samples": (len(val_iou) + offset - 1) * eval_every * batch_size,
             "crop": crop or size,
             "train_tiles": train_tiles.per_epoch,
             "train_positive_tiles": len(train_tiles.positives),
@@ -363,6 +373,7 @@ def train_segmentation(
             summary["mined_weight"] = float(mined_weight)
         if init_model is not None:
             summary["init_model"] = Path(init_model).as_posix()
+            summary["start_val_iou"] = start_iou
         if live is not None:
             live.summary.update({"best_val_iou": summary["best_val_iou"], "best_step": summary["best_step"]})
             live.make_summary()
