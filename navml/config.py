@@ -884,12 +884,12 @@ class RetrainParams(Section):
     """Training again with the mined hard negatives (retrain stage); the other settings are train's."""
 
     mode: Literal["finetune", "scratch"] = Field("finetune", description="finetune: start from the first model | scratch: a fresh U-Net")
-    steps: int = Field(80, ge=1, description="optimizer steps (fine-tuning needs far fewer than train.steps)")
+    steps: int = Field(160, ge=1, description="optimizer steps of fine-tuning (docs/mining.md measures 80 and 160)")
     eval_every: int = Field(40, ge=1, description="steps between val IoU checks (best weights, early stopping)")
     learning_rate: float = Field(0.0005, gt=0.0, le=1.0, description="Adam peak learning rate, cosine decay to 5 % over steps")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from learning_rate/10")
-    oversample: int = Field(3, ge=1, le=100, description="each tile holding a hard negative is drawn this many times per pass")
-    weight: float = Field(3.0, ge=1.0, le=1000.0, description="loss weight of a mined pixel (a labelled pixel weighs 1)")
+    oversample: int = Field(1, ge=1, le=100, description="each tile holding a hard negative is drawn this many times per pass (1: once, always)")
+    weight: float = Field(1.0, ge=1.0, le=1000.0, description="loss weight of a mined pixel (a labelled pixel weighs 1)")
     rounds: int = Field(1, ge=1, le=5, description="mine + retrain rounds; rounds after the first run inside the retrain stage")
 
 
