@@ -334,28 +334,25 @@ def train_segmentation(
         history, live = fit_stream(model, reader, train_ds, callbacks, live_dir=live_dir, progress=progress,
                                    validation_data=val_ds, epochs=checks, steps_per_epoch=eval_every)
         val_iou = history.history.get("val_iou", [])
-        kept_start = start_iou is not None and not ckpt.exists() and bool(val_iou) and all(np.isfinite(val_iou))
-        if kept_start:  # no step beat the starting model on val: it stays, as step 0
-            val_iou, best_check = [start_iou, *val_iou], 0
-            best = load_model(init_model)[0]
-        elif not ckpt.exists() or not val_iou:
+        # a fine-tune scores its starting model first, as step 0; a checkpoint exists only if a step beat it
+        kept_start = start_iou is not None and bool(val_iou) and bool(np.all(np.isfinite(val_iou)))
+        if not ckpt.exists() and not kept_start:
             raise ModelError(f"training produced no checkpoint (loss became NaN?); lower train.learning_rate (now {learning_rate})")
-        else:
-            if start_iou is not None:
-                val_iou = [start_iou, *val_iou]
-            best_check = int(max(range(len(val_iou)), key=lambda i: (val_iou[i], -i)))
-            best = keras.saving.load_model(ckpt, compile=False)
-        offset = 0 if start_iou is not None else 1  # val_iou[0] is step 0 in a fine-tune
+        scores = [start_iou, *val_iou] if start_iou is not None else list(val_iou)
+        first_step = 0 if start_iou is not None else eval_every  # the step scores[0] was taken at
+        best_check = int(np.nanargmax(scores))  # the first best, as the checkpoint keeps it
+        best = keras.saving.load_model(ckpt, compile=False) if ckpt.exists() else load_model(init_model)[0]
+        steps_run = first_step + (len(scores) - 1) * eval_every
 
         from navml.segment.evaluate import val_thresholds
 
         chosen = val_thresholds(best, reader, val_tiles, batch_size=batch_size, metric=threshold_metric, progress=progress)
         thresholds = {name: {"threshold": thr, f"val_{threshold_metric}": score} for name, (thr, score) in zip(classes, chosen)}
         summary = {
-            "best_step": (best_check + offset) * eval_every,
-            "steps_run": (len(val_iou) + offset - 1) * eval_every,
-            "best_val_iou": float(val_iou[best_check]),
-            "train_samples": (len(val_iou) + offset - 1) * eval_every * batch_size,
+            "best_step": first_step + best_check * eval_every,
+            "steps_run": steps_run,
+            "best_val_iou": float(scores[best_check]),
+            "train_samples": steps_run * batch_size,
             "crop": crop or size,
             "train_tiles": train_tiles.per_epoch,
             "train_positive_tiles": len(train_tiles.positives),
