@@ -78,6 +78,18 @@ def with_overrides(section: S, **given: Any) -> S:
         raise ConfigError(re.sub(r"^option: (\w+)", lambda m: "--" + m.group(1).replace("_", "-"), line)) from None
 
 
+def retrain_outcome(result: dict[str, Any], model: str, score: str, value: float, extra: str = "") -> str:
+    """What a retrain did, for its one-line report: copied, or mode, steps and the kept step.
+
+    ``model`` names the first model ("model", "detector"); ``score`` the val metric shown
+    with ``value``; ``extra`` follows the step.
+    """
+    if result["copied_first_model"]:
+        return f"first {model} copied (no usable negative)"
+    kept = f" (no step beat the first {model} on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""
+    return f"{result['mode']} {result['steps_run']} steps, best val {score} {value:.4f} at step {result['best_step']}{extra}{kept}"
+
+
 def exits(fn: Callable) -> Callable:
     """Decorate a command: NavmlError becomes ``navml: error: ...`` on stderr and exit 1.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import city_names, exits, load_params
+from navml.cli._common import city_names, exits, load_params, retrain_outcome
 from navml.cli.options import Params, StoreDir, TilesCsv
 
 
@@ -54,9 +54,7 @@ def command(
         window=p.predict.window_px, resample=p.predict.resample, **r.model_dump(exclude={"rounds"}),
     )
     write_json(summary, result)
-    how = "first model copied (no usable negative)" if result["copied_first_model"] else (
-        f"{result['mode']} {result['steps_run']} steps, best val IoU {result['best_val_iou']:.4f} at step {result['best_step']}"
-        + (" (no step beat the first model on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""))
+    how = retrain_outcome(result, "model", "IoU", result["best_val_iou"])
     per = "; ".join(f"{n} {c['negatives_used']} on {c['hard_tiles']} tiles" for n, c in result.get("by_city", {}).items())
     typer.echo(
         f"retrain: {result['negatives_used']} negatives ({result['vetoed']} vetoed) on {result['hard_tiles']} train tiles"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from navml.cli._common import city_names, city_sources, exits, load_params
+from navml.cli._common import city_names, city_sources, exits, load_params, retrain_outcome
 from navml.cli.options import Params, StoresList, TilesList
 
 
@@ -49,10 +49,7 @@ def command(
         oversample=r.oversample, weight=r.weight, progress=True, where=", ".join(map(str, tiles)),
     )
     write_json(summary, result)
-    how = "first detector copied (no usable negative)" if result["copied_first_model"] else (
-        f"{result['mode']} {result['steps_run']} steps, best val mAP@0.5 {result['best_val_map50']:.4f} at step {result['best_step']}, "
-        f"score threshold {result['score_threshold']:.3f}"
-        + (" (no step beat the first detector on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""))
+    how = retrain_outcome(result, "detector", "mAP@0.5", result["best_val_map50"], f", score threshold {result['score_threshold']:.3f}")
     typer.echo(
         f"retrain_detect: {result['negatives_used']} negatives ({result['vetoed']} vetoed) as {result['mined_boxes']} boxes on "
         f"{result['hard_tiles']} train tiles, no-object x{r.weight:g} there, tiles x{r.oversample}; {how} -> {out}"
