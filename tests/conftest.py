@@ -60,6 +60,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server process started by a fixture; kill it if it lingers past 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 #: Credentials of the moto S3 server, as a user sets them for an S3-compatible endpoint (moto accepts any).
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -90,28 +100,40 @@ def s3_endpoint():
                 time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture(scope="session")
-def cluster(s3_endpoint):
-    """The address of one LocalCluster of 2 single-threaded worker processes for the whole session.
+def cluster(s3_endpoint, tmp_path_factory):
+    """The tcp:// address of a Dask cluster for the whole session: ``dask scheduler`` and
+    ``dask worker`` (2 single-threaded worker processes), each in its own process.
 
-    Started once (seconds), reached by its tcp:// address as a real cluster is; the
-    workers reach the moto S3 server with the same AWS settings the S3 tests give the client.
+    Started once (seconds) and reached by its address, as a real cluster is. The scheduler
+    is not in the test process: there it shared the GIL with TensorFlow and, once under
+    load in CI, missed the client's heartbeats. The workers reach the moto S3 server with
+    the AWS settings the S3 tests give the client. Logs: ``dask*/{scheduler,workers}.log``.
     """
-    import logging
-
-    from distributed import LocalCluster
+    from distributed import Client
 
     from navml.geo.parallel import thread_env
 
-    env = {**thread_env(2), **S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", env=env,
-                      silence_logs=logging.ERROR) as c:
-        yield c.scheduler_address
+    logs = tmp_path_factory.mktemp("dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    env = {**os.environ, **thread_env(2), **S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
+    procs = []
+    try:
+        for name, (module, *args), proc_env in [
+            ("scheduler", ["dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--dashboard-address", "127.0.0.1:0"], None),
+            ("workers", ["dask_worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"], env),
+        ]:
+            log = (logs / f"{name}.log").open("w")
+            procs.append(subprocess.Popen([sys.executable, "-m", f"distributed.cli.{module}", *args], env=proc_env, stdout=log, stderr=log))
+        try:
+            with Client(address, timeout=60) as client:
+                client.wait_for_workers(2, timeout=120)
+        except (OSError, TimeoutError) as exc:
+            pytest.fail(f"the Dask cluster did not start on {address} ({exc}); logs in {logs}")
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

@@ -1,8 +1,9 @@
 """Shard work on Dask: the same bytes as in-process, from the library and from the command line.
 
-One LocalCluster of two worker processes is shared by the session (the
-``cluster`` fixture of conftest.py: it takes seconds to start); the tests reach
-it by its tcp:// address, as a real cluster is reached.
+One cluster, a ``dask scheduler`` and two worker processes out of the test
+process, is shared by the session (the ``cluster`` fixture of conftest.py: it
+takes seconds to start); the tests reach it by its tcp:// address, as a real
+cluster is reached.
 """
 
 from __future__ import annotations
@@ -110,10 +111,7 @@ def test_predict_on_dask_writes_the_same_shards_as_in_process(tmp_path, small_gr
         "threads": {"scheduler": "threads", "workers": 2},
     }.items():
         out = Store(tmp_path / name, small_grid)
-        try:
-            rep = predict_store(store, tiles, folder, out, ["parking"], window=window, progress=False, **kw)
-        except SchedulerError:  # once seen in CI: the session cluster's client lost its scheduler for a moment; the run says so in one line
-            rep = predict_store(store, tiles, folder, out, ["parking"], window=window, progress=False, **kw)  # and a re-run works
+        rep = predict_store(store, tiles, folder, out, ["parking"], window=window, progress=False, **kw)
         assert rep.windows == (12 if window == 512 else 3) and rep.shards == 3
         assert rep.on_workers == (name in ("dask-local", "threads"))
         assert rep.merged == (merged if rep.on_workers else 0)
