@@ -135,9 +135,10 @@ def test_an_unexpected_exception_is_one_line_with_exit_2(capsys, monkeypatch):
 def test_retrain_outcome_says_which_model_was_kept():
     from navml.cli._common import retrain_outcome
 
+    copied = {"copied_first_model": True, "mode": "finetune"}  # no score, no step: nothing was trained
+    assert retrain_outcome(copied, "detector", "mAP@0.5", "best_val_map50") == "first detector copied (no usable negative)"
     base = {"copied_first_model": False, "mode": "finetune", "steps_run": 160}
-    assert retrain_outcome({**base, "copied_first_model": True}, "model", "IoU", 0.5) == "first model copied (no usable negative)"
-    assert retrain_outcome({**base, "best_step": 120}, "model", "IoU", 0.54251) == "finetune 160 steps, best val IoU 0.5425 at step 120"
-    kept = retrain_outcome({**base, "best_step": 0}, "detector", "mAP@0.5", 0.3, ", score threshold 0.250")
+    best = retrain_outcome({**base, "best_step": 120, "best_val_iou": 0.54251}, "model", "IoU", "best_val_iou")
+    assert best == "finetune 160 steps, best val IoU 0.5425 at step 120"
+    kept = retrain_outcome({**base, "best_step": 0, "best_val_map50": 0.3, "score_threshold": 0.25}, "detector", "mAP@0.5", "best_val_map50")
     assert kept == "finetune 160 steps, best val mAP@0.5 0.3000 at step 0, score threshold 0.250 (no step beat the first detector on val: it is kept)"
-    assert "kept" not in retrain_outcome({**base, "mode": "scratch", "best_step": 0}, "model", "IoU", 0.2)  # step 0 of a fresh run is no kept model

@@ -78,16 +78,18 @@ def with_overrides(section: S, **given: Any) -> S:
         raise ConfigError(re.sub(r"^option: (\w+)", lambda m: "--" + m.group(1).replace("_", "-"), line)) from None
 
 
-def retrain_outcome(result: dict[str, Any], model: str, score: str, value: float, extra: str = "") -> str:
+def retrain_outcome(result: dict[str, Any], model: str, score: str, key: str) -> str:
     """What a retrain did, for its one-line report: copied, or mode, steps and the kept step.
 
     ``model`` names the first model ("model", "detector"); ``score`` the val metric shown
-    with ``value``; ``extra`` follows the step.
+    with ``result[key]``, and a detector's ``score_threshold`` follows the step. A copied
+    first model has neither.
     """
     if result["copied_first_model"]:
         return f"first {model} copied (no usable negative)"
+    thr = f", score threshold {result['score_threshold']:.3f}" if "score_threshold" in result else ""
     kept = f" (no step beat the first {model} on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""
-    return f"{result['mode']} {result['steps_run']} steps, best val {score} {value:.4f} at step {result['best_step']}{extra}{kept}"
+    return f"{result['mode']} {result['steps_run']} steps, best val {score} {result[key]:.4f} at step {result['best_step']}{thr}{kept}"
 
 
 def exits(fn: Callable) -> Callable:

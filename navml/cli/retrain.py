@@ -54,7 +54,7 @@ def command(
         window=p.predict.window_px, resample=p.predict.resample, **r.model_dump(exclude={"rounds"}),
     )
     write_json(summary, result)
-    how = retrain_outcome(result, "model", "IoU", result["best_val_iou"])
+    how = retrain_outcome(result, "model", "IoU", "best_val_iou")
     per = "; ".join(f"{n} {c['negatives_used']} on {c['hard_tiles']} tiles" for n, c in result.get("by_city", {}).items())
     typer.echo(
         f"retrain: {result['negatives_used']} negatives ({result['vetoed']} vetoed) on {result['hard_tiles']} train tiles"

@@ -49,7 +49,7 @@ def command(
         oversample=r.oversample, weight=r.weight, progress=True, where=", ".join(map(str, tiles)),
     )
     write_json(summary, result)
-    how = retrain_outcome(result, "detector", "mAP@0.5", result["best_val_map50"], f", score threshold {result['score_threshold']:.3f}")
+    how = retrain_outcome(result, "detector", "mAP@0.5", "best_val_map50")
     typer.echo(
         f"retrain_detect: {result['negatives_used']} negatives ({result['vetoed']} vetoed) as {result['mined_boxes']} boxes on "
         f"{result['hard_tiles']} train tiles, no-object x{r.weight:g} there, tiles x{r.oversample}; {how} -> {out}"
