@@ -304,21 +304,26 @@ def test_city_not_in_params_and_yes_no_names():
 # --- metrics per city and the gap -----------------------------------------------------------------
 
 
-def features(f1: float, p: float, r: float, split: str = "test") -> dict:
-    return {"parking": {"new_features": {"precision": p, "recall": r}, split: {"f1": f1}, "geometry": {}}, "iou_threshold": 0.5, "split": split}
+def features(f1: float, p: float, r: float, split: str = "test", found: int | None = None, unmapped: int | None = None) -> dict:
+    new = {"precision": p, "recall": r, **({"tp": found, "truth": unmapped} if unmapped is not None else {})}
+    return {"parking": {"new_features": new, split: {"f1": f1}, "geometry": {}}, "iou_threshold": 0.5, "split": split}
 
 
 def test_gap_sets_held_out_next_to_in_city(tmp_path):
     cities = {
-        "denver": city_metrics(features(0.96, 1.0, 0.93), {"map50": 0.12}),
-        "paris": city_metrics(features(0.90, 0.9, 1.0), {"map50": 0.10}),
-        "north": city_metrics(features(0.63, 0.6, 0.5), {"map50": 0.05}),
+        "denver": city_metrics(features(0.96, 1.0, 0.93, found=13, unmapped=14), {"map50": 0.12}),
+        "paris": city_metrics(features(0.90, 0.9, 1.0, found=8, unmapped=8), {"map50": 0.10}),
+        "north": city_metrics(features(0.63, 0.6, 0.5, found=3, unmapped=6), {"map50": 0.05}),
     }
-    assert cities["denver"] == {"parking": {"polygon_f1": 0.96, "new_precision": 1.0, "new_recall": 0.93}, "detector": {"map50": 0.12}}
+    assert cities["denver"] == {
+        "parking": {"polygon_f1": 0.96, "new_precision": 1.0, "new_recall": 0.93, "new_found": 13, "new_unmapped": 14},
+        "detector": {"map50": 0.12},
+    }
     gap = write_gap(tmp_path / "gap.json", cities, {"denver": "train", "paris": "train", "north": "predict"})
-    assert gap["in_city"]["parking"] == {"polygon_f1": 0.93, "new_precision": 0.95, "new_recall": 0.965}
+    assert gap["in_city"]["parking"] == {"polygon_f1": 0.93, "new_precision": 0.95, "new_recall": 0.965, "new_found": 21, "new_unmapped": 22}
     assert gap["held_out"]["parking"]["polygon_f1"] == 0.63
-    assert gap["gap"]["parking"] == {"polygon_f1": -0.3, "new_precision": -0.35, "new_recall": -0.465}
+    assert gap["held_out"]["parking"]["new_found"] == 3 and gap["held_out"]["parking"]["new_unmapped"] == 6  # counts are summed
+    assert gap["gap"]["parking"] == {"polygon_f1": -0.3, "new_precision": -0.35, "new_recall": -0.465}  # and have no gap
     assert gap["gap"]["detector"] == {"map50": -0.06}
     assert gap["worst_gap"] == -0.465 and gap["within"] is False
     assert (tmp_path / "gap.json").read_text().startswith("{")

@@ -6,7 +6,10 @@ polygon F1 (on the score split: the test split of a training city, the whole of 
 whose tiles are all ``test``) and the new-feature precision and recall; per detector its mAP@0.5.
 :func:`cross_city_gap` sets the held-out cities' numbers next to the training cities' (the mean
 over each role) and gives ``held_out - in_city`` per metric, the worst of them, and whether it is
-within ``tolerance`` (the goal: 0.05). Both are pure; :func:`write_gap` writes the JSON.
+within ``tolerance`` (the goal: 0.05). The counts behind the new-feature scores travel with them
+(lots found, unmapped lots; summed per role): with 6 unmapped lots, one lot moves recall by 0.17,
+more than the tolerance, and a reader of the gap should see that. Both are pure;
+:func:`write_gap` writes the JSON.
 """
 
 from __future__ import annotations
@@ -21,19 +24,23 @@ from navml.io import write_json
 #: Headline metrics of a segmentation class and of the detector, as named in the gap file.
 SEGMENTATION_METRICS = ("polygon_f1", "new_precision", "new_recall")
 DETECTION_METRICS = ("map50",)
+#: Counts of a segmentation class (new features matched, unmapped truth lots): summed per role, no gap.
+COUNTS = ("new_found", "new_unmapped")
 #: The goal of issue 10: a held-out city within this of the training cities.
 TOLERANCE = 0.05
 
 
 def city_metrics(features: Mapping[str, Any] | None, detect: Mapping[str, Any] | None = None, detector: str = "detector") -> dict:
-    """``{class: {polygon_f1, new_precision, new_recall}, detector: {map50}}`` of one city's metric files (either may be None)."""
+    """``{class: {polygon_f1, new_precision, new_recall, new_found, new_unmapped}, detector: {map50}}`` of one city's
+    metric files (either may be None)."""
     out: dict[str, dict[str, float | None]] = {}
     if features:
         split = features.get("split", "test")
         for name, m in features.items():
             if isinstance(m, Mapping) and "new_features" in m:
                 poly, new = m.get(split) or {}, m["new_features"]
-                out[name] = {"polygon_f1": poly.get("f1"), "new_precision": new.get("precision"), "new_recall": new.get("recall")}
+                out[name] = {"polygon_f1": poly.get("f1"), "new_precision": new.get("precision"), "new_recall": new.get("recall"),
+                             "new_found": new.get("tp"), "new_unmapped": new.get("truth")}
     if detect:
         out[detector] = {"map50": detect.get("map50")}
     return out
@@ -44,9 +51,14 @@ def _mean(values: list[float | None]) -> float | None:
     return round(sum(vals) / len(vals), 4) if vals else None
 
 
+def _sum(values: list[int | None]) -> int | None:
+    vals = [int(v) for v in values if v is not None]
+    return sum(vals) if vals else None
+
+
 def cross_city_gap(cities: Mapping[str, Mapping[str, Any]], roles: Mapping[str, str], tolerance: float = TOLERANCE) -> dict:
     """The gap file: ``cities`` (per city: role and :func:`city_metrics`), ``in_city`` and ``held_out`` (means over the
-    ``train`` and ``predict`` cities per class and metric), ``gap`` (``held_out - in_city``, negative = worse),
+    ``train`` and ``predict`` cities per class and metric, sums of the :data:`COUNTS`), ``gap`` (``held_out - in_city``, negative = worse),
     ``worst_gap`` (the most negative), ``tolerance`` and ``within`` (worst gap >= -tolerance; None without both roles)."""
     unknown = sorted(set(cities) - set(roles))
     if unknown:
@@ -57,11 +69,12 @@ def cross_city_gap(cities: Mapping[str, Mapping[str, Any]], roles: Mapping[str, 
         for cls, values in metrics.items():
             for key, v in values.items():
                 by_role[role].setdefault(cls, {}).setdefault(key, []).append(v)
-    means = {role: {cls: {k: _mean(v) for k, v in ms.items()} for cls, ms in group.items()} for role, group in by_role.items()}
+    means = {role: {cls: {k: _sum(v) if k in COUNTS else _mean(v) for k, v in ms.items()} for cls, ms in group.items()}
+             for role, group in by_role.items()}
     gap: dict[str, dict[str, float]] = {}
     for cls, ms in means["predict"].items():
         for key, held in ms.items():
-            own = means["train"].get(cls, {}).get(key)
+            own = None if key in COUNTS else means["train"].get(cls, {}).get(key)
             if held is not None and own is not None:
                 gap.setdefault(cls, {})[key] = round(held - own, 4)
     worst = min((v for ms in gap.values() for v in ms.values()), default=None)
