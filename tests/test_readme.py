@@ -57,6 +57,8 @@ def test_sample_output_shows_the_committed_metrics():
     assert f"{out['new']} new" in shown
     assert f"new features P {nf['precision']:.3f} R {nf['recall']:.3f}" in shown
     assert f"F1 {test['f1']:.3f}" in shown
+    gap = json.loads((ROOT / "data" / "metrics" / "cities.json").read_text())
+    assert f"worst held-out minus in-city {gap['worst_gap']:+.3f}" in shown
 
 
 def test_threshold_example_is_the_committed_models():
