@@ -873,7 +873,7 @@ class MineParams(Section):
     threshold: Annotated[Annotated[float, Field(ge=0.0, le=1.0)] | None, BeforeValidator(_threshold)] = Field(
         "auto", description="probability at or above which a pixel counts as predicted; auto = the model's per-class val threshold"
     )
-    min_area_m2: float = Field(100.0, ge=0.0, description="smaller false regions are left out, m²")
+    min_area_m2: float = Field(25.0, ge=0.0, description="smaller false regions are left out, m²")
     max_negatives: int = Field(200, ge=0, description="at most this many negatives (highest score first)")
     tile_share: float = Field(1.0, gt=0.0, le=1.0, description="share of the train tiles inside complete areas that are scanned")
     edge_m: float = Field(3.0, ge=0.0, le=50.0, description="predicted pixels this close to a labelled one are label noise, not negatives, metres")
