@@ -82,3 +82,31 @@ def test_saved_model_bytes_do_not_depend_on_time(tmp_path):
     second = save_model(model, meta, tmp_path / "m2") / "model.keras"
     assert first.read_bytes() == second.read_bytes()
     assert json.loads((tmp_path / "m1" / "meta.json").read_text())["classes"] == ["a"]
+
+
+SAVE_FUNCTIONAL = """
+import sys
+import keras
+from navml.models.io import ModelMeta, save_model
+keras.utils.set_random_seed(0)
+x = inp = keras.Input((8, 8, 3))
+x = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 3, padding="same")(x))
+model = keras.Model(inp, keras.layers.Conv2D(1, 1)(x))
+meta = ModelMeta(task="segmentation", classes=["a"], zoom=18, tile_size=8, bands=3, stride=1, receptive_field=3)
+save_model(model, meta, sys.argv[1])
+"""
+
+
+def test_model_bytes_do_not_depend_on_the_process(tmp_path):
+    """A functional model's layers share one dtype policy, which Keras writes with its Python id(): renumbered."""
+    import subprocess
+    import sys
+    import zipfile
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:  # two processes: two id()s of the policy
+        subprocess.run([sys.executable, "-c", SAVE_FUNCTIONAL, str(out)], check=True, capture_output=True)
+    with zipfile.ZipFile(runs[0] / "model.keras") as z:
+        config = z.read("config.json").decode()
+    assert '"shared_object_id": 1' in config and '"shared_object_id": 2' not in config  # one shared object, numbered 1
+    assert (runs[0] / "model.keras").read_bytes() == (runs[1] / "model.keras").read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -66,7 +67,10 @@ def _fix_zip_times(path: Path) -> None:
     """Rewrite a ``.keras`` zip without save times, so equal weights give equal bytes (and DVC hashes).
 
     Keras stamps ``date_saved`` into ``metadata.json`` and the time into each
-    zip entry; both are dropped or fixed, the rest is copied unchanged.
+    zip entry; both are dropped or fixed. In ``config.json`` an object that
+    several layers share (a loaded model's dtype policy) carries its Python
+    ``id()`` as ``shared_object_id``: those are renumbered 1, 2, ... in order of
+    appearance. The rest is copied unchanged.
     """
     with zipfile.ZipFile(path) as zin:
         entries = [(info, zin.read(info)) for info in zin.infolist()]
@@ -75,12 +79,20 @@ def _fix_zip_times(path: Path) -> None:
             meta = json.loads(data)
             meta.pop("date_saved", None)
             entries[i] = (info, json.dumps(meta).encode())
+        elif info.filename == "config.json":
+            entries[i] = (info, _renumber_shared(data))
     with zipfile.ZipFile(path, "w") as zout:
         for info, data in entries:
             fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
             fixed.compress_type = info.compress_type
             fixed.external_attr = info.external_attr
             zout.writestr(fixed, data)
+
+
+def _renumber_shared(config: bytes) -> bytes:
+    """``config.json`` with each ``shared_object_id`` replaced by 1, 2, ... in order of first appearance."""
+    ids: dict[bytes, int] = {}
+    return re.sub(rb'("shared_object_id": )(\d+)', lambda m: m[1] + b"%d" % ids.setdefault(m[2], len(ids) + 1), config)
 
 
 def read_meta(folder: str | os.PathLike) -> ModelMeta:
