@@ -121,13 +121,14 @@ def cluster(s3_endpoint, tmp_path_factory):
     address = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, **thread_env(2), **S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}
     procs = []
+
+    def start(name: str, module: str, *args: str, env: dict[str, str] | None = None) -> None:
+        with (logs / f"{name}.log").open("w") as log:  # the child keeps its own handle
+            procs.append(subprocess.Popen([sys.executable, "-m", f"distributed.cli.{module}", *args], env=env, stdout=log, stderr=log))
+
     try:
-        for name, (module, *args), proc_env in [
-            ("scheduler", ["dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--dashboard-address", "127.0.0.1:0"], None),
-            ("workers", ["dask_worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"], env),
-        ]:
-            log = (logs / f"{name}.log").open("w")
-            procs.append(subprocess.Popen([sys.executable, "-m", f"distributed.cli.{module}", *args], env=proc_env, stdout=log, stderr=log))
+        start("scheduler", "dask_scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--dashboard-address", "127.0.0.1:0")
+        start("workers", "dask_worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard", env=env)
         try:
             with Client(address, timeout=60) as client:
                 client.wait_for_workers(2, timeout=120)

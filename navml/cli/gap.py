@@ -38,9 +38,9 @@ def command(
         roles[name] = c.role
     gap = write_gap(out, cities, roles)
     worst = "n/a" if gap["worst_gap"] is None else f"{gap['worst_gap']:+.3f}"
-    lots = "".join(
-        f"; {cls} new lots found held out {h['new_found']}/{h['new_unmapped']}, in city {i.get('new_found')}/{i.get('new_unmapped')}"
-        for cls, h in gap["held_out"].items()
-        if h.get("new_unmapped") is not None and (i := gap["in_city"].get(cls, {}))
-    )
+    lots = ""
+    for cls, held in gap["held_out"].items():
+        own = gap["in_city"].get(cls, {})
+        if held.get("new_unmapped") is not None and own:
+            lots += f"; {cls} new lots found held out {held['new_found']}/{held['new_unmapped']}, in city {own.get('new_found')}/{own.get('new_unmapped')}"
     typer.echo(f"gap: {len(cities)} cities scored; worst held-out minus in-city {worst} (goal >= -{gap['tolerance']}){lots} -> {out}")
