@@ -21,7 +21,9 @@ Each measure runs in its own process, bare and predict alternating
 * ``predict``: the whole :func:`navml.detect.predict.detect_with_model` call
   with the model loaded beforehand (as for bare): planning, reading imagery
   with its halo, folding batch norms, compiling, decoding the core cells,
-  keep-by-centre, NMS over the AOI, and the detections table.
+  keep-by-centre, the second stage on the proposals when ``--model`` has one
+  (:mod:`navml.detect.refine`; bare runs the first stage only), NMS over the
+  AOI, and the detections table.
 
 ``--in-process``: both in ONE process instead, warmed (one call of each first),
 alternating ``--repeats`` times: the steady state of a long city-wide run, where
@@ -120,9 +122,12 @@ def _cpu() -> float:
 
 
 def _load(a):
+    """``(model, meta, refiner)``: the detector and its second stage (None without one)."""
+    from navml.detect.refine import load_refiner
     from navml.models.io import load_model
 
-    return load_model(a.model)
+    model, meta = load_model(a.model)
+    return model, meta, load_refiner(a.model, meta)
 
 
 def run_bare(a, loaded=None) -> dict:
@@ -131,7 +136,7 @@ def run_bare(a, loaded=None) -> dict:
     store = Store(a.store, GRID)
     tiles = tiles_from_index(read_index(a.tiles))
     x = np.stack([np.moveaxis(store.read_tile("imagery", t), 0, -1) for t in tiles]).astype("float32")
-    model, _ = loaded or _load(a)
+    model = (loaded or _load(a))[0]
     model.predict(x[: a.batch_size], batch_size=a.batch_size, verbose=0)
     t0, c0 = time.perf_counter(), _cpu()
     model.predict(x, batch_size=a.batch_size, verbose=0)
@@ -143,9 +148,10 @@ def run_predict(a, loaded=None) -> dict:
     from navml.geo.tile_index import read_index, tiles_from_index
 
     tiles = tiles_from_index(read_index(a.tiles))
-    model, meta = loaded or _load(a)
+    model, meta, refiner = loaded or _load(a)
     t0, c0 = time.perf_counter(), _cpu()
-    dets, rep = detect_with_model(Store(a.store, GRID), tiles, model, meta, meta.classes, window=a.window, progress=False)
+    dets, rep = detect_with_model(Store(a.store, GRID), tiles, model, meta, meta.classes, window=a.window, progress=False,
+                                  refiner=refiner)
     detections_table(dets, meta.classes, GRID)
     dt, cpu = time.perf_counter() - t0, _cpu() - c0
     return {"tiles": len(tiles), "seconds": dt, "cpu_seconds": cpu, "windows": rep.windows, "halo": rep.halo,

@@ -582,6 +582,23 @@ def _score_threshold(value: Any) -> Any:
     return None if value in (None, "auto") else value
 
 
+class RefineParams(Section):
+    """The detector's second stage (``detect.refine``; see :mod:`navml.detect.refine`): a patch CNN on each proposal."""
+
+    steps: int = Field(2000, ge=0, description="optimizer steps of batch_size patches; 0 = no second stage (the YOLO head's boxes as they are)")
+    patch: int = Field(24, ge=8, le=128, multiple_of=4, description="side of the patch centred on a proposal, px at the detector's resolution")
+    filters: int = Field(16, ge=1, le=128, description="filters of the full-resolution convolutions (2x and 4x after each pooling)")
+    batch_size: int = Field(64, ge=1, description="patches per step")
+    learning_rate: float = Field(0.003, gt=0.0, le=1.0, description="Adam peak learning rate, cosine decay to 5 % over steps")
+    floor: float = Field(0.05, ge=0.0, le=1.0, description="proposals: detector boxes scoring at least this (after NMS) are refined, the rest dropped")
+    jitter_px: float = Field(3.0, ge=0.0, description="truth patches are centred up to this far off the box centre, px (the proposals' error)")
+    match_px: float = Field(3.0, gt=0.0, description="a proposal centred this close to a truth's centre is that truth in training, px")
+    proposal_share: float = Field(0.5, ge=0.0, le=1.0, description="share of training patches on the detector's train proposals (the rest on truths)")
+    balance: bool = Field(True, description="draw truth patches class by class, so rare kinds are learnt as often as common ones")
+    box_weight: float = Field(0.5, ge=0.0, description="weight of the box L1 loss (px) against objectness and class cross-entropy")
+    turns: Literal[1, 2, 4] = Field(1, description="quarter turns of each patch whose outputs are averaged when refining (1 = none; 4: no gain measured)")
+
+
 class DetectParams(Section):
     """The YOLOv2-style detector of every `task: detection` class: training, and how its boxes are scored."""
 
@@ -624,6 +641,7 @@ class DetectParams(Section):
     gsd_m: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
         None, description="ground metres per pixel the detector trains at (each city's tiles resampled to it); null = the coarsest training city's"
     )
+    refine: RefineParams = Field(RefineParams(), description="the second stage: each proposal's class, box and score read again from a full-resolution patch")
     seed: int = Field(0, description="same seed + same data -> same weights")
 
 

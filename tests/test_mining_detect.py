@@ -176,7 +176,7 @@ def test_empty_mining_gives_an_empty_file_and_a_copy_of_the_first_model(first, t
     store, df, model = first
     path = write_collection(tmp_path / "mining" / "hard_negatives.geojson", [])
     assert json.loads(path.read_text()) == {"type": "FeatureCollection", "features": []}
-    out = retrain_detection([store], [df], NAMES, model, read_collection(path), tmp_path / "mined", classes_of=CLASSES_OF, train={})
+    out = retrain_detection([store], [df], NAMES, model, read_collection(path), tmp_path / "mined", classes_of=CLASSES_OF, train={"refine": FAST["refine"]})
     assert out["copied_first_model"] and out["negatives_used"] == 0 and out["hard_tiles"] == 0
     for name in ("model.keras", "meta.json"):
         assert (tmp_path / "mined" / name).read_bytes() == (model / name).read_bytes()
@@ -190,7 +190,7 @@ def test_vetoed_negatives_are_not_used_and_kept_ones_fine_tune(monkeypatch, firs
     feats, _ = mine_detection(fake, [store], [df], NAMES, classes_of=CLASSES_OF)
     monkeypatch.undo()
     vetoed = [{**f, "properties": {**f["properties"], "keep": False}} for f in feats]
-    out = retrain_detection([store], [df], NAMES, model, vetoed, tmp_path / "none", classes_of=CLASSES_OF, train={})
+    out = retrain_detection([store], [df], NAMES, model, vetoed, tmp_path / "none", classes_of=CLASSES_OF, train={"refine": FAST["refine"]})
     assert out["copied_first_model"] and out["vetoed"] == len(feats) and out["negatives_used"] == 0
     mixed = vetoed[:-2] + feats[-2:]
     out = retrain_detection([store], [df], NAMES, model, mixed, tmp_path / "mined", classes_of=CLASSES_OF,
@@ -233,7 +233,8 @@ def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeyp
         "grid": {"zoom": 18, "tile_size": 64, "shard_zoom": 16},
         "classes": {"marks": {"task": "detection", "labels": "marks.geojson", "names": NAMES}},
         "train": {"crop": None},
-        "detect": {"steps": 2, "eval_every": 2, "crop": None, "anchors": 2, "batch_size": 8, "warmup_steps": 1, "prior_steps": 1},
+        "detect": {"steps": 2, "eval_every": 2, "crop": None, "anchors": 2, "batch_size": 8, "warmup_steps": 1, "prior_steps": 1,
+                   "refine": {"steps": 2, "batch_size": 8, "filters": 2}},
         "retrain_detect": {"steps": 2, "eval_every": 2},
         "cities": {"a": {"role": "train", "synthetic": True}, "b": {"role": "train", "synthetic": True}},
     }
@@ -270,7 +271,7 @@ def test_two_cities_give_negatives_their_city_and_retrain_maps_them_back(monkeyp
     assert res["negatives_used"] == 3 and res["hard_tiles"] == len(tiles_a) + len(tiles_b) == 3 and not res["copied_first_model"]
     assert [c["store"] for c in read_meta(tmp_path / "mined").extra["cities"]] == [str(s.root) for s in stores]
     with pytest.raises(InputError, match="city 'b'"):
-        retrain_detection(stores[:1], dfs[:1], NAMES, first[2], keep, tmp_path / "x", classes_of=CLASSES_OF, cities=["a"], train={})
+        retrain_detection(stores[:1], dfs[:1], NAMES, first[2], keep, tmp_path / "x", classes_of=CLASSES_OF, cities=["a"], train={"refine": FAST["refine"]})
 
 
 def test_decoy_false_detections_by_kind():

@@ -32,7 +32,7 @@ TINY = {
     "train": {"depth": 3, "base_filters": 4, "steps": 4, "eval_every": 2, "patience": 2},
     "evaluate": {"overlays": 2},
     "predict": {"window_px": 512},
-    "detect": {"steps": 4, "eval_every": 2, "patience": 2},
+    "detect": {"steps": 4, "eval_every": 2, "patience": 2, "refine": {"steps": 20, "batch_size": 16, "filters": 4}},
     "retrain": {"steps": 2, "eval_every": 2},
     "retrain_detect": {"steps": 2, "eval_every": 2},
 }

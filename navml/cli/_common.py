@@ -89,7 +89,8 @@ def retrain_outcome(result: dict[str, Any], model: str, score: str, key: str) ->
         return f"first {model} copied (no usable negative)"
     thr = f", score threshold {result['score_threshold']:.3f}" if "score_threshold" in result else ""
     kept = f" (no step beat the first {model} on val: it is kept)" if result["mode"] == "finetune" and result["best_step"] == 0 else ""
-    return f"{result['mode']} {result['steps_run']} steps, best val {score} {result[key]:.4f} at step {result['best_step']}{thr}{kept}"
+    second = f", with the second stage {result['refine_val_map50']:.4f}" if "refine_val_map50" in result else ""
+    return f"{result['mode']} {result['steps_run']} steps, best val {score} {result[key]:.4f} at step {result['best_step']}{second}{thr}{kept}"
 
 
 def exits(fn: Callable) -> Callable:

@@ -43,8 +43,9 @@ def command(
         progress=True,
         where=", ".join(map(str, tiles)),
     )
+    second = f", {result['refine_val_map50']:.4f} with the second stage" if "refine_val_map50" in result else ""
     typer.echo(
-        f"train_detect: best val mAP@0.5 {result['best_val_map50']:.4f} at step {result['best_step']}/{result['steps_run']} "
+        f"train_detect: best val mAP@0.5 {result['best_val_map50']:.4f} at step {result['best_step']}/{result['steps_run']}{second} "
         f"({result['train_samples']} crops of {result['crop']} px from {result['train_tiles']} tiles, {result['seconds']:.0f} s); "
         f"{len(result['anchors'])} anchors (mean IoU {result['anchor_mean_iou']:.2f}); score threshold {result['score_threshold']:.3f} "
         f"(val F1 {result['val_f1']:.3f}); model -> {out}"

@@ -68,18 +68,24 @@ def predict_detections(
     max_detections: int = MAX_DETECTIONS,
     clip: bool = True,
     offset_scale: float = 1.0,
+    refiner=None,
 ) -> list[Detections]:
     """Detections of each image (n, rows, cols, bands) 0..255: decode, class-aware NMS, best ``max_detections``.
 
-    ``clip`` clips boxes to the image (truth boxes of ``boxes.csv`` are clipped to their tile).
+    ``clip`` clips boxes to the image (truth boxes of ``boxes.csv`` are clipped to their tile). ``refiner``: the
+    second stage (:class:`navml.detect.refine.Refiner`), which reads each box after NMS again (then NMS once more).
     """
     out: list[Detections] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         raw = np.asarray(model.predict_on_batch(chunk))
-        for r in raw:
+        for r, image in zip(raw, chunk):
             d = decode(r, anchors, stride, score_threshold=score_floor, offset_scale=offset_scale)
-            d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou)[:max_detections])
+            d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou))
+            if refiner is not None:
+                d = refiner(image, d)
+                d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou))
+            d = d.take(np.arange(min(len(d), max_detections)))
             if clip:
                 rows, cols = chunk.shape[1:3]
                 b = d.boxes.copy()
@@ -100,18 +106,21 @@ def detect_images(
     batch_size: int = _EVALUATE.batch_size,
     nms_iou: float = 0.5,
     offset_scale: float = 1.0,
+    refiner=None,
 ) -> list[Detections]:
     """:func:`predict_detections` of whole tiles (n, rows, cols, bands) with the images resampled by ``factor``
     (model pixels per tile pixel: the detector's ground resolution) and the boxes mapped back to tile pixels."""
     from navml.models.scale import resample
 
     if factor == 1.0:
-        return predict_detections(model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+        return predict_detections(model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale,
+                                  refiner=refiner)
     rows, cols = images.shape[1:3]
     mr, mc = (-(-round(k * factor) // stride) * stride for k in (rows, cols))
     x = resample(images, mr, mc, (mr / rows, mc / cols), (0.0, 0.0))
     out = []
-    for d in predict_detections(model, x, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale):
+    for d in predict_detections(model, x, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale,
+                                refiner=refiner):
         b = d.boxes * np.array([cols / mc, rows / mr, cols / mc, rows / mr])
         b[:, 0::2] = np.clip(b[:, 0::2], 0, cols)
         b[:, 1::2] = np.clip(b[:, 1::2], 0, rows)
@@ -248,6 +257,7 @@ def evaluate_detection(
     threshold lying on them, by kind (:func:`navml.post.score.score_box_decoys`); ``split``: the split scored
     (``test``; another one only for measurements). Returns the metrics.
     """
+    from navml.detect.refine import load_refiner
     from navml.models.io import load_model, read_meta
 
     names = list(names)
@@ -276,6 +286,7 @@ def evaluate_detection(
         raise InputError(f"{where}: split '{split}' has no tile; enlarge the AOI or raise cover.split.{split}")
     check_store(store, tiles, bands, (IMAGERY,))
     model, _ = load_model(model_dir)
+    refiner = load_refiner(model_dir, meta)
     reader = TileReader(store, 0, bands)
     from navml.geo.grid import tiles_ground_resolution
     from navml.models.scale import scale_factor
@@ -285,7 +296,7 @@ def evaluate_detection(
 
     def detect(images: np.ndarray) -> list[Detections]:
         return detect_images(model, images, anchors, meta.stride, factor=factor, batch_size=batch_size, nms_iou=nms_iou,
-                             offset_scale=offset_scale)
+                             offset_scale=offset_scale, refiner=refiner)
 
     from tqdm import tqdm
 

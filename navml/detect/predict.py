@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from navml.config import DetectPredictParams
-from navml.detect.nms import box_iou, centre_in_core
+from navml.detect.nms import box_iou, centre_in_core, nms
 from navml.detect.table import COLUMNS, detections_table, read_detections, write_detections  # noqa: F401 - the table of this stage
 from navml.detect.targets import N_BOX, TO, Detections, decode_cells, sigmoid
 from navml.errors import ConfigError, ModelError
@@ -189,6 +189,7 @@ class DetectTask:
     where: str
     threads: int | None = None  # TensorFlow threads per op on a worker (the client's: same bytes); None: as it is
     rescale: Rescale | None = None  # a store at another ground resolution than the detector's: read and model windows
+    nms_iou: float = _P.nms_iou  # NMS of the proposals before the second stage reads them
 
 
 def read_detect_input(task: DetectTask, reader: WindowReader | None = None) -> tuple[np.ndarray | None, np.ndarray]:
@@ -210,12 +211,17 @@ def read_detect_input(task: DetectTask, reader: WindowReader | None = None) -> t
     return (to_model_grid(x, rs) if rs else x), valid
 
 
-def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections:
+def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray, x: np.ndarray | None = None, refiner=None) -> Detections:
     """Boxes of a window's core (and margin) from the detector's raw output ``y`` (batch, rows, cols, values):
     decoded, centre in core, on imagery, in an AOI tile.
 
     Resampled (:class:`~navml.models.scale.Rescale`), boxes are decoded on the model's grid and divided
-    by the factor back into store pixels."""
+    by the factor back into store pixels. ``refiner`` (:class:`navml.detect.refine.Refiner`, with the window's
+    model input ``x``): the proposals of the core (down to its floor, after NMS) are read again by the second
+    stage, and those scoring at least the threshold are kept. Which window a box belongs to is decided by its
+    proposal's centre, so each proposal is refined in exactly one window."""
+    if refiner is not None and x is None:
+        raise ModelError(f"{task.where}: the second stage needs the window's input")
     det, job, rs = task.det, task.job, task.rescale
     stride, size = det.stride, task.store.grid.tile_size
     per = N_BOX + task.n_names
@@ -240,23 +246,28 @@ def keep_boxes(task: DetectTask, y: np.ndarray, valid: np.ndarray) -> Detections
     # are decoded as decode() decodes each run of such rows (the same values, origins and order: by run, then
     # by score, ties in cell order), without decoding the other cells of those rows
     n_a = len(det.anchors)
-    hit = sigmoid(y[..., TO::per]) >= task.score_threshold
+    gate = refiner.floor if refiner is not None else task.score_threshold
+    hit = sigmoid(y[..., TO::per]) >= gate
     ii, jj, aa = np.nonzero(hit)
     if len(ii):
         runs = np.flatnonzero(np.diff(np.concatenate([[0], hit.any(axis=(1, 2)).astype(np.int8), [0]])))[::2]
         start = runs[np.searchsorted(runs, ii, side="right") - 1]  # first row of each cell's run
         raw = y.reshape(*y.shape[:2], n_a, per)[ii, jj, aa]
         boxes, scores, class_ids = decode_cells(raw, ii - start, jj, aa, det.anchors, stride, det.offset_scale)
-        ok = np.flatnonzero(scores >= task.score_threshold)
+        ok = np.flatnonzero(scores >= gate)
         order = ok[np.lexsort((-scores[ok], start[ok]))]  # stable: decode's argsort within each run
         ox = np.full(len(order), float(inp.col + j0 * stride))
         oy = (inp.row + (i0 + start[order]) * stride).astype(float)  # each run's origin, as decode is given it
         d = Detections(boxes[order] + np.stack([ox, oy, ox, oy], axis=1), scores[order], class_ids[order])
     else:
         d = _concat([])
+    d = d.take(centre_in_core(d.boxes / f, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
+    if refiner is not None and len(d):
+        d = d.take(nms(d.boxes, d.scores, d.class_ids, task.nms_iou))
+        d = refiner(x[0], d, origin=(float(inp.col), float(inp.row)))
+        d = d.take(d.scores >= task.score_threshold)
     if f != 1.0 and len(d):
         d = Detections(d.boxes / f, d.scores, d.class_ids)
-    d = d.take(centre_in_core(d.boxes, (core.col, core.row, core.col + core.width, core.row + core.height), task.core_margin_px))
     if not len(d):
         return d
     cx = np.floor((d.boxes[:, 0] + d.boxes[:, 2]) / 2).astype(int)
@@ -271,7 +282,21 @@ def detect_window(task: DetectTask, model: ModelFiles) -> Detections:
     x, valid = read_detect_input(task)
     if x is None:
         return _concat([])
-    return keep_boxes(task, model.runner(task.bands, task.threads)(x), valid)
+    return keep_boxes(task, model.runner(task.bands, task.threads)(x), valid, x, refiner_of(model))
+
+
+def refiner_of(model: ModelFiles):
+    """The second stage in a model's files (:func:`navml.detect.refine.load_refiner`), loaded once per process; None
+    when they hold none."""
+    from navml.detect.refine import load_refiner
+    from navml.geo.parallel import worker_cached
+    from navml.models.io import read_meta
+
+    def build():
+        with model.unpacked() as tmp:
+            return load_refiner(tmp, read_meta(tmp))
+
+    return worker_cached(("refiner", model.digest), build)
 
 
 def detect_store(
@@ -315,8 +340,10 @@ def detect_store(
     kw = dict(window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold, core_margin_px=core_margin_px,
               layer=layer, progress=progress, where=str(model_dir), resample=resample)
     if plan.serial:
+        from navml.detect.refine import load_refiner
+
         model, meta = load_model(model_dir)
-        return detect_with_model(store, tiles, model, meta, names, **kw)
+        return detect_with_model(store, tiles, model, meta, names, refiner=load_refiner(model_dir, meta), **kw)
     meta = read_meta(model_dir)
     files = ModelFiles.read(model_dir)
 
@@ -345,9 +372,10 @@ def detect_with_model(
     progress: bool = True,
     where: str = "model",
     resample: bool = True,
+    refiner=None,
 ) -> tuple[Detections, DetectReport]:
     """:func:`detect_store` with a model in memory (``keras.Model`` and its ``ModelMeta``), in this process;
-    ``where`` names it in errors."""
+    ``where`` names it in errors; ``refiner``: its second stage (:func:`navml.detect.refine.load_refiner`), if any."""
 
     def windows(tasks: list[DetectTask]):
         # one reading thread with the shards kept open across windows: read the next window, decode the last
@@ -363,8 +391,8 @@ def detect_with_model(
                     yield None
                     continue
                 y = run(x)
+                yield post.submit(keep_boxes, task, y, valid, x if refiner is not None else None, refiner)
                 del x
-                yield post.submit(keep_boxes, task, y, valid)
 
     return _detect(store, tiles, meta, names, window=window, halo=halo, nms_iou=nms_iou, score_threshold=score_threshold,
                    core_margin_px=core_margin_px, layer=layer, progress=progress, where=where, windows=windows,
@@ -401,7 +429,7 @@ def _detect(store, tiles, meta, names, *, window, halo, nms_iou, score_threshold
                          for x in range(w.col // size, (w.col + w.width - 1) // size + 1) if (x, y) in present)
 
     tasks = [DetectTask(store, layer, bands, job, det, len(names), float(score_threshold), float(core_margin_px),
-                        touched(job, rs), where, rescale=rs) for job, rs in planned]
+                        touched(job, rs), where, rescale=rs, nms_iou=nms_iou) for job, rs in planned]
     parts: list = []
     with tqdm(total=len(tiles), desc="predict_detect", unit="tile", disable=None if progress else True) as bar:
         for job, got in zip(jobs, windows(tasks)):

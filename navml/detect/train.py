@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from navml.config import DetectParams
+from navml.config import DetectParams, RefineParams
 from navml.detect.dataset import (
     BOXES_FILE,
     TileBoxes,
@@ -124,6 +124,30 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
     return ValCheck()
 
 
+def _train_refiner(model, reader, train_tiles, truth, hard, rp: RefineParams | None, anchors, stride, n, nms_iou, batch_size,
+                   offset_scale, mirror, rotate, seed, progress):
+    """The second stage on the train tiles (:func:`navml.detect.refine.train_refiner`) and its summary; (None, {}) when off."""
+    if rp is None or not rp.steps:
+        return None, {}
+    from navml.detect.evaluate import SCORE_FLOOR, predict_detections
+    from navml.detect.refine_train import train_refiner
+    from navml.detect.targets import Detections
+
+    images = tile_images(reader, train_tiles)
+    truths = tile_truths(reader, train_tiles, truth)
+    # the detector's own train proposals, down to a low floor: its false detections are the negatives
+    proposals = predict_detections(model, images, anchors, stride, batch_size=batch_size, nms_iou=nms_iou, score_floor=SCORE_FLOOR,
+                                   offset_scale=offset_scale, clip=False)
+    if hard:  # the mined false detections are negatives here too, whether or not the retrained detector still finds them
+        proposals = [d if t not in hard else Detections(np.concatenate([d.boxes, np.asarray(hard[t], float).reshape(-1, 4)]),
+                                                        np.concatenate([d.scores, np.ones(len(hard[t]))]),
+                                                        np.concatenate([d.class_ids, np.zeros(len(hard[t]), d.class_ids.dtype)]))
+                     for t, d in zip(train_tiles, proposals)]
+    refiner = train_refiner(images, truths, proposals, n, mirror=mirror, rotate=rotate, seed=seed, progress=progress,
+                            **rp.model_dump(exclude={"steps"}), steps=rp.steps)
+    return refiner, {"steps": rp.steps, "train_proposals": int(sum(len(d) for d in proposals))}
+
+
 def train_detection(
     store: Store | Sequence[Store],
     index: pd.DataFrame | Sequence[pd.DataFrame],
@@ -164,6 +188,7 @@ def train_detection(
     score_threshold: float | None = _DETECT.score_threshold,
     seed: int = _DETECT.seed,
     gsd_m: float | None = None,
+    refine: RefineParams | Mapping | None = _DETECT.refine,
     init_model: str | os.PathLike | None = None,
     hard: Mapping | None = None,
     hard_repeats: int = 1,
@@ -188,6 +213,11 @@ def train_detection(
     and boxes resampled to one ground resolution, ``gsd_m`` (None: the coarsest city's), recorded in
     ``meta.extra["gsd_m"]`` (:func:`navml.segment.train.training_sources`).
 
+    ``refine`` (:class:`~navml.config.RefineParams`, or its mapping): the second stage
+    (:mod:`navml.detect.refine`), trained after the detector on the train tiles and the detector's proposals
+    there (the mined boxes of ``hard`` among them); ``steps: 0`` or None trains none. The score threshold is
+    then chosen on the second stage's scores.
+
     Hard-negative retraining (:mod:`navml.mining.detect`): ``init_model`` (a detector folder) starts from its
     weights, with its anchors, stride, base filters, offset scale (and ``gsd_m`` when not given) instead of
     new ones; ``hard`` maps train tiles (:class:`~navml.segment.dataset.SourceTile` s over several stores)
@@ -203,6 +233,7 @@ def train_detection(
     started = time.monotonic()
     names = list(names)
     n = len(names)
+    rp = RefineParams(**refine) if isinstance(refine, Mapping) else refine
     first = None
     if init_model is not None:
         from navml.models.io import read_meta
@@ -321,8 +352,15 @@ def train_detection(
 
         from navml.detect.evaluate import best_f1_threshold, predict_detections
 
-        dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale)
+        refiner, refine_summary = _train_refiner(model, reader, train_tiles, truth, hard, rp, fit.wh, stride, n, nms_iou, batch_size,
+                                                 offset_scale, mirror_ids if flip else None, rotate, seed, progress)
+        dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale,
+                                  refiner=refiner)
         val_preds = [(d.boxes, d.scores, d.class_ids) for d in dets]
+        if refiner is not None:
+            from navml.detect.metrics import mean_ap
+
+            refine_summary["val_map50"] = round(mean_ap(val_truths, val_preds, n).map50, 6)
         chosen = best_f1_threshold(val_truths, val_preds, n)
         if score_threshold is not None:
             from navml.detect.metrics import counts_at
@@ -347,6 +385,8 @@ def train_detection(
             "val_recall": round(chosen["recall"], 6),
             "gsd_m": round(gsd_ref, 6),
         }
+        if refiner is not None:
+            summary["refine_val_map50"] = refine_summary["val_map50"]
         if init_model is not None:
             summary["init_model"] = Path(init_model).as_posix()
             summary["start_val_map50"] = round(check.start, 6)
@@ -387,6 +427,10 @@ def train_detection(
             },
         )
         staged = tmp / "model"
+        if refiner is not None:
+            from navml.detect.refine import save_refiner
+
+            meta.extra["refine"] = {**save_refiner(refiner, staged), **refine_summary}
         save_model(model, meta, staged)
         replace_dir(staged, out_dir)
         # wall time stays out of meta.json: same params and data give the same metadata

@@ -154,6 +154,7 @@ def mine_detection(
 
     from navml.detect.dataset import BOXES_FILE, EMPTY, read_boxes, tile_images
     from navml.detect.evaluate import detect_images
+    from navml.detect.refine import load_refiner
     from navml.geo.features import to_lonlat
     from navml.geo.grid import tiles_ground_resolution
     from navml.mining.mine import pick_tiles
@@ -200,6 +201,7 @@ def mine_detection(
         truth = read_boxes(store.root / BOXES_FILE, len(names)) if boxes is None else dict(boxes[s])
         if model is None:
             model, _ = load_model(model_dir)
+            refiner = load_refiner(model_dir, meta)
         factor = scale_factor(meta.extra.get("gsd_m"), tiles_ground_resolution(tiles, size))
         reader = TileReader(store, 0, bands)
         offset_scale = float(meta.extra.get("offset_scale", 1.0))
@@ -207,7 +209,7 @@ def mine_detection(
         for start in tqdm(range(0, len(tiles), batch_size), desc="mine_detect", unit="batch", disable=None if progress else True):
             chunk = tiles[start : start + batch_size]
             dets = detect_images(model, tile_images(reader, chunk), anchors, meta.stride, factor=factor, batch_size=batch_size,
-                                 nms_iou=nms_iou, offset_scale=offset_scale)
+                                 nms_iou=nms_iou, offset_scale=offset_scale, refiner=refiner)
             for tile, d in zip(chunk, dets):
                 d = d.take(d.scores >= threshold)
                 report.detections += len(d)

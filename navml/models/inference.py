@@ -25,6 +25,7 @@ centre lies in the core (:mod:`navml.detect.predict`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -353,16 +354,22 @@ class ModelFiles:
             h.update(name.encode() + b"\0" + len(data).to_bytes(8, "little") + data)
         return cls(folder.name, files, h.hexdigest())
 
-    def load(self):
-        """``(keras.Model, ModelMeta)`` of these files (written to a temporary folder, loaded, removed)."""
+    @contextlib.contextmanager
+    def unpacked(self):
+        """A temporary folder holding these files (removed on exit)."""
         import tempfile
         from pathlib import Path
-
-        from navml.models.io import load_model
 
         with tempfile.TemporaryDirectory(prefix="navml-model-") as tmp:
             for name, data in self.files:
                 (Path(tmp) / name).write_bytes(data)
+            yield Path(tmp)
+
+    def load(self):
+        """``(keras.Model, ModelMeta)`` of these files (written to a temporary folder, loaded, removed)."""
+        from navml.models.io import load_model
+
+        with self.unpacked() as tmp:
             return load_model(tmp)
 
     def runner(self, bands: int, threads: int | None = None):

@@ -56,11 +56,18 @@ def save_model(model, meta: ModelMeta, folder: str | os.PathLike) -> Path:
     """Write ``model.keras`` and ``meta.json`` into ``folder`` atomically (file by file)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / MODEL_FILE, suffix=".keras") as tmp:
-        model.save(tmp)
-        _fix_zip_times(tmp)
+    save_keras(model, folder / MODEL_FILE)
     write_json(folder / META_FILE, asdict(meta))
     return folder
+
+
+def save_keras(model, path: str | os.PathLike) -> Path:
+    """Write one Keras model file (``.keras``) atomically, the same bytes for the same weights."""
+    path = Path(path)
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+        _fix_zip_times(tmp)
+    return path
 
 
 def _fix_zip_times(path: Path) -> None:
@@ -109,17 +116,20 @@ def read_meta(folder: str | os.PathLike) -> ModelMeta:
 
 def load_model(folder: str | os.PathLike):
     """``(keras.Model, ModelMeta)`` from a model folder, compiled=False."""
+    meta = read_meta(folder)
+    return load_keras(Path(folder) / MODEL_FILE), meta
+
+
+def load_keras(path: str | os.PathLike):
+    """One Keras model file, compiled=False; a :class:`ModelError` for a missing or bad file."""
     import keras
 
     import navml.models.layers  # noqa: F401  (registers the custom layers)
 
-    meta = read_meta(folder)
-    path = Path(folder) / MODEL_FILE
     try:
-        model = keras.saving.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # keras raises many types for a bad file
         raise ModelError(f"{path}: cannot load model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); retrain it") from exc
-    return model, meta
 
 
 def read_thresholds(model_dir: str | os.PathLike, classes: Sequence[str]) -> tuple[list[tuple[float, float]], str] | None:

@@ -71,21 +71,23 @@ class Predictor:
     meta: Any
     run: Callable[[np.ndarray], np.ndarray]
     halo: int
+    refiner: Any = None  # a detector's second stage (navml.detect.refine.Refiner), if it has one
 
     @classmethod
     def load(cls, folder: str | os.PathLike, name: str | None = None) -> Predictor:
         """Load a model folder (``model.keras`` + ``meta.json``) ready to run on any window."""
+        from navml.detect.refine import load_refiner
         from navml.models.io import load_model
 
         model, meta = load_model(folder)
-        return cls.of(model, meta, name or Path(folder).name)
+        return cls.of(model, meta, name or Path(folder).name, load_refiner(folder, meta) if meta.task == "detection" else None)
 
     @classmethod
-    def of(cls, model, meta, name: str) -> Predictor:
+    def of(cls, model, meta, name: str, refiner=None) -> Predictor:
         """A predictor of a model in memory (BN folded, free input size)."""
         halo = prediction_halo(meta.receptive_field, meta.stride)
         run = runner(fold_batchnorm(flexible(model, meta.bands)), meta.bands)
-        return cls(name, meta.task, meta, run, halo)
+        return cls(name, meta.task, meta, run, halo, refiner)
 
 
 class LiveTiles:
@@ -161,10 +163,16 @@ class LiveTiles:
         x, win = self._input(tile)
         with self._lock:
             y = self.predictor.run(x)
-        found = decode(y[0], d.anchors, d.stride, thr, origin=(win.col, win.row), offset_scale=d.offset_scale)
+        refiner = self.predictor.refiner
+        gate = thr if refiner is None else refiner.floor
+        found = decode(y[0], d.anchors, d.stride, gate, origin=(win.col, win.row), offset_scale=d.offset_scale)
         w = tile_window(tile, self.store.grid.tile_size)
         found = found.take(centre_in_core(found.boxes, (w.col, w.row, w.col + w.width, w.row + w.height)))
         found = found.take(nms(found.boxes, found.scores, found.class_ids, 0.5))
+        if refiner is not None:  # the second stage reads each proposal again (navml.detect.refine)
+            found = refiner(x[0], found, origin=(float(win.col), float(win.row)))
+            found = found.take(found.scores >= thr)
+            found = found.take(nms(found.boxes, found.scores, found.class_ids, 0.5))
         z, size = tile.z, self.store.grid.tile_size
         out = []
         for (x0, y0, x1, y1), s, c in zip(found.boxes, found.scores, found.class_ids):
