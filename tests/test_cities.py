@@ -335,6 +335,24 @@ def test_gap_sets_held_out_next_to_in_city(tmp_path):
         cross_city_gap({"x": {}}, {})
 
 
+def test_the_detector_gap_is_over_the_names_both_roles_score():
+    def det(m, **aps):
+        return {"map50": m, "classes": {**{k: {"ap50": v} for k, v in aps.items()}, "left_right": {"ap50": None}, "other": {"ap50": float("nan")}}}
+
+    cities = {  # denver's test split has no `right`, paris's none of `left`; the held-out city scores all three and `rare`
+        "denver": city_metrics(None, det(0.85, left=0.9, through=0.8)),
+        "paris": city_metrics(None, det(0.95, right=1.0, through=0.9)),
+        "north": city_metrics(None, det(0.6, left=0.8, right=0.8, through=0.8, rare=0.0)),
+    }
+    assert cities["denver"]["detector"] == {"map50": 0.85, "ap50": {"left": 0.9, "through": 0.8}}  # no AP: left out
+    gap = cross_city_gap(cities, {"denver": "train", "paris": "train", "north": "predict"})
+    assert gap["in_city"]["detector"]["ap50"] == {"left": 0.9, "right": 1.0, "through": 0.85}  # each over the cities scoring it
+    assert gap["in_city"]["detector"]["map50_shared"] == 0.9167 and gap["held_out"]["detector"]["map50_shared"] == 0.8
+    assert gap["held_out"]["detector"]["map50"] == 0.6 and gap["in_city"]["detector"]["map50"] == 0.9  # shown, not compared
+    assert gap["gap"]["detector"] == {"map50_shared": -0.1167}  # `rare` no training city scores
+    assert gap["worst_gap"] == -0.1167
+
+
 def test_shipped_cities_two_train_one_held_out_at_60_north():
     p = validate_params(yaml.safe_load(open("params.yaml")))
     assert p.train_cities() == ["denver", "paris"]
