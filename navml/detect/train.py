@@ -126,7 +126,7 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
 
 def _train_refiner(model, reader, train_tiles, truth, hard, rp: RefineParams | None, anchors, stride, n, nms_iou, batch_size,
                    offset_scale, mirror, rotate, seed, progress):
-    """The second stage on the train tiles (:func:`navml.detect.refine.train_refiner`) and its summary; (None, {}) when off."""
+    """The second stage on the train tiles (:func:`navml.detect.refine_train.train_refiner`) and its summary; (None, {}) when off."""
     if rp is None or not rp.steps:
         return None, {}
     from navml.detect.evaluate import SCORE_FLOOR, predict_detections
@@ -143,8 +143,7 @@ def _train_refiner(model, reader, train_tiles, truth, hard, rp: RefineParams | N
                                                         np.concatenate([d.scores, np.ones(len(hard[t]))]),
                                                         np.concatenate([d.class_ids, np.zeros(len(hard[t]), d.class_ids.dtype)]))
                      for t, d in zip(train_tiles, proposals)]
-    refiner = train_refiner(images, truths, proposals, n, mirror=mirror, rotate=rotate, seed=seed, progress=progress,
-                            **rp.model_dump(exclude={"steps"}), steps=rp.steps)
+    refiner = train_refiner(images, truths, proposals, n, mirror=mirror, rotate=rotate, seed=seed, progress=progress, **rp.model_dump())
     return refiner, {"steps": rp.steps, "train_proposals": int(sum(len(d) for d in proposals))}
 
 
