@@ -244,3 +244,25 @@ def test_city_wide_detection_with_a_second_stage_is_seamless(tmp_path, small_gri
     threads, _ = detect_store(store, all_tiles(small_grid), folder, NAMES, progress=False, scheduler="threads", workers=2)
     for got in (serial, threads):
         np.testing.assert_allclose(got.boxes[np.argsort(-got.boxes[:, 0])], want, atol=1e-3)
+
+
+def test_the_viewer_s_live_detections_go_through_the_second_stage(tmp_path, small_grid):
+    from test_detect_predict import NAMES, SHARD0, marker_model, meta, store_with
+
+    from navml.geo.grid import Tile
+    from navml.viewer.live import LiveTiles, Predictor
+
+    n = small_grid.shard_size
+    col, row = SHARD0.x * n + 100, SHARD0.y * n + 37  # a red pixel in tile (x0 + 0, y0 + 0): its cell's centre (100, 36)
+    store = store_with(tmp_path, small_grid, markers=[(col, row)])
+    tile = Tile(col // 256, row // 256, 18)
+    one = LiveTiles(store, Predictor.of(marker_model(), meta(receptive_field=8), "det"))
+    two = LiveTiles(store, Predictor.of(marker_model(), meta(receptive_field=8), "det", refiner=constant_refiner(len(NAMES), 4)))
+    (f1,), _, _ = one.detections(tile)
+    (f2,), _, _ = two.detections(tile)
+    assert f1["properties"]["class"] == "through" and f2["properties"]["class"] == "through_right"  # the second stage's kind
+    assert f2["properties"]["score"] > 0.99
+    lon = [p[0] for p in f2["geometry"]["coordinates"][0]]
+    lon1 = [p[0] for p in f1["geometry"]["coordinates"][0]]
+    assert (max(lon) - min(lon)) / (max(lon1) - min(lon1)) == pytest.approx(12 / 30, rel=1e-3)  # its 12-px box, not the 30-px one
+    assert (max(lon) + min(lon)) / 2 == pytest.approx((max(lon1) + min(lon1)) / 2, abs=1e-9)  # centred where the proposal was
