@@ -585,7 +585,7 @@ def _score_threshold(value: Any) -> Any:
 class RefineParams(Section):
     """The detector's second stage (``detect.refine``; see :mod:`navml.detect.refine`): a patch CNN on each proposal."""
 
-    steps: int = Field(2000, ge=0, description="optimizer steps of batch_size patches; 0 = no second stage (the YOLO head's boxes as they are)")
+    steps: int = Field(4000, ge=0, description="optimizer steps of batch_size patches; 0 = no second stage (the YOLO head's boxes as they are)")
     patch: int = Field(24, ge=8, le=128, multiple_of=4, description="side of the patch centred on a proposal, px at the detector's resolution")
     filters: int = Field(16, ge=1, le=128, description="filters of the full-resolution convolutions (2x and 4x after each pooling)")
     batch_size: int = Field(64, ge=1, description="patches per step")
@@ -595,6 +595,7 @@ class RefineParams(Section):
     match_px: float = Field(3.0, gt=0.0, description="a proposal centred this close to a truth's centre is that truth in training, px")
     proposal_share: float = Field(0.5, ge=0.0, le=1.0, description="share of training patches on the detector's train proposals (the rest on truths)")
     balance: bool = Field(True, description="draw truth patches class by class, so rare kinds are learnt as often as common ones")
+    flip: bool = Field(True, description="mirror half the patches, the class through the mirror table (left <-> right); names need mirror images")
     box_weight: float = Field(0.5, ge=0.0, description="weight of the box L1 loss (px) against objectness and class cross-entropy")
     turns: Literal[1, 2, 4] = Field(1, description="quarter turns of each patch whose outputs are averaged when refining (1 = none; 4: no gain measured)")
 

@@ -155,7 +155,7 @@ def test_a_trained_second_stage_fixes_the_kind_and_the_box_of_coarse_proposals(t
     props = [Detections(np.concatenate([a.boxes, b.boxes]), np.concatenate([a.scores, b.scores]), np.concatenate([a.class_ids, b.class_ids]))
              for a, b in zip(wrong, noise)]
     ref = train_refiner(images[:16], truths[:16], props[:16], 2, patch=16, filters=8, steps=400, batch_size=32, learning_rate=0.003,
-                        floor=0.1, turns=1, progress=False)
+                        floor=0.1, turns=1, flip=False, progress=False)
     right = ious = before = total = 0
     for img, (tb, tc), d in zip(images[16:], truths[16:], wrong[16:]):
         r = ref(img, d)

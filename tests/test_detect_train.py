@@ -401,6 +401,17 @@ def test_training_learns_bars_and_squares(tmp_path):
     assert not list(tmp_path.glob(".model.train-*"))
 
 
+def test_second_stage_flips_need_names_with_mirror_images(tmp_path):
+    store, df = make_store(tmp_path / "store", shards=1)
+    small = {"steps": 2, "batch_size": 8, "filters": 2}
+    with pytest.raises(ConfigError, match=r"'bar'.*detect.refine.flip: false"):
+        train_detection(store, df, ["bar", "square"], tmp_path / "model", steps=1, eval_every=1, anchors=2, **{**FAST, "refine": small})
+    assert not (tmp_path / "model").exists()
+    out = train_detection(store, df, ["bar", "square"], tmp_path / "model", steps=1, eval_every=1, anchors=2,
+                          **{**FAST, "refine": {**small, "flip": False}})
+    assert out["model_dir"] == str(tmp_path / "model")
+
+
 def test_no_val_box_is_a_one_line_error(tmp_path):
     store, df = make_store(tmp_path / "store", shards=1)
     df = df.assign(split=df["split"].replace({"val": "test"}))

@@ -138,18 +138,22 @@ def train_refiner(
     box_weight: float = _R.box_weight,
     floor: float = _R.floor,
     turns: int = _R.turns,
+    flip: bool = _R.flip,
     seed: int = 0,
     progress: bool = True,
 ) -> Refiner:
     """Train the second stage on train ``images`` (n, rows, cols, bands) 0..255, their truths ``[(boxes, class_ids), ...]``
     and the detector's ``proposals`` on them (Detections per image, after NMS). Deterministic for a seed (the caller
-    has called :func:`navml.segment.train.set_determinism`)."""
+    has called :func:`navml.segment.train.set_determinism`). ``flip`` mirrors half the patches, mapping their class
+    through ``mirror`` (the class id of each class's mirror image, :func:`navml.detect.augment.mirror_table`)."""
     import keras
     from tqdm import tqdm
 
     from navml.models.refiner import build_refiner
     from navml.segment.train import learning_rate_schedule
 
+    if flip and mirror is None:
+        raise ConfigError("detect.refine.flip needs the class mirror table (navml.detect.augment.mirror_table)")
     if steps < 1:
         raise ConfigError(f"params: detect.refine.steps is {steps}; use 1 or more (or 0 in params for no second stage)")
     if not sum(len(np.asarray(b).reshape(-1, 4)) for b, _ in truths):
@@ -161,7 +165,7 @@ def train_refiner(
                   loss=refine_loss(n_classes, box_weight), jit_compile=False)
     bar = tqdm(range(steps), desc="refine", unit="step", disable=None if progress else True, leave=False)
     for _ in bar:
-        x, y = sample_patches(pool, rng, batch_size, patch=patch, n_classes=n_classes, mirror=mirror, jitter_px=jitter_px,
+        x, y = sample_patches(pool, rng, batch_size, patch=patch, n_classes=n_classes, mirror=mirror if flip else None, jitter_px=jitter_px,
                               proposal_share=proposal_share, balance=balance, rotate=rotate)
         loss = model.train_on_batch(x, y)
     bar.close()

@@ -124,6 +124,18 @@ def _val_check(images, truths, anchors, stride, n_classes, nms_iou, batch_size, 
     return ValCheck()
 
 
+def _refine_mirror(names: Sequence[str], mirror: Mapping[str, str] | None, rp: RefineParams | None) -> np.ndarray | None:
+    """The class mirror table of the second stage's flips (``detect.refine.flip``), None without flips."""
+    if rp is None or not rp.steps or not rp.flip:
+        return None
+    from navml.detect.augment import mirror_table
+
+    try:
+        return mirror_table(names, mirror)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; or set detect.refine.flip: false (the second stage flips its patches)") from exc
+
+
 def _train_refiner(model, reader, train_tiles, truth, hard, rp: RefineParams | None, anchors, stride, n, nms_iou, batch_size,
                    offset_scale, mirror, rotate, seed, progress):
     """The second stage on the train tiles (:func:`navml.detect.refine_train.train_refiner`) and its summary; (None, {}) when off."""
@@ -352,7 +364,7 @@ def train_detection(
         from navml.detect.evaluate import best_f1_threshold, predict_detections
 
         refiner, refine_summary = _train_refiner(model, reader, train_tiles, truth, hard, rp, fit.wh, stride, n, nms_iou, batch_size,
-                                                 offset_scale, mirror_ids if flip else None, rotate, seed, progress)
+                                                 offset_scale, _refine_mirror(names, mirror, rp), rotate, seed, progress)
         dets = predict_detections(model, val_images, fit.wh, stride, batch_size=batch_size, nms_iou=nms_iou, offset_scale=offset_scale,
                                   refiner=refiner)
         val_preds = [(d.boxes, d.scores, d.class_ids) for d in dets]
