@@ -131,9 +131,9 @@ def test_boxes_turned_back_are_the_boxes_before_the_turn():
         y[0, 0], y[0, 1:3] = 2.0, (1.0, 0.0)
         y[0, 3:] = (rot90_boxes(box, 24, 24, k) - 12.0) / BOX_SCALE
         views.append(y)
-    avg = average_turns(views, 2)
-    np.testing.assert_allclose(avg[0, 3:] * BOX_SCALE, box[0] - 12.0, atol=1e-9)
-    assert avg[0, 0] == pytest.approx(2.0) and np.exp(avg[0, 1]) == pytest.approx(np.exp(1) / (np.exp(1) + 1))
+    obj, probs, avg = average_turns(views, 2)
+    np.testing.assert_allclose(avg[0] * BOX_SCALE, box[0] - 12.0, atol=1e-9)
+    assert obj[0] == pytest.approx(1 / (1 + np.exp(-2.0))) and probs[0, 0] == pytest.approx(np.exp(1) / (np.exp(1) + 1))
 
 
 def test_build_refiner_checks_its_sizes():

@@ -79,12 +79,13 @@ def predict_detections(
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         raw = np.asarray(model.predict_on_batch(chunk))
-        for r, image in zip(raw, chunk):
-            d = decode(r, anchors, stride, score_threshold=score_floor, offset_scale=offset_scale)
-            d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou))
-            if refiner is not None:
-                d = refiner(image, d)
-                d = d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou))
+        dets = [decode(r, anchors, stride, score_threshold=score_floor, offset_scale=offset_scale) for r in raw]
+        dets = [d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou)) for d in dets]
+        if refiner is not None:
+            from navml.detect.refine import refine_batch
+
+            dets = [d.take(nms(d.boxes, d.scores, d.class_ids, nms_iou)) for d in refine_batch(refiner, chunk, dets)]
+        for d in dets:
             d = d.take(np.arange(min(len(d), max_detections)))
             if clip:
                 rows, cols = chunk.shape[1:3]

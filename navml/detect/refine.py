@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from navml.detect.targets import Detections
+from navml.detect.targets import Detections, best_class, sigmoid, softmax
 from navml.errors import ModelError
 
 REFINE_FILE = "refine.keras"
@@ -106,38 +106,64 @@ def turned_back(boxes: np.ndarray, k: int) -> np.ndarray:
     return b
 
 
-def average_turns(ys: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
-    """Raw outputs ``(N, 1 + C + 4)`` of the same patches turned by 0, 1, ... quarter turns, as one raw output:
-    objectness and class probabilities averaged (returned as logits), boxes turned back and averaged (in box units)."""
-    obj = np.mean([1.0 / (1.0 + np.exp(-np.asarray(y, np.float64)[:, 0])) for y in ys], axis=0)
-    probs = []
-    for y in ys:
-        logits = np.asarray(y, np.float64)[:, 1 : 1 + n_classes]
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs.append(e / e.sum(axis=1, keepdims=True))
-    p = np.clip(np.mean(probs, axis=0), 1e-12, 1.0)
-    box = np.mean([turned_back(np.asarray(y, np.float64)[:, 1 + n_classes : 5 + n_classes], k) for k, y in enumerate(ys)], axis=0)
-    obj = np.clip(obj, 1e-12, 1.0 - 1e-12)
-    return np.concatenate([np.log(obj / (1.0 - obj))[:, None], np.log(p), box], axis=1)
+def read_outputs(y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(objectness (N,), class probabilities (N, C), box (N, 4))`` of the second stage's raw output ``(N, 1 + C + 4)``;
+    the box in units of :data:`~navml.models.refiner.BOX_SCALE` px from the patch centre."""
+    y = np.asarray(y, np.float64)
+    return sigmoid(y[:, 0]), softmax(y[:, 1 : 1 + n_classes]), y[:, 1 + n_classes : 5 + n_classes]
+
+
+def average_turns(ys: Sequence[np.ndarray], n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`read_outputs` of the same patches turned by 0, 1, ... quarter turns, averaged: objectness and class
+    probabilities as they are, boxes turned back first."""
+    parts = [read_outputs(y, n_classes) for y in ys]
+    return (np.mean([o for o, _, _ in parts], axis=0), np.mean([p for _, p, _ in parts], axis=0),
+            np.mean([turned_back(b, k) for k, (_, _, b) in enumerate(parts)], axis=0))
+
+
+def to_detections(objectness: np.ndarray, probs: np.ndarray, box: np.ndarray, ox: np.ndarray, oy: np.ndarray, patch: int) -> Detections:
+    """Boxes (image pixels), scores and class ids of :func:`read_outputs` (or :func:`average_turns`) of the patches
+    at origins ``(ox, oy)``."""
+    from navml.models.refiner import BOX_SCALE
+
+    h = patch // 2
+    centre = np.stack([ox + h, oy + h, ox + h, oy + h], axis=1).astype(float)
+    boxes = np.asarray(box, float) * BOX_SCALE + centre
+    # a box the regression made thinner than 1 px (or inside out) keeps a 1-px extent around its centre
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+    half = np.maximum((boxes[:, 2:] - boxes[:, :2]) / 2.0, 0.5)
+    scores, cls = best_class(objectness, probs)
+    return Detections(np.concatenate([c - half, c + half], axis=1), scores, cls.astype(np.int64))
 
 
 def decode_outputs(y: np.ndarray, n_classes: int, ox: np.ndarray, oy: np.ndarray, patch: int) -> Detections:
     """Boxes (image pixels), scores and class ids from the second stage's raw output ``(N, 1 + C + 4)``."""
-    from navml.models.refiner import BOX_SCALE
+    return to_detections(*read_outputs(y, n_classes), ox, oy, patch)
 
-    y = np.asarray(y, np.float64)
-    obj = 1.0 / (1.0 + np.exp(-y[:, 0]))
-    logits = y[:, 1 : 1 + n_classes]
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    cls = p.argmax(axis=1)
-    h = patch // 2
-    centre = np.stack([ox + h, oy + h, ox + h, oy + h], axis=1).astype(float)
-    boxes = y[:, 1 + n_classes : 5 + n_classes] * BOX_SCALE + centre
-    # a box the regression made thinner than 1 px (or inside out) keeps a 1-px extent around its centre
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2.0
-    half = np.maximum((boxes[:, 2:] - boxes[:, :2]) / 2.0, 0.5)
-    return Detections(np.concatenate([c - half, c + half], axis=1), obj * p[np.arange(len(cls)), cls], cls.astype(np.int64))
+
+def refine_batch(refiner: Refiner, images: np.ndarray, dets: Sequence[Detections],
+                 origins: Sequence[tuple[float, float]] | None = None) -> list[Detections]:
+    """:func:`refine` of several images ``(n, rows, cols, bands)`` of one size at once (one model call per
+    :data:`CHUNK` patches, not one per image)."""
+    origins = [(0.0, 0.0)] * len(dets) if origins is None else list(origins)
+    dets = [d.take(d.scores >= refiner.floor) for d in dets]
+    counts = [len(d) for d in dets]
+    if not sum(counts):
+        return dets
+    ids = np.repeat(np.arange(len(dets)), counts)
+    shift = np.repeat(np.asarray(origins, float).reshape(-1, 2), counts, axis=0)  # (ox0, oy0) of each proposal
+    cx, cy = centres(np.concatenate([d.boxes for d in dets]))
+    ox, oy = patch_origins(cx - shift[:, 0], cy - shift[:, 1], refiner.patch)
+    padded = pad_images(np.asarray(images), refiner.patch)
+    parts = []
+    for s in range(0, len(ox), CHUNK):
+        x = cut_patches(padded, ids[s : s + CHUNK], ox[s : s + CHUNK], oy[s : s + CHUNK], refiner.patch)
+        ys = [np.asarray(refiner.model.predict_on_batch(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2))))) for k in range(refiner.turns)]
+        parts.append(read_outputs(ys[0], refiner.n_classes) if refiner.turns == 1 else average_turns(ys, refiner.n_classes))
+    out = to_detections(*(np.concatenate([p[i] for p in parts]) for i in range(3)), ox, oy, refiner.patch)
+    boxes = out.boxes + np.concatenate([shift, shift], axis=1)
+    bounds = np.cumsum([0, *counts])
+    return [Detections(boxes[a:b], out.scores[a:b], out.class_ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def refine(refiner: Refiner, image: np.ndarray, det: Detections, origin: tuple[float, float] = (0.0, 0.0)) -> Detections:
@@ -146,22 +172,7 @@ def refine(refiner: Refiner, image: np.ndarray, det: Detections, origin: tuple[f
     ``det`` boxes are in pixels of a frame whose pixel ``origin`` ``(col, row)`` is the image's top-left; the result
     is in the same frame, in the order of ``det``. Proposals below the refiner's floor are dropped first.
     """
-    det = det.take(det.scores >= refiner.floor)
-    if not len(det):
-        return det
-    ox0, oy0 = origin
-    cx, cy = centres(det.boxes)
-    ox, oy = patch_origins(cx - ox0, cy - oy0, refiner.patch)
-    padded = pad_images(np.asarray(image)[None], refiner.patch)
-    ids = np.zeros(len(ox), np.int64)
-    ys = []
-    for s in range(0, len(ox), CHUNK):
-        x = cut_patches(padded, ids[s : s + CHUNK], ox[s : s + CHUNK], oy[s : s + CHUNK], refiner.patch)
-        turned = [np.asarray(refiner.model.predict_on_batch(np.ascontiguousarray(np.rot90(x, k, axes=(1, 2)))))
-                  for k in range(refiner.turns)]
-        ys.append(turned[0] if refiner.turns == 1 else average_turns(turned, refiner.n_classes))
-    out = decode_outputs(np.concatenate(ys), refiner.n_classes, ox, oy, refiner.patch)
-    return Detections(out.boxes + np.array([ox0, oy0, ox0, oy0], float), out.scores, out.class_ids)
+    return refine_batch(refiner, np.asarray(image)[None], [det], [origin])[0]
 
 
 def save_refiner(refiner: Refiner, folder: str | os.PathLike) -> dict:

@@ -212,6 +212,21 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis of ``(N, C)`` logits."""
+    z = np.asarray(logits, float)
+    z = z - z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def best_class(objectness: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, class_ids)``: each row's most probable class and its score, objectness (N,) x that probability."""
+    class_ids = probs.argmax(axis=1)
+    return objectness * probs[np.arange(len(probs)), class_ids], class_ids
+
+
 def logit(p: np.ndarray, eps: float = EPS) -> np.ndarray:
     """Inverse of :func:`sigmoid`, with ``p`` clipped to ``[eps, 1 - eps]``."""
     p = np.clip(np.asarray(p, float), eps, 1.0 - eps)
@@ -273,12 +288,7 @@ def decode_cells(
     w = anchors[anchor_ids, 0] * np.exp(np.minimum(raw[:, TW], 20.0))
     h = anchors[anchor_ids, 1] * np.exp(np.minimum(raw[:, TH], 20.0))
     boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
-    logits = raw[:, N_BOX:]
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    class_ids = probs.argmax(axis=1)
-    scores = sigmoid(raw[:, TO]) * probs[np.arange(len(probs)), class_ids]
+    scores, class_ids = best_class(sigmoid(raw[:, TO]), softmax(raw[:, N_BOX:]))
     return boxes, scores, class_ids
 
 
@@ -302,12 +312,7 @@ def decode(
     anchors = np.asarray(anchors, float).reshape(-1, 2)
     raw = split_head(raw, len(anchors)).astype(float)
     boxes = decode_boxes(raw, anchors, stride, offset_scale).reshape(-1, 4)
-    logits = raw[..., N_BOX:].reshape(-1, raw.shape[-1] - N_BOX)
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    class_ids = probs.argmax(axis=1)
-    scores = sigmoid(raw[..., TO].reshape(-1)) * probs[np.arange(len(probs)), class_ids]
+    scores, class_ids = best_class(sigmoid(raw[..., TO].reshape(-1)), softmax(raw[..., N_BOX:].reshape(-1, raw.shape[-1] - N_BOX)))
     keep = np.flatnonzero(scores >= score_threshold)
     keep = keep[np.argsort(-scores[keep], kind="stable")]
     boxes = boxes[keep] + np.array([origin[0], origin[1], origin[0], origin[1]], float)
