@@ -517,7 +517,7 @@ class TrainParams(Section):
     loss: str | list[str] = Field("crossentropy+dice", description="crossentropy (alias bce) | dice | iou | focal, joined with '+' (or a list)")
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss exponent (only with focal)")
     class_weighting: Literal["none", "inverse", "sqrt"] = Field("sqrt", description="class weights from pixel frequencies")
-    steps: int = Field(240, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
+    steps: int = Field(720, ge=1, description="optimizer steps: the training budget (rounded up to a multiple of eval_every)")
     eval_every: int = Field(40, ge=1, description="steps between val IoU checks (checkpoint, early stopping)")
     warmup_steps: int = Field(24, ge=0, description="linear learning-rate warm-up from learning_rate/10, capped at steps // 2")
     crop: Annotated[int, Field(ge=16)] | None = Field(

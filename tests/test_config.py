@@ -155,7 +155,7 @@ def test_every_field_has_help_text():
         ("imagery.band_indexes", [1, 2, 3, 4], "band_indexes: 4 bands but bands is 3; set bands: 4"),
         ("train.crop", 100, "train.crop: 100 px must be a multiple of 16"),
         ("train.crop", 512, "at most grid.tile_size 256"),
-        ("train.eval_every", 500, "train.eval_every: 500 is more than train.steps 240"),
+        ("train.eval_every", 1000, "train.eval_every: 1000 is more than train.steps 720"),
         ("imagery.stretch", "linear", "imagery.stretch: 'linear' is not one of 'none' or 'percentile'"),
         ("imagery.percentiles", [98, 2], "percentiles: low 98.0 must be below high 2.0"),
         ("predict.window_px", 128, "predict.window_px: 128 must be at least grid.tile_size 256"),
