@@ -903,7 +903,7 @@ class RetrainParams(Section):
     """Training again with the mined hard negatives (retrain stage); the other settings are train's."""
 
     mode: Literal["finetune", "scratch"] = Field("finetune", description="finetune: start from the first model | scratch: a fresh U-Net")
-    steps: int = Field(160, ge=1, description="optimizer steps of fine-tuning (docs/mining.md measures 80 and 160)")
+    steps: int = Field(320, ge=1, description="optimizer steps of fine-tuning (docs/mining.md measures 80, 160 and 320)")
     eval_every: int = Field(40, ge=1, description="steps between val IoU checks (best weights, early stopping)")
     learning_rate: float = Field(0.0005, gt=0.0, le=1.0, description="Adam peak learning rate, cosine decay to 5 % over steps")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up from learning_rate/10")
